@@ -1,0 +1,104 @@
+"""Corpora, tokenized training examples, prompts and the batches built from them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import torch
+from datasets import Dataset, load_dataset
+from transformers import PreTrainedTokenizerBase
+
+from influence_core.demo_corpus import build_demo_corpus
+from influence_core.errors import ConfigError
+from influence_core.prompts import Prompt
+
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
+DEFAULT_DEMO_DOCUMENTS = 600
+DEFAULT_HUB_DOCUMENTS = 10_000  # as in the original project
+
+
+@dataclass
+class Corpus:
+    texts: list[str]
+    facts: list[dict] | None = None  # planted facts with their document indices (demo only)
+
+
+def is_file_source(dataset: str) -> bool:
+    """A URL or a path of data files, as opposed to a Hugging Face dataset name."""
+    return "://" in dataset or Path(dataset).exists() or PurePosixPath(dataset).suffix in FILE_FORMATS
+
+
+def load_corpus(dataset: str, num_examples: int | None, text_column: str = "text",
+                dataset_config: str | None = None, split: str = "train", seed: int = 0) -> Corpus:
+    """The first `num_examples` documents of a corpus, in corpus order."""
+    if dataset == "demo":
+        demo = build_demo_corpus(num_examples or DEFAULT_DEMO_DOCUMENTS, seed=seed)
+        return Corpus(texts=demo.texts, facts=demo.facts)
+    if is_file_source(dataset):
+        suffix = PurePosixPath(dataset).suffix
+        builder = FILE_FORMATS.get(suffix)
+        if builder is None:
+            raise ConfigError(f"DATASET={dataset}: unknown file type, expected one of {sorted(FILE_FORMATS)}")
+        extra = {"sample_by": "paragraph"} if builder == "text" else {}
+        stream = load_dataset(builder, data_files=dataset, split="train", streaming=True, **extra)
+    else:
+        # Streaming reads only the documents used: 10,000 of OpenWebText, not its tens of GB.
+        stream = load_dataset(dataset, dataset_config, split=split, streaming=True)
+    limit = num_examples or DEFAULT_HUB_DOCUMENTS
+    texts = []
+    for row in stream:
+        if text_column not in row:
+            raise ConfigError(f"TEXT_COLUMN={text_column}: not a column of {dataset} (columns: {sorted(row)})")
+        texts.append(row[text_column])
+        if len(texts) == limit:
+            break
+    return Corpus(texts=texts)
+
+
+def tokenize_corpus(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    """One training example per document: its tokens plus end-of-text, cut at max_length."""
+
+    def encode(batch: dict) -> dict:
+        ids = [(row + [tokenizer.eos_token_id])[:max_length] for row in tokenizer(batch["text"])["input_ids"]]
+        return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
+
+    return Dataset.from_dict({"text": list(texts)}).map(encode, batched=True)
+
+
+def tokenize_prompts(prompts: Sequence[Prompt], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
+    """Query examples: prompt tokens are labelled -100, so only the completion is measured."""
+    rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    for number, item in enumerate(prompts):
+        prompt_ids = tokenizer(item.prompt)["input_ids"]
+        completion_ids = tokenizer(item.completion)["input_ids"]
+        ids = prompt_ids + completion_ids
+        if len(ids) > max_length:
+            raise ConfigError(
+                f"PROMPTS: entry {number} has {len(ids)} tokens, more than the model's max length {max_length}"
+            )
+        rows["input_ids"].append(ids)
+        rows["attention_mask"].append([1] * len(ids))
+        rows["labels"].append([-100] * len(prompt_ids) + completion_ids)
+    return Dataset.from_dict(rows)
+
+
+class PadCollator:
+    """Pad each batch to its longest example (not to max length); padding gets label -100."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(example["input_ids"]) for example in examples)
+
+        def pad(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([list(ex[key]) + [value] * (longest - len(ex[key])) for ex in examples])
+
+        batch = {"input_ids": pad("input_ids", self.pad_token_id), "attention_mask": pad("attention_mask", 0)}
+        if "labels" in examples[0]:
+            batch["labels"] = pad("labels", -100)
+        else:
+            batch["labels"] = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return batch

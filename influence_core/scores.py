@@ -1,0 +1,46 @@
+"""Pairwise influence scores of every training example on every prompt, with Kronfluence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from kronfluence.arguments import ScoreArguments
+from transformers import AutoConfig, AutoTokenizer
+
+from influence_core.data import tokenize_prompts
+from influence_core.factors import ANALYSIS_NAME, build_analyzer, load_training_examples
+from influence_core.prompts import Prompt
+from influence_core.settings import ComputeScoresSettings
+
+
+def score_arguments(settings: ComputeScoresSettings) -> ScoreArguments:
+    return ScoreArguments(
+        damping_factor=settings.damping_factor,
+        data_partitions=settings.score_data_partitions,
+        query_gradient_low_rank=settings.query_gradient_rank,
+        per_sample_gradient_dtype=getattr(torch, settings.per_sample_gradient_dtype),
+        precondition_dtype=getattr(torch, settings.precondition_dtype),
+        score_dtype=getattr(torch, settings.score_dtype),
+    )
+
+
+def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], settings: ComputeScoresSettings,
+                   work_dir: Path) -> Path:
+    """Score all prompts against all training examples. The factors must already lie at
+    <work_dir>/influence/factors_<factors_name>. Returns the local scores directory."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    context = AutoConfig.from_pretrained(model_dir).max_position_embeddings
+    queries = tokenize_prompts(prompts, tokenizer, context)  # before the model loads: fails fast
+    analyzer = build_analyzer(model_dir, work_dir, settings.task)
+    analyzer.compute_pairwise_scores(
+        scores_name=settings.scores_name,
+        factors_name=settings.factors_name,
+        query_dataset=queries,
+        train_dataset=load_training_examples(train_dir),
+        per_device_query_batch_size=settings.query_batch_size or len(queries),
+        per_device_train_batch_size=settings.train_batch_size,
+        score_args=score_arguments(settings),
+        overwrite_output_dir=True,
+    )
+    return work_dir / ANALYSIS_NAME / f"scores_{settings.scores_name}"

@@ -1,0 +1,91 @@
+"""Kronfluence tasks: how to compute the training loss and the query measurement of GPT-Neo.
+
+Batches hold input_ids, attention_mask and labels; labels are -100 where no loss is taken
+(padding, and the prompt tokens of a query), so measurements cover completion tokens only.
+Every measurement here is loss-like (lower means the model produces the completion more readily),
+so a positive influence score means the training example helps the model produce the completion.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from kronfluence.task import Task
+from torch import nn
+
+from influence_core.modeling import mlp_module_names
+
+BatchType = dict[str, torch.Tensor]
+
+
+def _shifted_logits_and_labels(batch: BatchType, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at each position and the next token they predict, flattened over the batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[..., :-1, :].float()
+    labels = batch["labels"][..., 1:]
+    return logits.reshape(-1, logits.size(-1)), labels.reshape(-1)
+
+
+class LanguageModelingTask(Task):
+    """Summed next-token cross-entropy, for training examples and queries alike."""
+
+    def __init__(self, num_layers: int) -> None:
+        super().__init__()
+        self.num_layers = num_layers
+
+    def compute_train_loss(self, batch: BatchType, model: nn.Module, sample: bool = False) -> torch.Tensor:
+        logits, labels = _shifted_logits_and_labels(batch, model)
+        if sample:
+            # True Fisher: labels drawn from the model's own predictions (Kronfluence's default).
+            with torch.no_grad():
+                sampled = torch.multinomial(F.softmax(logits.detach(), dim=-1), num_samples=1).flatten()
+                labels = torch.where(labels == -100, labels, sampled)
+        return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+
+    def compute_measurement(self, batch: BatchType, model: nn.Module) -> torch.Tensor:
+        logits, labels = _shifted_logits_and_labels(batch, model)
+        return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+
+    def get_influence_tracked_modules(self) -> list[str]:
+        return mlp_module_names(self.num_layers)
+
+    def get_attention_mask(self, batch: BatchType) -> torch.Tensor:
+        return batch["attention_mask"]
+
+
+class LanguageModelingWithMarginMeasurementTask(LanguageModelingTask):
+    """Measurement: the negated margin of each completion token (its logit minus the log-sum-exp
+    of all other logits), summed. Unlike cross-entropy it does not reward lowering other tokens'
+    probability mass uniformly, which tends to give sharper rankings for factual completions."""
+
+    def compute_measurement(self, batch: BatchType, model: nn.Module) -> torch.Tensor:
+        logits, labels = _shifted_logits_and_labels(batch, model)
+        keep = labels != -100
+        logits, labels = logits[keep], labels[keep]
+        rows = torch.arange(labels.numel(), device=labels.device)
+        correct = logits[rows, labels]
+        others = logits.index_put((rows, labels), torch.tensor(-torch.inf, device=logits.device))
+        return -(correct - others.logsumexp(dim=-1)).sum()
+
+
+class LanguageModelingWithCustomMeasurementTask(LanguageModelingTask):
+    """Template for your own measurement. Override `compute_measurement`; keep it loss-like
+    (lower = more of the behaviour you study) so score signs read as in the other tasks.
+
+    As shipped it measures the mean (not summed) cross-entropy per completion token, which
+    makes scores comparable between prompts whose completions differ in length.
+    """
+
+    def compute_measurement(self, batch: BatchType, model: nn.Module) -> torch.Tensor:
+        logits, labels = _shifted_logits_and_labels(batch, model)
+        per_token = F.cross_entropy(logits, labels, ignore_index=-100, reduction="none")
+        per_token = per_token.view(batch["labels"].shape[0], -1)
+        counts = (batch["labels"][..., 1:] != -100).sum(dim=-1).clamp(min=1)
+        return (per_token.sum(dim=-1) / counts).sum()
+
+
+TASKS: dict[str, type[LanguageModelingTask]] = {
+    "language_modeling": LanguageModelingTask,
+    "margin": LanguageModelingWithMarginMeasurementTask,
+    "custom": LanguageModelingWithCustomMeasurementTask,
+}

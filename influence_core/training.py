@@ -1,0 +1,74 @@
+"""Training a causal LM with the Hugging Face Trainer."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+
+from influence_core.data import PadCollator
+
+
+@dataclass
+class TrainingPlan:
+    batch_size: int
+    num_train_epochs: float
+    learning_rate: float
+    warmup_ratio: float
+    weight_decay: float
+    seed: int
+    group_by_length: bool = True
+    gradient_accumulation_steps: int = 1
+    bf16: bool = False
+    logging_steps: int = 10
+
+
+def train(model: PreTrainedModel, dataset: Dataset, pad_token_id: int, plan: TrainingPlan,
+          work_dir: Path) -> dict:
+    """Train in place and return the metrics recorded in training_metrics.json."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    steps_per_epoch = -(-len(dataset) // (plan.batch_size * plan.gradient_accumulation_steps))
+    args = TrainingArguments(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=plan.batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        num_train_epochs=plan.num_train_epochs,
+        learning_rate=plan.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=int(plan.warmup_ratio * steps_per_epoch * plan.num_train_epochs),
+        weight_decay=plan.weight_decay,
+        seed=plan.seed,
+        bf16=plan.bf16,
+        # Batches of similar length waste little compute on padding.
+        train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
+        length_column_name="length",
+        logging_steps=plan.logging_steps,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset.add_column("length", lengths).select_columns(["input_ids", "attention_mask", "length"]),
+        data_collator=PadCollator(pad_token_id),
+    )
+    start = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - start
+    tokens = sum(lengths) * plan.num_train_epochs
+    losses = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return {
+        "final_loss": losses[-1]["loss"] if losses else result.training_loss,
+        "mean_loss": result.training_loss,
+        "loss_curve": [{"step": entry["step"], "loss": entry["loss"]} for entry in losses],
+        "train_seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "non_padding_tokens": tokens,
+        "steps": trainer.state.global_step,
+        "examples": len(dataset),
+    }

@@ -1,0 +1,31 @@
+"""`python -m jobs <stage> [flags]`: the container entrypoint."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from influence_core.errors import ConfigError
+
+STAGES = ("train", "fit_factors", "inspect_factors", "compute_scores", "inspect_scores", "preview_data",
+          "pipeline")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in STAGES:
+        given = f"unknown stage {argv[0]!r}; " if argv else ""
+        print(f"error: {given}usage: python -m jobs <stage> [flags], stage one of: {', '.join(STAGES)}",
+              file=sys.stderr)
+        return 2
+    stage = importlib.import_module(f"jobs.{argv[0]}")
+    try:
+        stage.run(argv[1:])
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""What every stage does the same way: settings, logging, skip-if-complete, manifests."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from influence_core.runtime import configure_logging
+from influence_core.settings import CommonSettings, S, load_settings
+from influence_core.storage import Artifacts, environment_facts
+
+log = logging.getLogger("jobs")
+
+# Settings that do not change a stage's outputs, so they do not invalidate a finished one.
+NOT_FINGERPRINTED = {"artifacts_uri", "force", "log_level", "output_dir"}
+
+
+def parse(cls: type[S], argv: list[str], stage: str) -> S:
+    settings = load_settings(cls, argv, prog=f"python -m jobs {stage}")
+    configure_logging(settings.log_level)
+    return settings
+
+
+def fingerprint(settings: CommonSettings) -> dict:
+    return settings.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
+
+
+def already_done(artifacts: Artifacts, outputs: list[str], stage: str, settings: CommonSettings,
+                 inputs: dict[str, str]) -> bool:
+    """True (and says so) when every output is complete for these settings and inputs."""
+    if settings.force:
+        return False
+    if all(artifacts.is_up_to_date(output, stage, fingerprint(settings), inputs) for output in outputs):
+        log.info("%s: %s complete for these settings and inputs; skipping (FORCE=true redoes it)",
+                 stage, ", ".join(artifacts.url(output) for output in outputs))
+        return True
+    return False
+
+
+def manifest(stage: str, settings: CommonSettings, inputs: dict[str, str], started: float, **extra) -> dict:
+    """The `_SUCCESS` content: what was made, from what, by which code, how long it took."""
+    return {
+        "stage": stage,
+        "settings": fingerprint(settings),
+        "inputs": inputs,
+        **environment_facts(),
+        "timings": {"started_unix": started, "seconds": round(time.time() - started, 3)},
+        **extra,
+    }

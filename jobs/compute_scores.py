@@ -1,0 +1,54 @@
+"""Stage 3: pairwise influence of every training example on every prompt in the prompts file.
+
+Output: influence/scores_<scores_name>/ (Kronfluence's pairwise_scores.safetensors and arguments,
+plus the prompts.json that was scored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from influence_core.prompts import Prompt, parse_prompts
+from influence_core.settings import ComputeScoresSettings
+from influence_core.storage import Artifacts, read_uri, work_dir
+from jobs.common import already_done, manifest, parse
+
+log = logging.getLogger("jobs.compute_scores")
+
+
+def load_prompts(settings: ComputeScoresSettings) -> list[Prompt]:
+    return parse_prompts(read_uri(settings.prompts, "PROMPTS"), settings.prompts)
+
+
+def main(settings: ComputeScoresSettings) -> None:
+    started = time.time()
+    prompts = load_prompts(settings)
+    artifacts = Artifacts(settings.artifacts_uri)
+    factors = f"influence/factors_{settings.factors_name}"
+    inputs = artifacts.require("model", "data/train", factors)
+    inputs["prompts"] = json.dumps([prompt.model_dump() for prompt in prompts])
+    output = f"influence/scores_{settings.scores_name}"
+    if already_done(artifacts, [output], "compute_scores", settings, inputs):
+        return
+
+    from influence_core.runtime import configure_threads
+    from influence_core.scores import compute_scores
+
+    configure_threads()
+    with work_dir() as work:
+        model_dir = artifacts.fetch("model", work / "inputs" / "model")
+        train_dir = artifacts.fetch("data/train", work / "inputs" / "train")
+        artifacts.fetch(factors, work / "influence" / f"factors_{settings.factors_name}")
+        log.info("scoring %d prompts with factors %r", len(prompts), settings.factors_name)
+        scores_dir = compute_scores(model_dir, train_dir, prompts, settings, work)
+        (scores_dir / "prompts.json").write_text(json.dumps([p.model_dump() for p in prompts], indent=2,
+                                                            ensure_ascii=False))
+        strategy = artifacts.manifest(factors)["settings"]["factor_strategy"]
+        record = manifest("compute_scores", settings, inputs, started, factor_strategy=strategy)
+        log.info("published %s", artifacts.publish(scores_dir, output, record))
+
+
+def run(argv: list[str]) -> None:
+    main(parse(ComputeScoresSettings, argv, "compute_scores"))

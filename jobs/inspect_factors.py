@@ -1,0 +1,49 @@
+"""Stage 2b: plots of the lambda matrices and eigenvalue spectra of one block's MLP modules.
+
+Output: reports/factors_<factors_name>/ (or OUTPUT_DIR), PNG files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from influence_core.errors import ConfigError
+from influence_core.settings import InspectFactorsSettings
+from influence_core.storage import Artifacts, work_dir
+from jobs.common import already_done, manifest, parse
+
+log = logging.getLogger("jobs.inspect_factors")
+
+
+def main(settings: InspectFactorsSettings) -> None:
+    started = time.time()
+    artifacts = Artifacts(settings.artifacts_uri)
+    factors = f"influence/factors_{settings.factors_name}"
+    inputs = artifacts.require("model", factors)
+    num_layers = json.loads(artifacts.read_bytes("model/config.json"))["num_layers"]
+    layer = num_layers - 1 if settings.layer_num is None else settings.layer_num
+    if layer >= num_layers:
+        raise ConfigError(f"invalid setting LAYER_NUM (--layer_num): the model has layers 0..{num_layers - 1}, "
+                          f"got {layer}")
+    destination = Artifacts(settings.output_dir) if settings.output_dir else artifacts
+    output = "" if settings.output_dir else f"reports/factors_{settings.factors_name}"
+    if already_done(destination, [output], "inspect_factors", settings, inputs):
+        return
+
+    from influence_core.reports import plot_factors
+
+    with work_dir() as work:
+        factors_dir = artifacts.fetch(factors, work / "factors")
+        plots = plot_factors(factors_dir, layer, work / "plots")
+        if not plots:
+            log.warning("the %r factors hold no lambda matrices or eigenvalues (identity strategy?): "
+                        "nothing to plot", settings.factors_name)
+        record = manifest("inspect_factors", settings, inputs, started, layer=layer,
+                          plots=[plot.name for plot in plots])
+        log.info("published %d plots to %s", len(plots), destination.publish(work / "plots", output, record))
+
+
+def run(argv: list[str]) -> None:
+    main(parse(InspectFactorsSettings, argv, "inspect_factors"))

@@ -1,0 +1,31 @@
+"""Run the five analysis stages in order, for local use: train, fit_factors, inspect_factors,
+compute_scores, inspect_scores. Accepts every stage's settings; finished stages are skipped."""
+
+from __future__ import annotations
+
+from influence_core.settings import (
+    ComputeScoresSettings,
+    FitFactorsSettings,
+    InspectFactorsSettings,
+    InspectScoresSettings,
+    PipelineSettings,
+    TrainSettings,
+    stage_settings,
+)
+from jobs import compute_scores, fit_factors, inspect_factors, inspect_scores, train
+from jobs.common import parse
+
+STAGES = (
+    (train, TrainSettings),
+    (fit_factors, FitFactorsSettings),
+    (inspect_factors, InspectFactorsSettings),
+    (compute_scores, ComputeScoresSettings),
+    (inspect_scores, InspectScoresSettings),
+)
+
+
+def run(argv: list[str]) -> None:
+    settings = parse(PipelineSettings, argv, "pipeline")
+    compute_scores.load_prompts(stage_settings(ComputeScoresSettings, settings))  # bad prompts fail before training
+    for stage, settings_cls in STAGES:
+        stage.main(stage_settings(settings_cls, settings))

@@ -1,0 +1,71 @@
+"""Stage 1: train a GPT-Neo causal LM from scratch (tokenizer included) on the corpus.
+
+Outputs: model/ (weights, tokenizer, training_metrics.json) and data/train/ (the tokenized
+training examples in corpus order, plus planted_facts.json for the demo corpus).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from influence_core.errors import ConfigError
+from influence_core.settings import TrainSettings
+from influence_core.storage import Artifacts, work_dir
+from jobs.common import already_done, manifest, parse
+
+log = logging.getLogger("jobs.train")
+OUTPUTS = ["data/train", "model"]
+
+
+def main(settings: TrainSettings) -> None:
+    started = time.time()
+    artifacts = Artifacts(settings.artifacts_uri)
+    if already_done(artifacts, OUTPUTS, "train", settings, inputs={}):
+        return
+
+    import torch
+
+    from influence_core import data, modeling, tokenizer, training
+    from influence_core.runtime import configure_threads
+
+    configure_threads()
+    torch.manual_seed(settings.seed)
+    corpus = data.load_corpus(settings.dataset, settings.num_examples, settings.text_column,
+                              settings.dataset_config, settings.dataset_split, settings.seed)
+    if not any(text.strip() for text in corpus.texts):
+        raise ConfigError(f"DATASET={settings.dataset}: the corpus has no text")
+    log.info("corpus: %d documents from %s", len(corpus.texts), settings.dataset)
+    tok = (tokenizer.load_pretrained_tokenizer(settings.tokenizer_name) if settings.tokenizer_name
+           else tokenizer.train_bpe_tokenizer(corpus.texts, settings.vocab_size))
+    examples = data.tokenize_corpus(corpus.texts, tok, settings.max_length)
+    model = modeling.build_model(settings.model_preset, tok, settings.max_length)
+    log.info("training %s (%.1fM parameters) on %d examples", settings.model_preset,
+             model.num_parameters() / 1e6, len(examples))
+
+    with work_dir() as work:
+        plan = training.TrainingPlan(
+            batch_size=settings.batch_size, num_train_epochs=settings.num_train_epochs,
+            learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio,
+            weight_decay=settings.weight_decay, seed=settings.seed, group_by_length=settings.group_by_length,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        )
+        metrics = training.train(model, examples, tok.pad_token_id, plan, work / "trainer")
+        log.info("trained: final loss %.3f, %.0f tokens/s, %.1f s", metrics["final_loss"],
+                 metrics["tokens_per_second"], metrics["train_seconds"])
+
+        examples.save_to_disk(str(work / "data"))
+        if corpus.facts:
+            (work / "data" / "planted_facts.json").write_text(json.dumps(corpus.facts, indent=2))
+        model.save_pretrained(work / "model")
+        tok.save_pretrained(work / "model")
+        (work / "model" / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
+
+        record = manifest("train", settings, {}, started)
+        artifacts.publish(work / "data", "data/train", record)
+        log.info("published %s", artifacts.publish(work / "model", "model", record))
+
+
+def run(argv: list[str]) -> None:
+    main(parse(TrainSettings, argv, "train"))

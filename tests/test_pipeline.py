@@ -1,0 +1,83 @@
+"""The whole pipeline on the demo corpus: the report's content, not just its files."""
+
+from __future__ import annotations
+
+import json
+
+from datasets import load_from_disk
+from safetensors.torch import load_file
+
+from influence_core.demo_corpus import FACTS
+from tests.conftest import ROOT, run_jobs
+
+
+def test_every_stage_output_is_complete(demo_run):
+    for output in ("model", "data/train", "influence/factors_tiny_lm_factors", "influence/scores_prompt_scores",
+                   "reports/factors_tiny_lm_factors", "reports/prompt_scores"):
+        manifest = json.loads((demo_run / output / "_SUCCESS").read_text())
+        assert manifest["stage"] and manifest["versions"]["kronfluence"] == "1.0.1"
+    metrics = json.loads((demo_run / "model" / "training_metrics.json").read_text())
+    assert metrics["final_loss"] < metrics["loss_curve"][0]["loss"] / 2
+    assert metrics["tokens_per_second"] > 0
+
+
+def test_report_lists_every_prompt_with_ranked_examples(demo_run, demo_report):
+    prompts = json.loads((ROOT / "prompts.json").read_text())
+    assert [(e["prompt"], e["completion"]) for e in demo_report["prompts"]] == [
+        (p["prompt"], p["completion"]) for p in prompts
+    ]
+    assert demo_report["strategy"] == "ekfac" and demo_report["factors_name"] == "tiny_lm_factors"
+    scores = load_file(str(demo_run / "influence/scores_prompt_scores/pairwise_scores.safetensors"))["all_modules"]
+    texts = load_from_disk(str(demo_run / "data/train"))["text"]
+    assert scores.shape == (len(prompts), len(texts))
+    for row, entry in zip(scores, demo_report["prompts"]):
+        positive, negative = entry["top_positive"], entry["top_negative"]
+        assert len(positive) == 5 and len(negative) == 5
+        assert [item["index"] for item in positive] == row.argsort(descending=True)[:5].tolist()
+        assert [item["index"] for item in negative] == row.argsort()[:5].tolist()
+        for item in positive + negative:
+            assert item["text"] == texts[item["index"]]
+            assert abs(item["score"] - float(row[item["index"]])) <= 1e-6 * max(1.0, abs(item["score"]))
+        assert all(a["score"] >= b["score"] > 0 for a, b in zip(positive, positive[1:]))
+        assert all(a["score"] <= b["score"] < 0 for a, b in zip(negative, negative[1:]))
+
+
+def test_planted_facts_rank_at_the_top(demo_report):
+    """The demo's promise: documents stating a fact are found for its prompt (recall@10 >= 0.9)."""
+    fact_entries = [entry for entry in demo_report["prompts"] if "planted_documents" in entry]
+    assert len(fact_entries) == len(FACTS)
+    for entry in fact_entries:
+        assert 4 <= len(entry["planted_documents"]) <= 10
+        in_top = sum(rank <= 10 for rank in entry["planted_ranks"])
+        assert entry["recall_at_10"] == in_top / len(entry["planted_documents"])
+    mean = sum(entry["recall_at_10"] for entry in fact_entries) / len(fact_entries)
+    assert abs(demo_report["fact_recall_at_10"] - mean) < 1e-12
+    assert demo_report["fact_recall_at_10"] >= 0.9
+
+
+def test_markdown_report_agrees_with_json(demo_run, demo_report):
+    markdown = (demo_run / "reports/prompt_scores/prompt_scores_report.md").read_text()
+    assert f"recall@10: {demo_report['fact_recall_at_10']:.3f}" in markdown
+    for entry in demo_report["prompts"]:
+        assert entry["prompt"] in markdown
+        for item in entry["top_positive"] + entry["top_negative"]:
+            assert f"**#{item['index']}** score {item['score']:.4g}" in markdown
+
+
+def test_plots_are_real_pngs(demo_run):
+    factor_plots = sorted((demo_run / "reports/factors_tiny_lm_factors").glob("*.png"))
+    assert [p.name for p in factor_plots] == [
+        "eigenvalues_h.3.mlp.c_fc.png", "eigenvalues_h.3.mlp.c_proj.png",
+        "lambda_matrix_h.3.mlp.c_fc.png", "lambda_matrix_h.3.mlp.c_proj.png",
+    ]
+    for plot in [*factor_plots, demo_run / "reports/prompt_scores/score_distributions.png"]:
+        data = plot.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_rerun_of_a_complete_stage_is_skipped(demo_run):
+    before = (demo_run / "influence/factors_tiny_lm_factors/_SUCCESS").read_bytes()
+    result = run_jobs("fit_factors", env={"ARTIFACTS_URI": str(demo_run)})
+    assert result.returncode == 0, result.stderr
+    assert "skipping" in result.stderr
+    assert (demo_run / "influence/factors_tiny_lm_factors/_SUCCESS").read_bytes() == before

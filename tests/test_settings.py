@@ -1,0 +1,78 @@
+"""Settings: environment variables, the original scripts' flags, validation."""
+
+from __future__ import annotations
+
+import pytest
+
+from influence_core.errors import ConfigError
+from influence_core.settings import (
+    ComputeScoresSettings,
+    FitFactorsSettings,
+    InspectFactorsSettings,
+    InspectScoresSettings,
+    PipelineSettings,
+    TrainSettings,
+    load_settings,
+    stage_settings,
+)
+
+
+def test_classic_fit_factors_flags():
+    settings = load_settings(FitFactorsSettings, (
+        "--factors_name tiny_lm_factors --factor_strategy ekfac --factor_batch_size 4 "
+        "--covariance_data_partitions 8 --lambda_data_partitions 8 --eigendecomposition_dtype float64").split())
+    assert (settings.factors_name, settings.factor_strategy, settings.factor_batch_size) == ("tiny_lm_factors",
+                                                                                             "ekfac", 4)
+    assert (settings.covariance_data_partitions, settings.lambda_data_partitions) == (8, 8)
+    assert settings.eigendecomposition_dtype == "float64"
+
+
+def test_classic_compute_scores_flags():
+    settings = load_settings(ComputeScoresSettings, (
+        "--factors_name tiny_lm_factors --scores_name prompt_scores --query_gradient_rank 64 "
+        "--train_batch_size 8 --damping_factor 1e-5 --per_sample_gradient_dtype float32 "
+        "--precondition_dtype float32").split())
+    assert settings.query_gradient_rank == 64 and settings.train_batch_size == 8
+    assert settings.damping_factor == pytest.approx(1e-5)
+
+
+def test_classic_inspect_flags():
+    factors = load_settings(InspectFactorsSettings, "--factors_name x --layer_num 11 --output_dir out/f".split())
+    assert (factors.layer_num, factors.output_dir) == (11, "out/f")
+    scores = load_settings(InspectScoresSettings, "--scores_name prompt_scores --num_influential 5".split())
+    assert scores.num_influential == 5
+
+
+def test_environment_variables_are_upper_case_field_names(monkeypatch):
+    monkeypatch.setenv("FACTOR_STRATEGY", "kfac")
+    monkeypatch.setenv("FACTOR_BATCH_SIZE", "3")
+    monkeypatch.setenv("ARTIFACTS_URI", "s3://bucket/run")
+    settings = load_settings(FitFactorsSettings, [])
+    assert (settings.factor_strategy, settings.factor_batch_size, settings.artifacts_uri) == ("kfac", 3,
+                                                                                             "s3://bucket/run")
+    assert load_settings(FitFactorsSettings, ["--factor_strategy", "identity"]).factor_strategy == "identity"
+
+
+def test_diagfisher_means_diagonal():
+    assert load_settings(FitFactorsSettings, ["--factor_strategy", "diagfisher"]).factor_strategy == "diagonal"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--factor_strategy", "sgd"], "FACTOR_STRATEGY"),
+    (["--factor_batch_size", "0"], "greater than 0"),
+    (["--factors_name", "/abs"], "FACTORS_NAME"),
+    (["--eigendecomposition_dtype", "int8"], "EIGENDECOMPOSITION_DTYPE"),
+])
+def test_bad_values_raise_one_line(argv, message):
+    with pytest.raises(ConfigError) as error:
+        load_settings(FitFactorsSettings, argv)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_pipeline_settings_split_into_stages():
+    settings = load_settings(PipelineSettings, ["--factor_strategy", "kfac", "--num_train_epochs", "2",
+                                                "--scores_name", "s"])
+    train = stage_settings(TrainSettings, settings)
+    scores = stage_settings(ComputeScoresSettings, settings)
+    assert train.num_train_epochs == 2 and scores.scores_name == "s"
+    assert stage_settings(FitFactorsSettings, settings).factor_strategy == "kfac"

@@ -1,0 +1,89 @@
+"""The Kronfluence tasks measure what they say they measure."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+from influence_core.tasks import (
+    LanguageModelingTask,
+    LanguageModelingWithCustomMeasurementTask,
+    LanguageModelingWithMarginMeasurementTask,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = GPTNeoConfig(vocab_size=50, max_position_embeddings=16, hidden_size=16, num_layers=2, num_heads=2,
+                          attention_types=[[["global", "local"], 1]], window_size=8, intermediate_size=32)
+    return GPTNeoForCausalLM(config).eval()
+
+
+@pytest.fixture()
+def batch():
+    ids = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0]])
+    return {"input_ids": ids, "attention_mask": torch.tensor([[1] * 5, [1, 1, 1, 0, 0]]),
+            "labels": torch.tensor([[-100, -100, -100, 6, 7], [-100, 9, 10, -100, -100]])}
+
+
+def completion_cross_entropy(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    total = 0.0
+    for row in range(len(batch["labels"])):
+        for position, label in enumerate(batch["labels"][row].tolist()):
+            if label != -100:
+                total += F.cross_entropy(logits[row, position - 1], torch.tensor(label)).item()
+    return total
+
+
+def test_measurement_is_summed_cross_entropy_of_completion_tokens(model, batch):
+    task = LanguageModelingTask(num_layers=2)
+    assert task.compute_measurement(batch, model).item() == pytest.approx(completion_cross_entropy(model, batch),
+                                                                           rel=1e-5)
+    assert task.compute_train_loss(batch, model).item() == pytest.approx(completion_cross_entropy(model, batch),
+                                                                          rel=1e-5)
+
+
+def test_sampled_loss_keeps_masked_positions_out(model, batch):
+    task = LanguageModelingTask(num_layers=2)
+    torch.manual_seed(0)
+    masked = task.compute_train_loss(batch, model, sample=True)
+    batch["labels"][0, :3] = torch.tensor([3, 4, 5])
+    torch.manual_seed(0)
+    assert task.compute_train_loss(batch, model, sample=True).item() != pytest.approx(masked.item())
+
+
+def test_margin_measurement_is_loss_like(model, batch):
+    task = LanguageModelingWithMarginMeasurementTask(num_layers=2)
+    before = task.compute_measurement(batch, model).item()
+    with torch.no_grad():
+        model.lm_head.weight[6] *= 3  # raise the correct completion token's logit scale
+        model.lm_head.weight[6] += model.lm_head.weight.mean(0)
+    after = task.compute_measurement(batch, model).item()
+    assert before != after
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = 0.0
+    for row in range(2):
+        for position, label in enumerate(batch["labels"][row].tolist()):
+            if label != -100:
+                scores = logits[row, position - 1]
+                others = torch.cat([scores[:label], scores[label + 1:]])
+                expected -= (scores[label] - others.logsumexp(0)).item()
+    assert after == pytest.approx(expected, rel=1e-5)
+
+
+def test_custom_template_averages_per_completion_token(model, batch):
+    task = LanguageModelingWithCustomMeasurementTask(num_layers=2)
+    single = {key: value[:1] for key, value in batch.items()}
+    assert task.compute_measurement(single, model).item() == pytest.approx(
+        completion_cross_entropy(model, single) / 2, rel=1e-5)
+
+
+def test_tracks_both_mlp_projections_of_every_block():
+    assert LanguageModelingTask(num_layers=2).get_influence_tracked_modules() == [
+        "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj",
+        "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj",
+    ]
