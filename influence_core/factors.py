@@ -38,7 +38,7 @@ def build_analyzer(model_dir: Path, work_dir: Path, task_name: str = "language_m
         output_dir=str(work_dir),
         disable_model_save=True,
         disable_tqdm=not verbose,
-        log_level=logging.INFO if verbose else logging.WARNING,  # its INFO lines print the whole model
+        log_level=None,  # any level given here is also set on the root logger; runtime.py sets kronfluence's
     )
     analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=PadCollator(tokenizer.pad_token_id)))
     return analyzer

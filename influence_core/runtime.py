@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
 
@@ -42,5 +43,11 @@ def configure_threads() -> int:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    for noisy in ("httpx", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec", "matplotlib", "PIL"):
+    # Kronfluence 1.0.1 calls a deprecated torch.cuda.amp API on every run; nothing for a user to act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="kronfluence")
+    if level != "DEBUG":  # progress bars are noise in pod logs; our stages log progress lines instead
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Kronfluence's INFO lines print the whole model and every argument.
+    for noisy in ("kronfluence", "httpx", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

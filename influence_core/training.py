@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 
 from influence_core.data import PadCollator
+
+log = logging.getLogger(__name__)
+
+
+class LogLines(TrainerCallback):
+    """Training progress as plain log lines (readable in pod logs), not printed dicts."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            log.info("step %d/%d epoch %.2f loss %.4f lr %.2e", state.global_step, state.max_steps,
+                     logs.get("epoch", 0.0), float(logs["loss"]), float(logs.get("learning_rate", 0.0)))
 
 
 @dataclass
@@ -23,7 +37,7 @@ class TrainingPlan:
     group_by_length: bool = True
     gradient_accumulation_steps: int = 1
     bf16: bool = False
-    logging_steps: int = 10
+    log_every_fraction: float = 0.05
 
 
 def train(model: PreTrainedModel, dataset: Dataset, pad_token_id: int, plan: TrainingPlan,
@@ -45,18 +59,21 @@ def train(model: PreTrainedModel, dataset: Dataset, pad_token_id: int, plan: Tra
         # Batches of similar length waste little compute on padding.
         train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
         length_column_name="length",
-        logging_steps=plan.logging_steps,
+        logging_steps=max(1, int(plan.log_every_fraction * steps_per_epoch * plan.num_train_epochs)),
         save_strategy="no",
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=dataset.add_column("length", lengths).select_columns(["input_ids", "attention_mask", "length"]),
         data_collator=PadCollator(pad_token_id),
+        callbacks=[LogLines()],
     )
+    trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
