@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,38 @@ def demo_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_report(demo_run) -> dict:
     return json.loads((demo_run / "reports" / "prompt_scores" / "report.json").read_text())
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """A real S3-compatible server (moto) on loopback, started once per session, and the
+    environment that points fsspec/s3fs at it (dummy credentials, the endpoint URL)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {**S3_CREDENTIALS, "FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield env
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(s3_env) -> str:
+    """A new empty bucket on the loopback server; returns its s3:// URL."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"]).create_bucket(Bucket=name)
+    return f"s3://{name}"
