@@ -8,6 +8,7 @@ each other's artifacts in the bucket, and the report lands where `make fetch-rep
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -102,6 +103,11 @@ def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, 
     # The image's GIT_SHA (the build argument) is what the manifests record.
     assert json.loads(fs.cat_file(f"{report_dir}/_SUCCESS"))["git_sha"] == BUILD_SHA
 
+    # preview_data, the stage outside the pipeline, prints the configured corpus.
+    argv, env = pod_process(jobs["preview_data"], objects, tmp_path / "preview_data", s3_env, artifacts_uri)
+    result = run_pod(argv, env)
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-4000:]
+
 
 def test_a_bad_setting_exits_2_so_the_job_fails_at_once(s3_env, s3_bucket, tmp_path):
     """torchrun alone turns a worker's exit code 2 into 1; the Jobs' launcher keeps it, so the
@@ -114,3 +120,12 @@ def test_a_bad_setting_exits_2_so_the_job_fails_at_once(s3_env, s3_bucket, tmp_p
     (rule,) = [r for r in job["spec"]["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
     assert result.returncode in rule["onExitCodes"]["values"], result.stderr[-2000:]
     assert "MODEL_PRESET" in result.stderr
+
+
+def test_launcher_exit_codes():
+    spec = importlib.util.spec_from_file_location("torchrun_stage", ROOT / "docker" / "torchrun_stage.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    assert launcher.exit_code(2) == 2  # the stages' bad-input code, kept
+    assert launcher.exit_code(-9) == 137  # SIGKILL (out of memory), as a shell reports it
+    assert launcher.exit_code(0) == 1  # a failure never reads as success
