@@ -7,7 +7,7 @@ ARTIFACTS_URI ?= ./artifacts
 SCORES_NAME ?= prompt_scores
 export ARTIFACTS_URI
 
-.PHONY: install demo test lint pipeline clean
+.PHONY: install demo test lint fetch-report clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ demo: install
 ## test: the whole test suite
 test: install
 	$(PY) -m pytest
+
+## fetch-report: copy reports/$(SCORES_NAME)/ from $(ARTIFACTS_URI) (a bucket) to $(REPORT_DIR)
+REPORT_DIR ?= ./report
+fetch-report: install
+	$(PY) -m jobs fetch_report --scores_name $(SCORES_NAME) --report_dir $(REPORT_DIR)
 
 lint: install
 	$(VENV)/bin/ruff check .

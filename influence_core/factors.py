@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,13 +25,13 @@ def load_training_examples(train_dir: Path) -> Dataset:
     return load_from_disk(str(train_dir)).select_columns(["input_ids", "attention_mask"])
 
 
-def build_analyzer(model_dir: Path, work_dir: Path, task_name: str = "language_modeling") -> Analyzer:
+def build_analyzer(model_dir: Path, work_dir: Path, task_name: str = "language_modeling", seed: int = 0) -> Analyzer:
     """A Kronfluence Analyzer over the saved model, writing under `work_dir`, batching by padding
     each batch to its longest example."""
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     model = load_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    task = TASKS[task_name](num_layers=model.config.num_layers)
+    task = TASKS[task_name](num_layers=model.config.num_layers, seed=seed)
     analyzer = Analyzer(
         analysis_name=ANALYSIS_NAME,
         model=prepare_model(model, task),
@@ -59,15 +60,31 @@ def factor_arguments(settings: FitFactorsSettings) -> FactorArguments:
     )
 
 
-def fit_factors(model_dir: Path, train_dir: Path, settings: FitFactorsSettings, work_dir: Path) -> Path:
-    """Fit factors on every training example; returns the local directory Kronfluence wrote."""
-    torch.manual_seed(settings.seed)  # the true Fisher samples labels from the model
-    analyzer = build_analyzer(model_dir, work_dir)
-    analyzer.fit_all_factors(
-        factors_name=settings.factors_name,
-        dataset=load_training_examples(train_dir),
-        per_device_batch_size=settings.factor_batch_size,
-        factor_args=factor_arguments(settings),
-        overwrite_output_dir=True,
-    )
-    return work_dir / ANALYSIS_NAME / f"factors_{settings.factors_name}"
+def data_partitions(count: int) -> list[list[int] | None]:
+    """Kronfluence's target_data_partitions for each step: None when the data is not partitioned."""
+    return [None] if count == 1 else [[index] for index in range(count)]
+
+
+def fit_factors(model_dir: Path, train_dir: Path, settings: FitFactorsSettings, work_dir: Path,
+                after_step: Callable[[], None] = lambda: None) -> Path:
+    """Fit factors on every training example, one data partition at a time, calling `after_step`
+    after each finished partition (the caller publishes it). Partitions whose files already lie in
+    the output directory are not recomputed. Returns the local directory Kronfluence wrote."""
+    analyzer = build_analyzer(model_dir, work_dir, seed=settings.seed)
+    args = factor_arguments(settings)
+    common = {"factors_name": settings.factors_name, "factor_args": args, "overwrite_output_dir": False}
+    data = {"dataset": load_training_examples(train_dir), "per_device_batch_size": settings.factor_batch_size}
+    # Kronfluence skips each step its strategy does not need (e.g. all of them for identity).
+    for partition in data_partitions(args.covariance_data_partitions):
+        analyzer.fit_covariance_matrices(**common, **data, target_data_partitions=partition)
+        after_step()
+    analyzer.perform_eigendecomposition(**common)
+    after_step()
+    for partition in data_partitions(args.lambda_data_partitions):
+        analyzer.fit_lambda_matrices(**common, **data, target_data_partitions=partition)
+        after_step()
+    return factors_dir(work_dir, settings.factors_name)
+
+
+def factors_dir(work_dir: Path, factors_name: str) -> Path:
+    return work_dir / ANALYSIS_NAME / f"factors_{factors_name}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -9,7 +10,7 @@ from kronfluence.arguments import ScoreArguments
 from transformers import AutoConfig, AutoTokenizer
 
 from influence_core.data import tokenize_prompts
-from influence_core.factors import ANALYSIS_NAME, build_analyzer, load_training_examples
+from influence_core.factors import ANALYSIS_NAME, build_analyzer, data_partitions, load_training_examples
 from influence_core.prompts import Prompt
 from influence_core.settings import ComputeScoresSettings
 
@@ -26,21 +27,30 @@ def score_arguments(settings: ComputeScoresSettings) -> ScoreArguments:
 
 
 def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], settings: ComputeScoresSettings,
-                   work_dir: Path) -> Path:
-    """Score all prompts against all training examples. The factors must already lie at
-    <work_dir>/influence/factors_<factors_name>. Returns the local scores directory."""
+                   work_dir: Path, after_step: Callable[[], None] = lambda: None) -> Path:
+    """Score all prompts against all training examples, one data partition at a time, calling
+    `after_step` after each (partitions already in the output directory are skipped). The factors
+    must lie at <work_dir>/influence/factors_<factors_name>. Returns the local scores directory."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     context = AutoConfig.from_pretrained(model_dir).max_position_embeddings
     queries = tokenize_prompts(prompts, tokenizer, context)  # before the model loads: fails fast
     analyzer = build_analyzer(model_dir, work_dir, settings.task)
-    analyzer.compute_pairwise_scores(
-        scores_name=settings.scores_name,
-        factors_name=settings.factors_name,
-        query_dataset=queries,
-        train_dataset=load_training_examples(train_dir),
-        per_device_query_batch_size=settings.query_batch_size or len(queries),
-        per_device_train_batch_size=settings.train_batch_size,
-        score_args=score_arguments(settings),
-        overwrite_output_dir=True,
-    )
-    return work_dir / ANALYSIS_NAME / f"scores_{settings.scores_name}"
+    train_examples = load_training_examples(train_dir)
+    for partition in data_partitions(settings.score_data_partitions):
+        analyzer.compute_pairwise_scores(
+            scores_name=settings.scores_name,
+            factors_name=settings.factors_name,
+            query_dataset=queries,
+            train_dataset=train_examples,
+            per_device_query_batch_size=settings.query_batch_size or len(queries),
+            per_device_train_batch_size=settings.train_batch_size,
+            score_args=score_arguments(settings),
+            target_data_partitions=partition,
+            overwrite_output_dir=False,
+        )
+        after_step()
+    return scores_dir(work_dir, settings.scores_name)
+
+
+def scores_dir(work_dir: Path, scores_name: str) -> Path:
+    return work_dir / ANALYSIS_NAME / f"scores_{scores_name}"

@@ -2,7 +2,13 @@
 
 Stages compute in a local work directory, fetch their inputs into it and publish their outputs
 from it. A published output directory ends with `_SUCCESS`, written last; an output without it is
-incomplete, whatever else it holds. This is the only module that knows about fsspec.
+incomplete, whatever else it holds. An output built in steps (Kronfluence partitions) also holds
+`_STARTED`, the stamp of the run that began it, so a rerun with the same settings and inputs
+resumes from the steps already published. This is the only module that knows about fsspec.
+
+Retries, multipart uploads, endpoints (FSSPEC_S3_ENDPOINT_URL) and credentials (the standard AWS
+chain, so workload identity works) are s3fs's and botocore's; we only bound the retries so a dead
+endpoint fails in well under a minute.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ import hashlib
 import json
 import os
 import posixpath
+import re
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -21,30 +29,67 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from influence_core.errors import ConfigError
+from influence_core.errors import ConfigError, StorageError
 
 SUCCESS = "_SUCCESS"
+STARTED = "_STARTED"
+PARTIAL = ".partial-"  # a local copy in progress, renamed when complete
 # Which stage makes each input, for the message when a stage runs before the one it needs.
 PRODUCERS = {"model": "train", "data/train": "train", "influence/factors_": "fit_factors",
              "influence/scores_": "compute_scores", "reports/factors_": "inspect_factors"}
-VERSIONED_PACKAGES = ("torch", "transformers", "datasets", "tokenizers", "kronfluence", "fsspec")
+VERSIONED_PACKAGES = ("torch", "transformers", "datasets", "tokenizers", "kronfluence", "fsspec", "s3fs")
+# Bounded S3 retries: s3fs tries each call 3 times with backoff (botocore's own retries off), each
+# try waiting at most 5 s to connect and 15 s for data: a dead endpoint fails in under a minute.
+S3_TRIES = 3
+S3_CONFIG = {"connect_timeout": 5, "read_timeout": 15, "retries": {"total_max_attempts": 1}}
 
 
 def producer_of(relative: str) -> str:
-    return next(stage for prefix, stage in PRODUCERS.items() if relative.startswith(prefix))
+    return next((stage for prefix, stage in PRODUCERS.items() if relative.startswith(prefix)), "an earlier")
+
+
+def redact(uri: str) -> str:
+    """A URI without credentials (s3://KEY:SECRET@bucket -> s3://***@bucket)."""
+    return re.sub(r"//[^/@]+@", "//***@", uri)
+
+
+def _filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    protocol = fsspec.core.split_protocol(uri)[0] or "file"
+    options = {}
+    if protocol in ("s3", "s3a") and "config_kwargs" not in fsspec.config.conf.get("s3", {}):
+        options["config_kwargs"] = S3_CONFIG
+    fs, root = fsspec.core.url_to_fs(uri, **options)
+    if protocol in ("s3", "s3a"):
+        fs.retries = S3_TRIES  # s3fs reads this attribute; it has no constructor argument for it
+    return fs, root
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Artifacts:
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+        self.fs, self.root = _filesystem(self.uri)
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
     def path(self, relative: str) -> str:
         return posixpath.join(self.root, relative) if relative else self.root
 
     def url(self, relative: str) -> str:
-        return f"{self.uri}/{relative}" if relative else self.uri
+        return redact(f"{self.uri}/{relative}" if relative else self.uri)
+
+    def check_reachable(self) -> None:
+        """Fail fast on a missing bucket, missing credentials or a dead endpoint, before any work."""
+        if self.is_local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        self.fs.ls(bucket, refresh=True)  # FileNotFoundError when the bucket does not exist
 
     def exists(self, relative: str) -> bool:
         return self.fs.exists(self.path(relative))
@@ -52,12 +97,15 @@ class Artifacts:
     def read_bytes(self, relative: str) -> bytes:
         return self.fs.cat_file(self.path(relative))
 
-    def manifest(self, relative: str) -> dict | None:
-        """The `_SUCCESS` manifest of a complete output, or None."""
+    def _read_json(self, relative: str) -> dict | None:
         try:
-            return json.loads(self.read_bytes(f"{relative}/{SUCCESS}"))
+            return json.loads(self.read_bytes(relative))
         except FileNotFoundError:
             return None
+
+    def manifest(self, relative: str) -> dict | None:
+        """The `_SUCCESS` manifest of a complete output, or None."""
+        return self._read_json(f"{relative}/{SUCCESS}")
 
     def require(self, *relatives: str) -> dict[str, str]:
         """Fingerprints of complete inputs; a ConfigError naming the first missing one and its stage."""
@@ -81,39 +129,134 @@ class Artifacts:
         )
 
     def fetch(self, relative: str, destination: Path) -> Path:
-        """Make an artifact directory available locally at `destination` (a link when local)."""
+        """Make a complete artifact directory available at `destination` (a link when local), and
+        check every file against the sizes and checksums its `_SUCCESS` recorded."""
         destination.parent.mkdir(parents=True, exist_ok=True)
         if self.is_local:
             destination.symlink_to(Path(self.path(relative)).resolve(), target_is_directory=True)
-            return destination
-        remote = self.fs.find(self.path(relative))
-        local = [str(destination / posixpath.relpath(path, self.path(relative))) for path in remote]
-        for path in local:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.fs.get(remote, local)
+        else:
+            self._download(relative, destination, exclude={STARTED})
+        recorded = (self.manifest(relative) or {}).get("files", {})
+        for name, (size, digest) in recorded.items():
+            path = destination / name
+            if not path.is_file() or path.stat().st_size != size or _sha256(path) != digest:
+                raise ConfigError(
+                    f"input {self.url(f'{relative}/{name}')} is missing, truncated or changed since "
+                    f"{SUCCESS} was written: rerun the {producer_of(relative)} stage with FORCE=true"
+                )
         return destination
 
-    def publish(self, local_dir: Path, relative: str, manifest: dict) -> str:
-        """Copy `local_dir` to `relative`, replacing what was there; `_SUCCESS` goes last."""
-        target = self.path(relative)
-        if self.fs.exists(target):
-            # Unmark first, so a reader never sees old _SUCCESS beside new, half-copied files.
-            if self.fs.exists(f"{target}/{SUCCESS}"):
-                self.fs.rm_file(f"{target}/{SUCCESS}")
-            self.fs.rm(target, recursive=True)
-        files = sorted(path for path in local_dir.rglob("*") if path.is_file() and path.name != SUCCESS)
-        remote = [posixpath.join(target, path.relative_to(local_dir).as_posix()) for path in files]
-        if self.is_local:
-            for path in {posixpath.dirname(name) for name in remote} | {target}:
-                self.fs.makedirs(path, exist_ok=True)
-        if files:
-            # Explicit file-to-file lists: a recursive directory put nests on reruns.
-            self.fs.put([str(path) for path in files], remote)
-        self.fs.pipe_file(f"{target}/{SUCCESS}", json.dumps(manifest, indent=2, default=str).encode())
-        return self.url(relative)
+    def _download(self, relative: str, destination: Path, exclude: set[str]) -> list[str]:
+        base = self.path(relative)
+        remote = [path for path in self.fs.find(base)
+                  if posixpath.basename(path) not in exclude and PARTIAL not in posixpath.basename(path)]
+        names = [posixpath.relpath(path, base) for path in remote]
+        for name in names:
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        if remote:
+            self.fs.get(remote, [str(destination / name) for name in names])
+        return names
 
-    def write_text(self, relative: str, text: str) -> None:
-        self.fs.pipe_file(self.path(relative), text.encode())
+    def _put(self, local: list[Path], remote: list[str]) -> None:
+        if not local:
+            return
+        if not self.is_local:
+            # Explicit file-to-file lists (a recursive directory put nests on reruns); S3 objects
+            # appear whole or not at all.
+            self.fs.put([str(path) for path in local], remote)
+            return
+        for source, target in zip(local, remote):
+            # Copy beside, then rename: a killed copy never leaves a truncated file under its name.
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            partial = f"{target}{PARTIAL}{uuid.uuid4().hex[:8]}"
+            self.fs.put_file(str(source), partial)
+            os.replace(partial, target)
+
+    def _write_json(self, relative: str, content: dict) -> None:
+        data, target = json.dumps(content, indent=2, default=str).encode(), self.path(relative)
+        if not self.is_local:
+            self.fs.pipe_file(target, data)
+            return
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        partial = f"{target}{PARTIAL}{uuid.uuid4().hex[:8]}"
+        Path(partial).write_bytes(data)
+        os.replace(partial, target)
+
+    def publish(self, local_dir: Path, relative: str, manifest: dict) -> str:
+        """Replace `relative` with the contents of `local_dir`, `_SUCCESS` last."""
+        output = Output(self, relative, local_dir, stamp={})
+        output.start_fresh()
+        return output.complete(manifest)
+
+
+class Output:
+    """An output directory published in steps: finished files are uploaded as they come (so a
+    killed run loses only the step in progress), and `_SUCCESS` is written last."""
+
+    def __init__(self, artifacts: Artifacts, relative: str, local_dir: Path, stamp: dict) -> None:
+        self.artifacts, self.relative, self.local_dir, self.stamp = artifacts, relative, local_dir, stamp
+        self.synced: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) when uploaded
+
+    def _remote(self, name: str) -> str:
+        return self.artifacts.path(f"{self.relative}/{name}")
+
+    def start_fresh(self) -> None:
+        """Remove whatever was published here before, `_SUCCESS` first."""
+        store, target = self.artifacts, self.artifacts.path(self.relative)
+        if store.fs.exists(target):
+            if store.fs.exists(self._remote(SUCCESS)):
+                store.fs.rm_file(self._remote(SUCCESS))
+            store.fs.rm(target, recursive=True)
+        self.synced.clear()
+
+    def resume(self) -> list[str]:
+        """Restore the files an interrupted run with the same stamp published; otherwise start
+        fresh. Returns the restored file names."""
+        store = self.artifacts
+        previous = store._read_json(f"{self.relative}/{STARTED}")
+        if previous is not None and previous == json.loads(json.dumps(self.stamp, default=str)) and (
+            store.manifest(self.relative) is None
+        ):
+            self.local_dir.mkdir(parents=True, exist_ok=True)
+            names = store._download(self.relative, self.local_dir, exclude={STARTED, SUCCESS})
+            self._mark_synced(names)
+            return names
+        self.start_fresh()
+        store._write_json(f"{self.relative}/{STARTED}", self.stamp)
+        return []
+
+    def _local_files(self) -> dict[str, Path]:
+        return {path.relative_to(self.local_dir).as_posix(): path for path in sorted(self.local_dir.rglob("*"))
+                if path.is_file() and path.name not in (SUCCESS, STARTED)}
+
+    def _mark_synced(self, names: list[str]) -> None:
+        for name in names:
+            stat = (self.local_dir / name).stat()
+            self.synced[name] = (stat.st_size, stat.st_mtime_ns)
+
+    def sync(self) -> list[str]:
+        """Upload the files that are new or changed since the last sync."""
+        files = self._local_files()
+        changed = [name for name, path in files.items()
+                   if self.synced.get(name) != (path.stat().st_size, path.stat().st_mtime_ns)]
+        self.artifacts._put([files[name] for name in changed], [self._remote(name) for name in changed])
+        self._mark_synced(changed)
+        return changed
+
+    def complete(self, manifest: dict) -> str:
+        """Upload what is left, drop stale files, then write `_SUCCESS` (sizes and checksums of
+        every file included) last."""
+        self.sync()
+        store, files = self.artifacts, self._local_files()
+        target = store.path(self.relative)
+        if store.fs.exists(target):
+            keep = {self._remote(name) for name in files}
+            stale = [path for path in store.fs.find(target) if path not in keep]
+            if stale:
+                store.fs.rm(stale)
+        manifest = {**manifest, "files": {name: [path.stat().st_size, _sha256(path)] for name, path in files.items()}}
+        store._write_json(f"{self.relative}/{SUCCESS}", manifest)
+        return store.url(self.relative)
 
 
 def read_uri(uri: str, setting: str) -> bytes:
@@ -122,9 +265,31 @@ def read_uri(uri: str, setting: str) -> bytes:
         with fsspec.open(uri, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
-        raise ConfigError(f"{setting}={uri}: file not found") from None
+        raise ConfigError(f"{setting}={redact(uri)}: file not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{setting}={uri}: is a directory, expected a file") from None
+        raise ConfigError(f"{setting}={redact(uri)}: is a directory, expected a file") from None
+
+
+def describe_failure(error: BaseException) -> StorageError | None:
+    """A one-line StorageError for failures of the object store (unreachable endpoint, missing
+    bucket or credentials, access denied), or None for any other error."""
+    try:
+        from botocore import exceptions as boto
+    except ImportError:  # no S3 support installed: nothing of botocore's can have failed
+        return None
+    endpoint = os.environ.get("FSSPEC_S3_ENDPOINT_URL", "the default AWS endpoint")
+    if isinstance(error, (boto.NoCredentialsError, boto.PartialCredentialsError)):
+        return StorageError("no credentials for the object store: set AWS_ACCESS_KEY_ID and "
+                            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or workload identity", exit_code=2)
+    if isinstance(error, (boto.EndpointConnectionError, boto.ConnectTimeoutError, boto.ReadTimeoutError)):
+        return StorageError(f"cannot reach the object store at {endpoint} after {S3_TRIES} tries "
+                            f"({type(error).__name__}); check FSSPEC_S3_ENDPOINT_URL and the network", exit_code=3)
+    message = str(error).lower()
+    if isinstance(error, boto.ClientError) or (
+        isinstance(error, (FileNotFoundError, PermissionError)) and ("bucket" in message or "denied" in message)
+    ):
+        return StorageError(f"object store error at {endpoint}: {str(error).splitlines()[0][:300]}", exit_code=2)
+    return None
 
 
 def environment_facts() -> dict:

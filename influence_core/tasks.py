@@ -8,6 +8,8 @@ so a positive influence score means the training example helps the model produce
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 from kronfluence.task import Task
@@ -26,20 +28,32 @@ def _shifted_logits_and_labels(batch: BatchType, model: nn.Module) -> tuple[torc
     return logits.reshape(-1, logits.size(-1)), labels.reshape(-1)
 
 
+def _sample_labels(logits: torch.Tensor, batch: BatchType, seed: int) -> torch.Tensor:
+    """Labels drawn from the model's predictions, with one random stream per example, seeded by
+    its tokens: the draws, and so the fitted factors, do not depend on batch size, data
+    partitioning or a resumed run."""
+    probabilities = F.softmax(logits.detach(), dim=-1).view(len(batch["input_ids"]), -1, logits.size(-1))
+    rows = []
+    for row_probabilities, ids, mask in zip(probabilities, batch["input_ids"], batch["attention_mask"]):
+        key = hashlib.blake2b(ids[mask.bool()].cpu().numpy().tobytes(), digest_size=7).digest()
+        generator = torch.Generator(device=logits.device).manual_seed(int.from_bytes(key, "big") + seed)
+        rows.append(torch.multinomial(row_probabilities, num_samples=1, generator=generator).flatten())
+    return torch.cat(rows)
+
+
 class LanguageModelingTask(Task):
     """Summed next-token cross-entropy, for training examples and queries alike."""
 
-    def __init__(self, num_layers: int) -> None:
+    def __init__(self, num_layers: int, seed: int = 0) -> None:
         super().__init__()
         self.num_layers = num_layers
+        self.seed = seed
 
     def compute_train_loss(self, batch: BatchType, model: nn.Module, sample: bool = False) -> torch.Tensor:
         logits, labels = _shifted_logits_and_labels(batch, model)
-        if sample:
-            # True Fisher: labels drawn from the model's own predictions (Kronfluence's default).
+        if sample:  # the true Fisher (Kronfluence's default) uses labels sampled from the model
             with torch.no_grad():
-                sampled = torch.multinomial(F.softmax(logits.detach(), dim=-1), num_samples=1).flatten()
-                labels = torch.where(labels == -100, labels, sampled)
+                labels = torch.where(labels == -100, labels, _sample_labels(logits, batch, self.seed))
         return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
 
     def compute_measurement(self, batch: BatchType, model: nn.Module) -> torch.Tensor:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib
 import sys
 
-from influence_core.errors import ConfigError
+from influence_core.errors import ConfigError, StorageError
 
 STAGES = ("train", "fit_factors", "inspect_factors", "compute_scores", "inspect_scores", "preview_data",
-          "pipeline")
+          "pipeline", "fetch_report")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,9 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     stage = importlib.import_module(f"jobs.{argv[0]}")
     try:
         stage.run(argv[1:])
-    except ConfigError as error:
+    except (ConfigError, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except Exception as error:
+        from influence_core.storage import describe_failure
+
+        failure = describe_failure(error)
+        if failure is None:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
+        return failure.exit_code
     return 0
 
 

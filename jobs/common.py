@@ -21,6 +21,13 @@ def parse(cls: type[S], argv: list[str], stage: str) -> S:
     return settings
 
 
+def open_artifacts(uri: str) -> Artifacts:
+    """The artifacts store, checked to be reachable before any work is done."""
+    artifacts = Artifacts(uri)
+    artifacts.check_reachable()
+    return artifacts
+
+
 def fingerprint(settings: CommonSettings) -> dict:
     return settings.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
 

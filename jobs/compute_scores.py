@@ -12,8 +12,8 @@ import time
 
 from influence_core.prompts import Prompt, parse_prompts
 from influence_core.settings import ComputeScoresSettings
-from influence_core.storage import Artifacts, read_uri, work_dir
-from jobs.common import already_done, manifest, parse
+from influence_core.storage import Output, read_uri, work_dir
+from jobs.common import already_done, fingerprint, manifest, open_artifacts, parse
 
 log = logging.getLogger("jobs.compute_scores")
 
@@ -25,7 +25,7 @@ def load_prompts(settings: ComputeScoresSettings) -> list[Prompt]:
 def main(settings: ComputeScoresSettings) -> None:
     started = time.time()
     prompts = load_prompts(settings)
-    artifacts = Artifacts(settings.artifacts_uri)
+    artifacts = open_artifacts(settings.artifacts_uri)
     factors = f"influence/factors_{settings.factors_name}"
     inputs = artifacts.require("model", "data/train", factors)
     inputs["prompts"] = json.dumps([prompt.model_dump() for prompt in prompts])
@@ -33,21 +33,26 @@ def main(settings: ComputeScoresSettings) -> None:
     if already_done(artifacts, [output], "compute_scores", settings, inputs):
         return
 
+    from influence_core.factors import factors_dir
     from influence_core.runtime import configure_threads
-    from influence_core.scores import compute_scores
+    from influence_core.scores import compute_scores, scores_dir
 
     configure_threads()
     with work_dir() as work:
         model_dir = artifacts.fetch("model", work / "inputs" / "model")
         train_dir = artifacts.fetch("data/train", work / "inputs" / "train")
-        artifacts.fetch(factors, work / "influence" / f"factors_{settings.factors_name}")
+        artifacts.fetch(factors, factors_dir(work, settings.factors_name))
+        out = Output(artifacts, output, scores_dir(work, settings.scores_name),
+                     stamp={"stage": "compute_scores", "settings": fingerprint(settings), "inputs": inputs})
+        if restored := out.resume():
+            log.info("resuming: %d files of an interrupted run restored", len(restored))
         log.info("scoring %d prompts with factors %r", len(prompts), settings.factors_name)
-        scores_dir = compute_scores(model_dir, train_dir, prompts, settings, work)
-        (scores_dir / "prompts.json").write_text(json.dumps([p.model_dump() for p in prompts], indent=2,
-                                                            ensure_ascii=False))
+        local = compute_scores(model_dir, train_dir, prompts, settings, work, after_step=out.sync)
+        (local / "prompts.json").write_text(json.dumps([p.model_dump() for p in prompts], indent=2,
+                                                       ensure_ascii=False))
         strategy = artifacts.manifest(factors)["settings"]["factor_strategy"]
         record = manifest("compute_scores", settings, inputs, started, factor_strategy=strategy)
-        log.info("published %s", artifacts.publish(scores_dir, output, record))
+        log.info("published %s", out.complete(record))
 
 
 def run(argv: list[str]) -> None:

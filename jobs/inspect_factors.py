@@ -11,15 +11,15 @@ import time
 
 from influence_core.errors import ConfigError
 from influence_core.settings import InspectFactorsSettings
-from influence_core.storage import Artifacts, work_dir
-from jobs.common import already_done, manifest, parse
+from influence_core.storage import work_dir
+from jobs.common import already_done, manifest, open_artifacts, parse
 
 log = logging.getLogger("jobs.inspect_factors")
 
 
 def main(settings: InspectFactorsSettings) -> None:
     started = time.time()
-    artifacts = Artifacts(settings.artifacts_uri)
+    artifacts = open_artifacts(settings.artifacts_uri)
     factors = f"influence/factors_{settings.factors_name}"
     inputs = artifacts.require("model", factors)
     num_layers = json.loads(artifacts.read_bytes("model/config.json"))["num_layers"]
@@ -27,7 +27,7 @@ def main(settings: InspectFactorsSettings) -> None:
     if layer >= num_layers:
         raise ConfigError(f"invalid setting LAYER_NUM (--layer_num): the model has layers 0..{num_layers - 1}, "
                           f"got {layer}")
-    destination = Artifacts(settings.output_dir) if settings.output_dir else artifacts
+    destination = open_artifacts(settings.output_dir) if settings.output_dir else artifacts
     output = "" if settings.output_dir else f"reports/factors_{settings.factors_name}"
     if already_done(destination, [output], "inspect_factors", settings, inputs):
         return

@@ -10,15 +10,15 @@ import logging
 import time
 
 from influence_core.settings import InspectScoresSettings
-from influence_core.storage import Artifacts, work_dir
-from jobs.common import already_done, manifest, parse
+from influence_core.storage import work_dir
+from jobs.common import already_done, manifest, open_artifacts, parse
 
 log = logging.getLogger("jobs.inspect_scores")
 
 
 def main(settings: InspectScoresSettings) -> None:
     started = time.time()
-    artifacts = Artifacts(settings.artifacts_uri)
+    artifacts = open_artifacts(settings.artifacts_uri)
     scores = f"influence/scores_{settings.scores_name}"
     inputs = artifacts.require(scores, "data/train")
     output = f"reports/{settings.scores_name}"

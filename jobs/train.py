@@ -12,8 +12,8 @@ import time
 
 from influence_core.errors import ConfigError
 from influence_core.settings import TrainSettings
-from influence_core.storage import Artifacts, work_dir
-from jobs.common import already_done, manifest, parse
+from influence_core.storage import work_dir
+from jobs.common import already_done, manifest, open_artifacts, parse
 
 log = logging.getLogger("jobs.train")
 OUTPUTS = ["data/train", "model"]
@@ -21,7 +21,7 @@ OUTPUTS = ["data/train", "model"]
 
 def main(settings: TrainSettings) -> None:
     started = time.time()
-    artifacts = Artifacts(settings.artifacts_uri)
+    artifacts = open_artifacts(settings.artifacts_uri)
     if already_done(artifacts, OUTPUTS, "train", settings, inputs={}):
         return
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -32,6 +33,16 @@ def demo_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_trained(tmp_path_factory) -> Path:
+    """Artifacts holding only a quickly trained small model (200 documents, 2 epochs)."""
+    artifacts = tmp_path_factory.mktemp("small") / "artifacts"
+    result = run_jobs("train", "--num_examples", "200", "--num_train_epochs", "2",
+                      env={"ARTIFACTS_URI": str(artifacts)})
+    assert result.returncode == 0, result.stderr[-4000:]
+    return artifacts
+
+
+@pytest.fixture(scope="session")
 def demo_report(demo_run) -> dict:
     return json.loads((demo_run / "reports" / "prompt_scores" / "report.json").read_text())
 
@@ -46,6 +57,7 @@ def s3_env():
     environment that points fsspec/s3fs at it (dummy credentials, the endpoint URL)."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

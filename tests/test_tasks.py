@@ -87,3 +87,15 @@ def test_tracks_both_mlp_projections_of_every_block():
         "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj",
         "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj",
     ]
+
+
+def test_sampled_labels_do_not_depend_on_the_batch(model, batch):
+    """The true-Fisher draws are per example, so partitioning or batch size cannot change factors."""
+    task = LanguageModelingTask(num_layers=2, seed=7)
+    together = task.compute_train_loss(batch, model, sample=True).item()
+    torch.manual_seed(123)  # the global RNG plays no part
+    apart = sum(task.compute_train_loss({k: v[i:i + 1] for k, v in batch.items()}, model, sample=True).item()
+                for i in range(2))
+    assert together == pytest.approx(apart, rel=1e-5)
+    assert LanguageModelingTask(num_layers=2, seed=8).compute_train_loss(batch, model, sample=True).item() != (
+        pytest.approx(together, rel=1e-6))

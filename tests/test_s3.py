@@ -1,0 +1,144 @@
+"""Every stage against a real S3-compatible server on loopback (moto), as against a local path."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import fsspec
+import pytest
+
+from tests.conftest import run_jobs
+
+SECRET = "s3cr3t-value-that-must-not-leak"
+
+
+def s3(url: str, s3_env: dict):
+    """An in-process s3fs for `url` on the loopback server (fsspec read its env config at import)."""
+    return fsspec.core.url_to_fs(url, endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"])
+
+
+def bucket_listing(url: str, s3_env: dict) -> dict:
+    fs, root = s3(url, s3_env)
+    fs.invalidate_cache()
+    return {path: (info["size"], info.get("ETag"), str(info.get("LastModified")))
+            for path, info in fs.find(root, detail=True).items()}
+
+
+@pytest.fixture(scope="module")
+def s3_pipeline(s3_env, tmp_path_factory):
+    """The demo pipeline with ARTIFACTS_URI=s3://..., with a secret-looking key in the environment."""
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"]).create_bucket(Bucket="pipeline")
+    env = {**s3_env, "AWS_SECRET_ACCESS_KEY": SECRET, "ARTIFACTS_URI": "s3://pipeline/run"}
+    result = run_jobs("pipeline", env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return env, result
+
+
+def test_s3_pipeline_report_equals_local_one(s3_pipeline, demo_report, tmp_path):
+    env, _ = s3_pipeline
+    report_dir = tmp_path / "fetched"
+    result = run_jobs("fetch_report", "--report_dir", str(report_dir), env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((report_dir / "report.json").read_text()) == demo_report
+    assert (report_dir / "prompt_scores_report.md").read_text().startswith("# Influence report")
+
+
+def test_rerun_skips_and_leaves_the_bucket_unchanged(s3_pipeline):
+    env, _ = s3_pipeline
+    before = bucket_listing("s3://pipeline/run", env)
+    for stage in ("train", "fit_factors", "inspect_factors", "compute_scores", "inspect_scores"):
+        result = run_jobs(stage, env=env)
+        assert result.returncode == 0, result.stderr
+        assert "skipping" in result.stderr, (stage, result.stderr)
+    assert bucket_listing("s3://pipeline/run", env) == before
+
+
+def test_credentials_never_leak(s3_pipeline):
+    env, result = s3_pipeline
+    assert SECRET not in result.stdout + result.stderr
+    fs, root = s3("s3://pipeline/run", env)
+    for path in fs.find(root):
+        if path.endswith((".json", ".md", "_SUCCESS")):
+            assert SECRET not in fs.cat_file(path).decode(errors="replace"), path
+
+
+def one_line_failure(result, code: int, expected: str, seconds: float, limit: float = 60):
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr[-2000:]
+    assert seconds < limit
+
+
+def timed(*args, env):
+    start = time.monotonic()
+    result = run_jobs(*args, env=env, timeout=120)
+    return result, time.monotonic() - start
+
+
+def test_refused_endpoint_fails_fast(s3_env):
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**s3_env, "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "ARTIFACTS_URI": "s3://any/run"}
+    result, seconds = timed("fit_factors", env=env)
+    one_line_failure(result, 3, "cannot reach the object store", seconds)
+
+
+def test_silent_endpoint_times_out_within_a_minute(s3_env):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)  # accepts connections and never answers
+    accepted = []
+    stop = threading.Event()
+
+    def accept_forever():
+        listener.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept_forever, daemon=True)
+    thread.start()
+    env = {**s3_env, "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{listener.getsockname()[1]}",
+           "ARTIFACTS_URI": "s3://any/run"}
+    try:
+        result, seconds = timed("train", env=env)
+    finally:
+        stop.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        listener.close()
+    assert result.returncode != 0 and seconds < 60, (seconds, result.stderr[-2000:])
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+
+
+def test_missing_bucket(s3_env):
+    result, seconds = timed("train", env={**s3_env, "ARTIFACTS_URI": "s3://no-such-bucket-here/run"})
+    one_line_failure(result, 2, "object store error", seconds)
+
+
+def test_missing_credentials(s3_env, tmp_path):
+    env = {key: value for key, value in s3_env.items() if not key.startswith("AWS_ACCESS")}
+    env.update(AWS_SECRET_ACCESS_KEY="", AWS_ACCESS_KEY_ID="", AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true",
+               ARTIFACTS_URI="s3://any/run")
+    result, seconds = timed("fit_factors", env=env)
+    one_line_failure(result, 2, "no credentials", seconds)
+
+
+def test_damaged_input_is_refused(s3_env, s3_bucket, small_trained):
+    """A model file truncated after _SUCCESS was written fails with one line, not a traceback."""
+    fs, root = s3(s3_bucket, s3_env)
+    fs.put(str(small_trained) + "/", root + "/run/", recursive=True)
+    weights = f"{root}/run/model/model.safetensors"
+    fs.pipe_file(weights, fs.cat_file(weights)[:1000])
+    result, seconds = timed("fit_factors", env={**s3_env, "ARTIFACTS_URI": f"{s3_bucket}/run"})
+    one_line_failure(result, 2, "model/model.safetensors is missing, truncated or changed", seconds)
