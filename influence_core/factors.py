@@ -14,6 +14,7 @@ from kronfluence.utils.dataset import DataLoaderKwargs
 from transformers import AutoTokenizer
 
 from influence_core.data import PadCollator
+from influence_core.errors import ConfigError
 from influence_core.modeling import load_model
 from influence_core.settings import FitFactorsSettings
 from influence_core.tasks import TASKS
@@ -60,31 +61,57 @@ def factor_arguments(settings: FitFactorsSettings) -> FactorArguments:
     )
 
 
-def data_partitions(count: int) -> list[list[int] | None]:
-    """Kronfluence's target_data_partitions for each step: None when the data is not partitioned."""
-    return [None] if count == 1 else [[index] for index in range(count)]
+PHASES = ("covariance", "eigendecomposition", "lambda")
+
+
+def data_partitions(count: int, shard: int | None = None) -> list[list[int] | None]:
+    """Kronfluence's target_data_partitions, one entry per step: every partition, or only the
+    shard's; None when the data is not partitioned."""
+    if count == 1:
+        return [None]
+    return [[index] for index in range(count) if shard is None or index == shard]
 
 
 def fit_factors(model_dir: Path, train_dir: Path, settings: FitFactorsSettings, work_dir: Path,
                 after_step: Callable[[], None] = lambda: None) -> Path:
-    """Fit factors on every training example, one data partition at a time, calling `after_step`
-    after each finished partition (the caller publishes it). Partitions whose files already lie in
-    the output directory are not recomputed. Returns the local directory Kronfluence wrote."""
+    """Fit factors one data partition at a time, calling `after_step` after each (the caller
+    publishes it); partitions whose files already lie in the output directory are skipped.
+
+    Without a shard, every phase up to FACTOR_PHASE runs over all missing partitions, and
+    Kronfluence aggregates a phase once all its partitions exist. A shard computes its one
+    partition of FACTOR_PHASE (covariance or lambda) only. Returns the local output directory."""
     analyzer = build_analyzer(model_dir, work_dir, seed=settings.seed)
     args = factor_arguments(settings)
     common = {"factors_name": settings.factors_name, "factor_args": args, "overwrite_output_dir": False}
     data = {"dataset": load_training_examples(train_dir), "per_device_batch_size": settings.factor_batch_size}
+    shard = settings.shard
+    last = len(PHASES) if settings.factor_phase == "all" else PHASES.index(settings.factor_phase) + 1
+    phases = [settings.factor_phase] if shard is not None else PHASES[:last]
     # Kronfluence skips each step its strategy does not need (e.g. all of them for identity).
-    for partition in data_partitions(args.covariance_data_partitions):
-        analyzer.fit_covariance_matrices(**common, **data, target_data_partitions=partition)
+    if "covariance" in phases:
+        for partition in data_partitions(args.covariance_data_partitions, shard):
+            analyzer.fit_covariance_matrices(**common, **data, target_data_partitions=partition)
+            after_step()
+    if "eigendecomposition" in phases:
+        analyzer.perform_eigendecomposition(**common)
         after_step()
-    analyzer.perform_eigendecomposition(**common)
-    after_step()
-    for partition in data_partitions(args.lambda_data_partitions):
-        analyzer.fit_lambda_matrices(**common, **data, target_data_partitions=partition)
-        after_step()
+    if "lambda" in phases:
+        for partition in data_partitions(args.lambda_data_partitions, shard):
+            analyzer.fit_lambda_matrices(**common, **data, target_data_partitions=partition)
+            after_step()
     return factors_dir(work_dir, settings.factors_name)
 
 
 def factors_dir(work_dir: Path, factors_name: str) -> Path:
     return work_dir / ANALYSIS_NAME / f"factors_{factors_name}"
+
+
+def check_phase_inputs(local_dir: Path, settings: FitFactorsSettings) -> None:
+    """A lambda shard of EK-FAC needs the eigendecomposition that an earlier phase published."""
+    if settings.shard is not None and settings.factor_phase == "lambda" and settings.factor_strategy == "ekfac" and (
+        not (local_dir / "activation_eigenvectors.safetensors").exists()
+    ):
+        raise ConfigError(
+            f"FACTOR_PHASE=lambda shard {settings.shard}: the eigendecomposition of {settings.factors_name!r} is not "
+            "published yet; run fit_factors with FACTOR_PHASE=eigendecomposition and no SHARD_INDEX first"
+        )

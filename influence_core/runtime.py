@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import os
+import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from influence_core.errors import ConfigError
+from influence_core.storage import work_dir
 
 
 def cpu_limit() -> int:
@@ -51,3 +60,92 @@ def configure_logging(level: str) -> None:
     # Kronfluence's INFO lines print the whole model and every argument.
     for noisy in ("kronfluence", "httpx", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+# ---- torchrun processes ------------------------------------------------------------------------
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Only the first torchrun process reads and writes the artifacts; the others compute."""
+    return rank() == 0
+
+
+def refuse_cpu_processes(stage: str) -> None:
+    """Kronfluence spreads work over torchrun processes only on CUDA: on CPU each process would
+    silently repeat the whole computation, so several CPU processes are refused."""
+    import torch
+
+    if world_size() > 1 and not torch.cuda.is_available():
+        raise ConfigError(
+            f"{stage}: {world_size()} torchrun processes on CPU would each repeat the same work (Kronfluence "
+            "runs distributed only on CUDA); use --nproc-per-node=1 and spread the work over pods with data "
+            "partitions and SHARD_INDEX (Indexed Jobs)"
+        )
+
+
+@contextmanager
+def shared_work_dir(stage: str) -> Iterator[Path]:
+    """A scratch directory for one stage run. The torchrun processes of a pod share one, since
+    Kronfluence's ranks read the factor files that its main process writes."""
+    if world_size() == 1:
+        with work_dir() as path:
+            yield path
+        return
+    path = Path(tempfile.gettempdir()) / f"influence-{stage}-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
+    path.mkdir(exist_ok=True)
+    yield path
+
+
+def barrier() -> None:
+    """Wait for every torchrun process (a no-op for a single process)."""
+    if world_size() == 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    dist.barrier()
+
+
+# ---- progress ----------------------------------------------------------------------------------
+
+PROGRESS_LOG_INTERVAL_S = 30.0  # in pods: one line per bar at most this often, plus the last
+
+
+def progress_bars() -> bool:
+    """Progress bars on a terminal; in a pod or CI (stderr not a terminal) they become log lines."""
+    return sys.stderr.isatty()
+
+
+class _ProgressLog(io.TextIOBase):
+    """A file for tqdm: each refresh of a bar becomes one log line (tqdm redraws with "\\r")."""
+
+    last = ""
+
+    def write(self, text: str) -> int:
+        line = text.replace("\x1b[A", "").strip("\r\n ")
+        if line and line != self.last:  # a closing bar redraws its last state
+            logging.getLogger("progress").info(line)
+            self.last = line
+        return len(text)
+
+
+def configure_progress(interval_s: float = PROGRESS_LOG_INTERVAL_S) -> None:
+    """Off a terminal, every tqdm bar (ours, Kronfluence's, the Trainer's) logs a plain line at most
+    every `interval_s` seconds instead of drawing; on a terminal bars draw as usual. tqdm takes no
+    global file setting and Kronfluence creates its bars itself, hence the changed defaults."""
+    import tqdm
+
+    if progress_bars() or getattr(tqdm.tqdm, "_logs_progress", False):
+        return
+    tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, file=_ProgressLog(), ascii=True,
+                                                 mininterval=interval_s, maxinterval=interval_s)
+    tqdm.tqdm._logs_progress = True

@@ -28,15 +28,17 @@ def score_arguments(settings: ComputeScoresSettings) -> ScoreArguments:
 
 def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], settings: ComputeScoresSettings,
                    work_dir: Path, after_step: Callable[[], None] = lambda: None) -> Path:
-    """Score all prompts against all training examples, one data partition at a time, calling
-    `after_step` after each (partitions already in the output directory are skipped). The factors
-    must lie at <work_dir>/influence/factors_<factors_name>. Returns the local scores directory."""
+    """Score all prompts against all training examples, one data partition at a time (only the
+    shard's partition when SHARD_INDEX is set), calling `after_step` after each; partitions
+    already in the output directory are skipped, and Kronfluence aggregates once all exist. The
+    factors must lie at <work_dir>/influence/factors_<factors_name>. Returns the local scores
+    directory."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     context = AutoConfig.from_pretrained(model_dir).max_position_embeddings
     queries = tokenize_prompts(prompts, tokenizer, context)  # before the model loads: fails fast
     analyzer = build_analyzer(model_dir, work_dir, settings.task)
     train_examples = load_training_examples(train_dir)
-    for partition in data_partitions(settings.score_data_partitions):
+    for partition in data_partitions(settings.score_data_partitions, settings.shard):
         analyzer.compute_pairwise_scores(
             scores_name=settings.scores_name,
             factors_name=settings.factors_name,

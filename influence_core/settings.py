@@ -10,8 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BeforeValidator, Field, NonNegativeInt, PositiveFloat, PositiveInt, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from influence_core.errors import ConfigError
 
@@ -65,7 +74,21 @@ class TrainSettings(CorpusSettings):
     group_by_length: bool = True
 
 
-class FitFactorsSettings(CommonSettings):
+class ShardSettings(CommonSettings):
+    """Which Kronfluence data partition this process computes, when the work is spread over pods
+    (Kubernetes Indexed Jobs set JOB_COMPLETION_INDEX). Without one, the stage computes every
+    missing partition and aggregates."""
+
+    shard_index: NonNegativeInt | None = Field(None, description="The data partition to compute alone")
+    job_completion_index: NonNegativeInt | None = Field(None, description="Set by Indexed Jobs; "
+                                                                          "used when SHARD_INDEX is not")
+
+    @property
+    def shard(self) -> int | None:
+        return self.shard_index if self.shard_index is not None else self.job_completion_index
+
+
+class FitFactorsSettings(ShardSettings):
     factors_name: Name = "tiny_lm_factors"
     factor_strategy: Strategy = Field("ekfac", description=f"One of {', '.join(STRATEGIES)} (or diagfisher)")
     factor_batch_size: PositiveInt = 16
@@ -78,6 +101,23 @@ class FitFactorsSettings(CommonSettings):
     gradient_covariance_dtype: Dtype = "float32"
     eigendecomposition_dtype: Literal["float32", "float64"] = "float64"
     lambda_dtype: Dtype = "float32"
+    factor_phase: Literal["covariance", "eigendecomposition", "lambda", "all"] = Field(
+        "all", description="Sharded EK-FAC runs in phases: covariance shards, eigendecomposition, lambda "
+                           "shards, all (aggregate). Without a shard: everything up to this phase")
+
+    @model_validator(mode="after")
+    def _shard_fits_the_phase(self) -> FitFactorsSettings:
+        if self.shard is None:
+            return self
+        if self.factor_phase not in ("covariance", "lambda"):
+            raise ValueError("a shard computes one partition of the covariance or lambda phase: "
+                             f"set FACTOR_PHASE=covariance or lambda, got {self.factor_phase}")
+        partitions = (self.covariance_data_partitions if self.factor_phase == "covariance"
+                      else self.lambda_data_partitions)
+        if self.shard >= partitions:
+            raise ValueError(f"shard {self.shard} is out of range: the {self.factor_phase} phase has "
+                             f"{partitions} data partitions (0..{partitions - 1})")
+        return self
 
 
 class InspectFactorsSettings(CommonSettings):
@@ -86,7 +126,7 @@ class InspectFactorsSettings(CommonSettings):
     output_dir: str | None = Field(None, description="Where the plots go; default reports/factors_<name>")
 
 
-class ComputeScoresSettings(CommonSettings):
+class ComputeScoresSettings(ShardSettings):
     factors_name: Name = "tiny_lm_factors"
     scores_name: Name = "prompt_scores"
     prompts: str = Field(SHIPPED_PROMPTS, description="Path or URL of the prompts file")
@@ -100,11 +140,34 @@ class ComputeScoresSettings(CommonSettings):
     score_dtype: Dtype = "float32"
     score_data_partitions: PositiveInt = 1
 
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> ComputeScoresSettings:
+        if self.shard is not None and self.shard >= self.score_data_partitions:
+            raise ValueError(f"shard {self.shard} is out of range: SCORE_DATA_PARTITIONS is "
+                             f"{self.score_data_partitions} (shards 0..{self.score_data_partitions - 1})")
+        return self
+
+
+class ComputeSelfScoresSettings(CommonSettings):
+    """Self-influence of every training example (its influence on its own loss): large values mark
+    outliers, mislabelled or memorised text. The scoring settings mean what they do for compute_scores."""
+
+    factors_name: Name = "tiny_lm_factors"
+    train_batch_size: PositiveInt = 32
+    damping_factor: PositiveFloat | None = Field(None, description="Default: 0.1 x mean eigenvalue")
+    per_sample_gradient_dtype: Dtype = "float32"
+    precondition_dtype: Dtype = "float32"
+    score_dtype: Dtype = "float32"
+
 
 class InspectScoresSettings(CommonSettings):
     scores_name: Name = "prompt_scores"
     num_influential: PositiveInt = 5
     excerpt_chars: PositiveInt = 400
+    per_token_scores: bool = Field(True, description="Per-token influence of the top examples, for the HTML "
+                                                     "report's highlighting (needs the model and the factors)")
+    num_self_influential: PositiveInt = Field(10, description="Most self-influential examples listed, when "
+                                                              "compute_self_scores has run")
 
 
 class PreviewDataSettings(CorpusSettings):
@@ -112,7 +175,7 @@ class PreviewDataSettings(CorpusSettings):
 
 
 class PipelineSettings(TrainSettings, FitFactorsSettings, InspectFactorsSettings, ComputeScoresSettings,
-                       InspectScoresSettings):
+                       ComputeSelfScoresSettings, InspectScoresSettings):
     """Every stage's settings at once, for running the analysis stages in order locally."""
 
 
@@ -120,7 +183,9 @@ S = TypeVar("S", bound=CommonSettings)
 
 
 def _describe(error: dict) -> str:
-    field = str(error["loc"][0]) if error["loc"] else "settings"
+    if not error["loc"]:  # a check across settings
+        return f"invalid settings: {error['msg'].removeprefix('Value error, ')}"
+    field = str(error["loc"][0])
     return f"invalid setting {field.upper()} (--{field}): {error['msg']}; got {error.get('input')!r}"
 
 
@@ -137,3 +202,33 @@ def load_settings(cls: type[S], argv: list[str] | None = None, prog: str = "pyth
 def stage_settings(cls: type[S], settings: CommonSettings) -> S:
     """A stage's settings taken from a wider settings object (the pipeline's), without re-parsing."""
     return cls.model_validate(settings.model_dump(include=set(cls.model_fields)))
+
+
+def _comma_separated(value: object) -> object:
+    return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+
+def _distinct(values: tuple) -> tuple:
+    if len(set(values)) != len(values):
+        raise ValueError("each strategy may be named once")
+    return values
+
+
+class EvaluateSettings(CommonSettings):
+    """The fact-tracing evaluation: factors and scores for each strategy, under names of its own
+    (factors_<eval_name>_<strategy>, scores_<eval_name>_<strategy>), ranked against the planted
+    facts beside a lexical baseline. Fitting and scoring settings not listed here take the stages'
+    own defaults (or their environment variables)."""
+
+    strategies: Annotated[
+        tuple[Strategy, ...], NoDecode, BeforeValidator(_comma_separated), AfterValidator(_distinct),
+        Field(min_length=1, description="Comma-separated strategies to evaluate"),
+    ] = ("ekfac", "kfac", "diagonal", "identity")
+    eval_name: Name = Field("eval", description="Prefix of the factors and scores names the evaluation uses")
+    prompts: str = Field(SHIPPED_PROMPTS, description="Prompts file; the ones asking for planted facts are evaluated")
+    task: Literal["language_modeling", "margin", "custom"] = "language_modeling"
+    factor_batch_size: PositiveInt = 16
+    train_batch_size: PositiveInt = 32
+    query_batch_size: PositiveInt | None = Field(None, description="Prompts per query batch; default all")
+    query_gradient_rank: PositiveInt | None = Field(None, description="Low-rank query gradients; default full")
+    damping_factor: PositiveFloat | None = Field(None, description="Default: 0.1 x mean eigenvalue")

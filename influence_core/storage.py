@@ -209,19 +209,23 @@ class Output:
             store.fs.rm(target, recursive=True)
         self.synced.clear()
 
-    def resume(self) -> list[str]:
-        """Restore the files an interrupted run with the same stamp published; otherwise start
-        fresh. Returns the restored file names."""
+    def resume(self, shard: bool = False) -> list[str]:
+        """Restore the files that earlier runs with the same stamp published (an interrupted run,
+        or the shards of a sharded one); a different stamp means starting fresh. A shard worker
+        never deletes: other shards may be publishing beside it. Returns the restored names."""
         store = self.artifacts
         previous = store._read_json(f"{self.relative}/{STARTED}")
-        if previous is not None and previous == json.loads(json.dumps(self.stamp, default=str)) and (
-            store.manifest(self.relative) is None
-        ):
+        same = previous == json.loads(json.dumps(self.stamp, default=str))
+        if previous is not None and same:
             self.local_dir.mkdir(parents=True, exist_ok=True)
             names = store._download(self.relative, self.local_dir, exclude={STARTED, SUCCESS})
             self._mark_synced(names)
             return names
-        self.start_fresh()
+        if shard and previous is not None:
+            raise ConfigError(f"{store.url(self.relative)} is being built by a run with other settings or inputs "
+                              f"(see its {STARTED}): finish or delete it, or use another name")
+        if not shard:
+            self.start_fresh()
         store._write_json(f"{self.relative}/{STARTED}", self.stamp)
         return []
 

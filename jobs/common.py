@@ -12,7 +12,8 @@ from influence_core.storage import Artifacts, environment_facts
 log = logging.getLogger("jobs")
 
 # Settings that do not change a stage's outputs, so they do not invalidate a finished one.
-NOT_FINGERPRINTED = {"artifacts_uri", "force", "log_level", "output_dir"}
+NOT_FINGERPRINTED = {"artifacts_uri", "force", "log_level", "output_dir", "shard_index", "job_completion_index",
+                     "factor_phase"}
 
 
 def parse(cls: type[S], argv: list[str], stage: str) -> S:

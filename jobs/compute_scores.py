@@ -12,7 +12,7 @@ import time
 
 from influence_core.prompts import Prompt, parse_prompts
 from influence_core.settings import ComputeScoresSettings
-from influence_core.storage import Output, read_uri, work_dir
+from influence_core.storage import Output, read_uri
 from jobs.common import already_done, fingerprint, manifest, open_artifacts, parse
 
 log = logging.getLogger("jobs.compute_scores")
@@ -34,20 +34,37 @@ def main(settings: ComputeScoresSettings) -> None:
         return
 
     from influence_core.factors import factors_dir
-    from influence_core.runtime import configure_threads
+    from influence_core.runtime import (
+        barrier,
+        configure_threads,
+        is_main_process,
+        refuse_cpu_processes,
+        shared_work_dir,
+    )
     from influence_core.scores import compute_scores, scores_dir
 
+    refuse_cpu_processes("compute_scores")
     configure_threads()
-    with work_dir() as work:
-        model_dir = artifacts.fetch("model", work / "inputs" / "model")
-        train_dir = artifacts.fetch("data/train", work / "inputs" / "train")
-        artifacts.fetch(factors, factors_dir(work, settings.factors_name))
+    with shared_work_dir("compute_scores") as work:
         out = Output(artifacts, output, scores_dir(work, settings.scores_name),
                      stamp={"stage": "compute_scores", "settings": fingerprint(settings), "inputs": inputs})
-        if restored := out.resume():
-            log.info("resuming: %d files of an interrupted run restored", len(restored))
-        log.info("scoring %d prompts with factors %r", len(prompts), settings.factors_name)
-        local = compute_scores(model_dir, train_dir, prompts, settings, work, after_step=out.sync)
+        if is_main_process():  # the other torchrun processes read what it fetched
+            artifacts.fetch("model", work / "inputs" / "model")
+            artifacts.fetch("data/train", work / "inputs" / "train")
+            artifacts.fetch(factors, factors_dir(work, settings.factors_name))
+            if restored := out.resume(shard=settings.shard is not None):
+                log.info("restored %d published files of this output", len(restored))
+        barrier()
+        what = "" if settings.shard is None else f" (shard {settings.shard} of {settings.score_data_partitions})"
+        log.info("scoring %d prompts with factors %r%s", len(prompts), settings.factors_name, what)
+        local = compute_scores(work / "inputs" / "model", work / "inputs" / "train", prompts, settings, work,
+                               after_step=out.sync if is_main_process() else lambda: None)
+        if not is_main_process():
+            return
+        if settings.shard is not None:
+            log.info("published shard %d to %s; a run without SHARD_INDEX aggregates", settings.shard,
+                     artifacts.url(output))
+            return
         (local / "prompts.json").write_text(json.dumps([p.model_dump() for p in prompts], indent=2,
                                                        ensure_ascii=False))
         strategy = artifacts.manifest(factors)["settings"]["factor_strategy"]

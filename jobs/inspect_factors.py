@@ -1,6 +1,7 @@
-"""Stage 2b: plots of the lambda matrices and eigenvalue spectra of one block's MLP modules.
+"""Stage 2b: what the fitted factors look like: heatmaps of the lambda and covariance matrices and
+sorted eigenvalue spectra of one block's MLP modules, and spectrum statistics of every module.
 
-Output: reports/factors_<factors_name>/ (or OUTPUT_DIR), PNG files.
+Output: reports/factors_<factors_name>/ (or OUTPUT_DIR): PNG files and summary.json.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import time
 
 from influence_core.errors import ConfigError
+from influence_core.runtime import is_main_process
 from influence_core.settings import InspectFactorsSettings
 from influence_core.storage import work_dir
 from jobs.common import already_done, manifest, open_artifacts, parse
@@ -18,6 +20,8 @@ log = logging.getLogger("jobs.inspect_factors")
 
 
 def main(settings: InspectFactorsSettings) -> None:
+    if not is_main_process():  # one process reports; more under torchrun would only repeat it
+        return
     started = time.time()
     artifacts = open_artifacts(settings.artifacts_uri)
     factors = f"influence/factors_{settings.factors_name}"
@@ -32,18 +36,22 @@ def main(settings: InspectFactorsSettings) -> None:
     if already_done(destination, [output], "inspect_factors", settings, inputs):
         return
 
-    from influence_core.reports import plot_factors
+    from influence_core.reports import factor_summary, plot_factors
 
+    strategy = artifacts.manifest(factors)["settings"].get("factor_strategy")
     with work_dir() as work:
         factors_dir = artifacts.fetch(factors, work / "factors")
-        plots = plot_factors(factors_dir, layer, work / "plots")
+        plots = plot_factors(factors_dir, layer, work / "plots", strategy)
         if not plots:
             log.warning("the %r factors hold no lambda matrices or eigenvalues (identity strategy?): "
                         "nothing to plot", settings.factors_name)
+        summary = {"factors_name": settings.factors_name, "layer_plotted": layer,
+                   **factor_summary(factors_dir, strategy)}
+        (work / "plots" / "summary.json").write_text(json.dumps(summary, indent=2))
         record = manifest("inspect_factors", settings, inputs, started, layer=layer,
                           plots=[plot.name for plot in plots])
-        log.info("published %d plots to %s", len(plots), destination.publish(work / "plots", output, record))
-
+        log.info("published %d plots and summary.json (%d modules) to %s", len(plots), len(summary["modules"]),
+                 destination.publish(work / "plots", output, record))
 
 def run(argv: list[str]) -> None:
     main(parse(InspectFactorsSettings, argv, "inspect_factors"))

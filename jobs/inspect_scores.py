@@ -1,6 +1,8 @@
-"""Stage 4: per prompt, the most helpful and most harmful training examples.
+"""Stage 4: per prompt, the most helpful and most harmful training examples, where in them the
+influence sits, and the most self-influential training examples.
 
-Output: reports/<scores_name>/ with <scores_name>_report.md, report.json and score plots.
+Output: reports/<scores_name>/ with <scores_name>_report.md, report.json, report.html (one
+self-contained page) and score plots.
 """
 
 from __future__ import annotations
@@ -8,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
+from influence_core.runtime import is_main_process
 from influence_core.settings import InspectScoresSettings
 from influence_core.storage import work_dir
 from jobs.common import already_done, manifest, open_artifacts, parse
@@ -17,10 +21,20 @@ log = logging.getLogger("jobs.inspect_scores")
 
 
 def main(settings: InspectScoresSettings) -> None:
+    if not is_main_process():  # one process reports; more under torchrun would only repeat it
+        return
     started = time.time()
     artifacts = open_artifacts(settings.artifacts_uri)
     scores = f"influence/scores_{settings.scores_name}"
     inputs = artifacts.require(scores, "data/train")
+    scored_with = artifacts.manifest(scores)
+    factors_name = scored_with["settings"]["factors_name"]
+    factors = f"influence/factors_{factors_name}"
+    if settings.per_token_scores:  # recomputed for the shown examples: needs what the scores came from
+        inputs.update(artifacts.require("model", factors))
+    self_scores = f"influence/self_scores_{factors_name}"
+    if artifacts.manifest(self_scores) is not None:  # optional: listed when compute_self_scores has run
+        inputs.update(artifacts.require(self_scores))
     output = f"reports/{settings.scores_name}"
     if already_done(artifacts, [output], "inspect_scores", settings, inputs):
         return
@@ -29,7 +43,8 @@ def main(settings: InspectScoresSettings) -> None:
     from safetensors.torch import load_file
 
     from influence_core.prompts import Prompt
-    from influence_core.reports import build_report, plot_score_distributions, render_markdown
+    from influence_core.reports import attach_self_influence, build_report
+    from influence_core.self_influence import load_self_scores, top_self_influential
 
     with work_dir() as work:
         scores_dir = artifacts.fetch(scores, work / "scores")
@@ -39,21 +54,53 @@ def main(settings: InspectScoresSettings) -> None:
         texts = load_from_disk(str(train_dir))["text"]
         facts_file = train_dir / "planted_facts.json"
         facts = json.loads(facts_file.read_text()) if facts_file.exists() else None
-        scored_with = artifacts.manifest(scores)
-        names = {"scores_name": settings.scores_name,
-                 "factors_name": scored_with["settings"]["factors_name"],
+        names = {"scores_name": settings.scores_name, "factors_name": factors_name,
                  "strategy": scored_with.get("factor_strategy")}
         report = build_report(matrix, prompts, texts, facts, settings.num_influential, names)
 
-        out = work / "report"
-        out.mkdir()
-        (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-        (out / f"{settings.scores_name}_report.md").write_text(render_markdown(report, settings.excerpt_chars))
-        plot_score_distributions(matrix, prompts, out / "score_distributions.png")
+        if settings.per_token_scores:
+            from influence_core.factors import factors_dir
+            from influence_core.runtime import configure_threads
+            from influence_core.token_scores import add_token_scores
+
+            configure_threads()
+            model_dir = artifacts.fetch("model", work / "model")
+            artifacts.fetch(factors, factors_dir(work, factors_name))
+            log.info("per-token scores of the %d prompts' top examples", len(prompts))
+            add_token_scores(report, prompts, model_dir, train_dir, scores_dir, factors_name,
+                             scored_with["settings"].get("task", "language_modeling"),
+                             scored_with["settings"].get("train_batch_size", 8), work)
+        if self_scores in inputs:
+            values = load_self_scores(artifacts.fetch(self_scores, work / "self_scores"))
+            attach_self_influence(report, top_self_influential(values, texts, settings.num_self_influential),
+                                  factors_name, len(values))
+
+        write_report(report, matrix, prompts, settings, work / "report")
         if "fact_recall_at_10" in report:
             log.info("planted-fact recall@10: %.3f", report["fact_recall_at_10"])
-        log.info("published %s", artifacts.publish(out, output, manifest("inspect_scores", settings, inputs,
-                                                                          started)))
+        log.info("published %s", artifacts.publish(work / "report", output, manifest("inspect_scores", settings,
+                                                                                     inputs, started)))
+
+
+def write_report(report: dict, matrix, prompts: list, settings: InspectScoresSettings, out: Path) -> None:
+    """report.json, the markdown and HTML reports and the score plots, into `out`."""
+    from influence_core.report_html import render_html
+    from influence_core.reports import (
+        distribution_plot_name,
+        plot_prompt_distribution,
+        plot_score_distributions,
+        render_markdown,
+    )
+
+    out.mkdir()
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    (out / f"{settings.scores_name}_report.md").write_text(render_markdown(report, settings.excerpt_chars))
+    plot_score_distributions(matrix, prompts, out / "score_distributions.png")
+    images = {}
+    for number, (row, entry) in enumerate(zip(matrix, report["prompts"]), start=1):
+        path = plot_prompt_distribution(row, entry, number, out / distribution_plot_name(number))
+        images[path.name] = path.read_bytes()
+    (out / "report.html").write_text(render_html(report, images, settings.excerpt_chars), encoding="utf-8")
 
 
 def run(argv: list[str]) -> None:

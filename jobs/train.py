@@ -28,7 +28,7 @@ def main(settings: TrainSettings) -> None:
     import torch
 
     from influence_core import data, modeling, tokenizer, training
-    from influence_core.runtime import configure_threads
+    from influence_core.runtime import configure_threads, is_main_process
 
     configure_threads()
     torch.manual_seed(settings.seed)
@@ -52,6 +52,8 @@ def main(settings: TrainSettings) -> None:
             gradient_accumulation_steps=settings.gradient_accumulation_steps,
         )
         metrics = training.train(model, examples, tok.pad_token_id, plan, work / "trainer")
+        if not is_main_process():  # under torchrun DDP every process trains; one publishes
+            return
         log.info("trained: final loss %.3f, %.0f tokens/s, %.1f s", metrics["final_loss"],
                  metrics["tokens_per_second"], metrics["train_seconds"])
 

@@ -46,7 +46,7 @@ def test_killed_fit_factors_resumes_without_recomputing(small_trained):
 
     result = run_jobs(*args, env={"ARTIFACTS_URI": str(small_trained)})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming" in result.stderr
+    assert "restored" in result.stderr
     after = snapshot(output)
     assert (output / "_SUCCESS").exists()
     assert {name: after[name] for name in before} == before  # finished partitions untouched
