@@ -19,45 +19,160 @@ from influence_core.prompts import Prompt  # noqa: E402
 RECALL_AT = 10
 
 
-# ---- factors ---------------------------------------------------------------------------------
+# ---- factors ----------------------------------------------------------------------------------
 
-def _load_if_present(factors_dir: Path, name: str) -> dict[str, torch.Tensor]:
+# Kronfluence stores covariances and the EK-FAC lambda matrix as sums over what it processed
+# (tokens for covariances, examples for lambda), with the counts in these files.
+COUNT_FILES = {"activation_covariance": "num_activation_covariance_processed",
+               "gradient_covariance": "num_gradient_covariance_processed",
+               "lambda_matrix": "num_lambda_processed"}
+TOP_EIGENVALUES = 10
+HEURISTIC_DAMPING_SCALE = 0.1  # Kronfluence's default damping: 0.1 x the mean of the module's lambda
+SPECTRUM_DEFINITIONS = {
+    "top_eigenvalues": f"the {TOP_EIGENVALUES} largest eigenvalues",
+    "condition_number": "largest / smallest eigenvalue; null when the smallest is not positive (rounding "
+                        "makes tiny eigenvalues slightly negative)",
+    "effective_rank": "exp of the Shannon entropy of the eigenvalues normalised to sum to 1 (Roy & Vetterli, "
+                      "2007): how many equal eigenvalues would spread the same mass",
+    "lambda": "the eigenvalues of the module's Fisher approximation that the scores invert: EK-FAC's corrected "
+              "eigenvalues, K-FAC's products of gradient and activation eigenvalues, or the diagonal Fisher",
+    "heuristic_damping": "the damping Kronfluence adds when DAMPING_FACTOR is not set: 0.1 x the mean of lambda",
+    "damped_condition_number": "(largest lambda + heuristic damping) / (smallest lambda + heuristic damping): "
+                               "the conditioning of what is inverted",
+}
+
+
+def load_factor(factors_dir: Path, name: str) -> dict[str, torch.Tensor]:
+    """One factor file by module, divided by Kronfluence's count where it stores a sum; empty
+    when the strategy has no such factor."""
     path = factors_dir / f"{name}.safetensors"
-    return load_file(str(path)) if path.exists() else {}
+    if not path.exists():
+        return {}
+    factors = {module: value.double() for module, value in load_file(str(path)).items()}
+    count_path = factors_dir / f"{COUNT_FILES.get(name, '')}.safetensors"
+    if name in COUNT_FILES and count_path.exists():
+        counts = load_file(str(count_path))
+        factors = {module: value / counts[module].double().clamp(min=1) for module, value in factors.items()}
+    return factors
 
 
-def plot_factors(factors_dir: Path, layer: int, out_dir: Path) -> list[Path]:
-    """Heatmaps of the lambda matrices and eigenvalue spectra of one block's MLP modules."""
+def spectrum_statistics(values: torch.Tensor) -> dict:
+    """Top eigenvalues, condition number and effective rank of a spectrum (any shape, flattened)."""
+    ordered = torch.sort(values.double().flatten(), descending=True).values
+    positive = ordered.clamp(min=0)
+    smallest, largest = float(ordered[-1]), float(ordered[0])
+    mass = positive / positive.sum() if positive.sum() > 0 else positive
+    entropy = -(mass[mass > 0] * mass[mass > 0].log()).sum()
+    return {
+        "count": ordered.numel(),
+        "top_eigenvalues": ordered[:TOP_EIGENVALUES].tolist(),
+        "smallest_eigenvalue": smallest,
+        "condition_number": largest / smallest if smallest > 0 else None,
+        "effective_rank": float(entropy.exp()) if positive.sum() > 0 else 0.0,
+    }
+
+
+def factor_summary(factors_dir: Path, strategy: str | None) -> dict:
+    """summary.json: spectrum statistics of every tracked module's factors."""
+    activation = load_factor(factors_dir, "activation_eigenvalues")
+    gradient = load_factor(factors_dir, "gradient_eigenvalues")
+    lambdas = load_factor(factors_dir, "lambda_matrix")
+    modules = {}
+    for module in sorted({*activation, *gradient, *lambdas}, key=_module_order):
+        entry = {}
+        if module in activation:
+            entry["activation_covariance"] = spectrum_statistics(activation[module])
+        if module in gradient:
+            entry["gradient_covariance"] = spectrum_statistics(gradient[module])
+        spectrum = lambdas.get(module)
+        if spectrum is None and module in activation and module in gradient:
+            spectrum = torch.outer(gradient[module], activation[module])  # K-FAC's, as Kronfluence forms them
+        if spectrum is not None:
+            damping = HEURISTIC_DAMPING_SCALE * float(spectrum.mean())
+            entry["lambda"] = spectrum_statistics(spectrum)
+            entry["heuristic_damping"] = damping
+            entry["damped_condition_number"] = ((float(spectrum.max()) + damping) /
+                                                (max(float(spectrum.min()), 0.0) + damping)) if damping > 0 else None
+        modules[module.removeprefix("transformer.")] = entry
+    return {"strategy": strategy, "definitions": SPECTRUM_DEFINITIONS, "modules": modules}
+
+
+def _module_order(module: str) -> tuple:
+    """transformer.h.10.mlp.c_fc after h.9: numeric parts compare as numbers."""
+    return tuple(int(part) if part.isdigit() else part for part in module.split("."))
+
+
+def plot_factors(factors_dir: Path, layer: int, out_dir: Path, strategy: str | None = None) -> list[Path]:
+    """For each MLP module of one block: heatmaps of its lambda matrix and covariance matrices (log
+    colour scale) and its sorted eigenvalue spectra (log scale)."""
+    # The diagonal strategy's lambda is the diagonal Fisher itself, indexed by parameter.
+    rows, columns = (("output dimension", "input dimension") if strategy == "diagonal" else
+                     ("gradient eigenvector index (ascending eigenvalue)",
+                      "activation eigenvector index (ascending eigenvalue)"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    lambdas = _load_if_present(factors_dir, "lambda_matrix")
-    activation_eigenvalues = _load_if_present(factors_dir, "activation_eigenvalues")
-    gradient_eigenvalues = _load_if_present(factors_dir, "gradient_eigenvalues")
+    lambdas = load_factor(factors_dir, "lambda_matrix")
+    covariances = {kind: load_factor(factors_dir, f"{kind}_covariance") for kind in ("activation", "gradient")}
+    eigenvalues = {kind: load_factor(factors_dir, f"{kind}_eigenvalues") for kind in ("activation", "gradient")}
     written = []
     for module in mlp_module_names(layer + 1, layers=[layer]):
         short = module.removeprefix("transformer.")
         if module in lambdas:
-            values = lambdas[module].float().abs().clamp(min=1e-12).numpy()
             fig, ax = plt.subplots(figsize=(7, 5))
-            image = ax.imshow(values, aspect="auto", cmap="viridis", norm=LogNorm(vmin=values.min(), vmax=values.max()))
-            fig.colorbar(image, ax=ax, label="|lambda| (log scale)")
-            ax.set_title(f"Lambda matrix: {short}")
-            ax.set_xlabel("input (activation) eigenbasis index")
-            ax.set_ylabel("output (gradient) eigenbasis index")
+            _heatmap(fig, ax, lambdas[module], "lambda (log scale)")
+            ax.set_title(f"Lambda matrix (Fisher eigenvalues): {short}")
+            ax.set_xlabel(columns)
+            ax.set_ylabel(rows)
             written.append(_save(fig, out_dir / f"lambda_matrix_{short}.png"))
-        if module in activation_eigenvalues or module in gradient_eigenvalues:
-            fig, ax = plt.subplots(figsize=(7, 4.5))
-            for label, source in (("activation covariance", activation_eigenvalues),
-                                  ("gradient covariance", gradient_eigenvalues)):
-                if module in source:
-                    ordered = np.sort(source[module].double().clamp(min=1e-30).numpy())[::-1]
-                    ax.plot(np.arange(1, len(ordered) + 1), ordered, label=label)
-            ax.set_yscale("log")
-            ax.set_title(f"Eigenvalue spectra: {short}")
-            ax.set_xlabel("rank")
-            ax.set_ylabel("eigenvalue (log scale)")
-            ax.legend()
-            written.append(_save(fig, out_dir / f"eigenvalues_{short}.png"))
+        present = [kind for kind in ("activation", "gradient") if module in covariances[kind]]
+        if present:
+            fig, axes = plt.subplots(1, len(present), figsize=(6.5 * len(present), 5), squeeze=False)
+            for ax, kind in zip(axes.flat, present):
+                _heatmap(fig, ax, covariances[kind][module], "|covariance| (log scale)")
+                ax.set_title(f"{kind.capitalize()} covariance: {short}")
+                ax.set_xlabel(f"{'input' if kind == 'activation' else 'output'} dimension"
+                              f"{' (last: bias)' if kind == 'activation' else ''}")
+                ax.set_ylabel(f"{'input' if kind == 'activation' else 'output'} dimension")
+            written.append(_save(fig, out_dir / f"covariance_{short}.png"))
+        if any(module in source for source in (*eigenvalues.values(), lambdas)):
+            written.append(_plot_spectra(module, short, eigenvalues, lambdas, out_dir))
     return written
+
+
+def _heatmap(fig: plt.Figure, ax: plt.Axes, matrix: torch.Tensor, label: str) -> None:
+    values = matrix.abs().float().numpy()
+    positive = values[values > 0]
+    floor = max(float(positive.min()) if positive.size else 1e-12, float(values.max()) * 1e-8, 1e-30)
+    values = np.clip(values, floor, None)
+    image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest",
+                      norm=LogNorm(vmin=values.min(), vmax=max(values.max(), floor * 10)))
+    fig.colorbar(image, ax=ax, label=label)
+
+
+def _plot_spectra(module: str, short: str, eigenvalues: dict, lambdas: dict, out_dir: Path) -> Path:
+    panels = [kind for kind in ("kfac", "lambda") if
+              (kind == "kfac" and any(module in source for source in eigenvalues.values()))
+              or (kind == "lambda" and module in lambdas)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        if panel == "kfac":
+            for kind, source in eigenvalues.items():
+                if module in source:
+                    ordered = np.sort(source[module].clamp(min=1e-30).numpy())[::-1]
+                    ax.plot(np.arange(1, len(ordered) + 1), ordered, label=f"{kind} covariance")
+            ax.set_title(f"Covariance eigenvalues (sorted): {short}")
+            ax.legend()
+        else:
+            ordered = np.sort(lambdas[module].flatten().clamp(min=1e-30).numpy())[::-1]
+            ax.plot(np.arange(1, len(ordered) + 1), ordered, color="tab:green", label="lambda")
+            ax.axhline(HEURISTIC_DAMPING_SCALE * float(lambdas[module].mean()), color="grey", linestyle="--",
+                       label="heuristic damping (0.1 x mean)")
+            ax.set_title(f"Lambda values (sorted): {short}")
+            ax.legend()
+        ax.set_yscale("log")
+        ax.set_xlabel("rank")
+        ax.set_ylabel("eigenvalue (log scale)")
+        ax.grid(True, which="major", alpha=0.3)
+    return _save(fig, out_dir / f"eigenvalues_{short}.png")
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -110,13 +225,61 @@ def _excerpt(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
 
 
+# How to read the scores, in (topic, explanation) pairs: the markdown and HTML reports both show them.
+READING_SCORES = (
+    ("Sign", "a positive score means the training example helps the model produce the completion (a training "
+             "step on it lowers the completion's loss); a negative score means it works against it."),
+    ("Scale", "a score is the query gradient times the inverse (damped) Fisher approximation times the example's "
+              "gradient: compare scores within one prompt and one run. Longer or less likely completions get "
+              "larger scores, more damping smaller ones. With EK-FAC factors, a score divided by the number of "
+              "training examples roughly estimates how much the completion's loss (in nats) would rise if that "
+              "example were left out of training."),
+    ("Tokens", "a token's score belongs to its position, where the model reads that token and predicts the next "
+               "one, so the influence on a fact often shows on the token just before it. An example's token "
+               "scores sum to its score."),
+)
+SELF_INFLUENCE_NOTE = (
+    "Self-influence is an example's influence on its own training loss: the examples the model had to bend "
+    "furthest to fit. High values mark outliers, rare facts, garbled or memorised text; such examples have "
+    "large gradients and tend to get large scores, of either sign, for every prompt."
+)
+
+
+def attach_token_scores(report: dict, token_scores: list[dict[int, list[float]]],
+                        pieces: dict[int, list[str]]) -> None:
+    """Add each shown example's tokens and per-token scores (`tokens`, `token_scores`) to report.json."""
+    for entry, scores in zip(report["prompts"], token_scores):
+        for item in entry["top_positive"] + entry["top_negative"]:
+            if item["index"] in scores:
+                item["tokens"] = pieces[item["index"]]
+                item["token_scores"] = scores[item["index"]]
+
+
+def attach_self_influence(report: dict, top: list[dict], factors_name: str, num_examples: int) -> None:
+    report["self_influence"] = {"factors_name": factors_name, "num_examples": num_examples, "top": top}
+
+
+def top_tokens(item: dict, count: int = 3) -> list[tuple[str, float]]:
+    """The tokens of an example that carry the largest share of its score (same sign as the score)."""
+    if "token_scores" not in item:
+        return []
+    sign = 1.0 if item["score"] >= 0 else -1.0
+    order = sorted(range(len(item["tokens"])), key=lambda i: -sign * item["token_scores"][i])[:count]
+    return [(item["tokens"][i], item["token_scores"][i]) for i in order if sign * item["token_scores"][i] > 0]
+
+
+def distribution_plot_name(number: int) -> str:
+    """The file of prompt `number`'s (1-based) score distribution."""
+    return f"score_distribution_{number:02d}.png"
+
+
 def render_markdown(report: dict, excerpt_chars: int) -> str:
     lines = [
         f"# Influence report: {report['scores_name']}",
         "",
-        f"Factors: `{report['factors_name']}` (strategy {report['strategy']}). "
-        "A positive score means the training example helps the model produce the completion "
-        "(training on it lowers the completion's loss); a negative score means it works against it.",
+        f"Factors: `{report['factors_name']}` (strategy {report['strategy']}).",
+        "",
+        *[f"- **{topic}**: {text}" for topic, text in READING_SCORES],
         "",
     ]
     if f"fact_recall_at_{RECALL_AT}" in report:
@@ -128,6 +291,7 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
         if f"recall_at_{RECALL_AT}" in entry:
             lines += [f"Recall@{RECALL_AT} {entry[f'recall_at_{RECALL_AT}']:.2f}: planted documents "
                       f"{entry['planted_documents']} rank {entry['planted_ranks']}.", ""]
+        lines += [f"![Score distribution of prompt {number}]({distribution_plot_name(number)})", ""]
         for title, key in (("Top positive (helpful)", "top_positive"), ("Top negative (harmful)", "top_negative")):
             lines += [f"### {title}", ""]
             if not entry[key]:
@@ -135,7 +299,19 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
             for item in entry[key]:
                 excerpt = _excerpt(item["text"], excerpt_chars)
                 lines.append(f"- **#{item['index']}** score {item['score']:.4g}: {excerpt}")
+                if tokens := top_tokens(item):
+                    shown = ", ".join(f"`{piece.strip() or repr(piece)}` {score:+.3g}" for piece, score in tokens)
+                    lines.append(f"  - most influential tokens: {shown}")
             lines.append("")
+    if "self_influence" in report:
+        self_influence = report["self_influence"]
+        lines += ["## Most self-influential training examples", "",
+                  f"{SELF_INFLUENCE_NOTE} Top {len(self_influence['top'])} of {self_influence['num_examples']} "
+                  f"(factors `{self_influence['factors_name']}`).", ""]
+        for item in self_influence["top"]:
+            lines.append(f"- **#{item['index']}** self-influence {item['score']:.4g}: "
+                         f"{_excerpt(item['text'], excerpt_chars)}")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -154,4 +330,23 @@ def plot_score_distributions(scores: torch.Tensor, prompts: list[Prompt], path: 
         ax.set_ylabel("training examples", fontsize=8)
     for ax in list(axes.flat)[count:]:
         ax.axis("off")
+    return _save(fig, path)
+
+
+def plot_prompt_distribution(row: torch.Tensor, entry: dict, number: int, path: Path) -> Path:
+    """Histogram of one prompt's scores over all training examples, with the listed top examples
+    (and the planted documents of a demo fact) marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    ax.hist(row.float().numpy(), bins=60, color="#9db4cf")
+    ax.set_yscale("log")
+    for key, color in (("top_positive", "tab:green"), ("top_negative", "tab:red")):
+        for item in entry[key]:
+            ax.axvline(item["score"], color=color, linewidth=1, alpha=0.8)
+    for document in entry.get("planted_documents", []):
+        ax.plot(float(row[document]), 1, marker="v", color="black", markersize=6, linestyle="none")
+    title = f"{number}. {entry['prompt']} →{entry['completion']}"
+    ax.set_title(title if len(title) < 70 else title[:69] + "…", fontsize=9)
+    ax.set_xlabel("influence score (green: top positive, red: top negative"
+                  + (", ▼ planted documents)" if entry.get("planted_documents") else ")"), fontsize=8)
+    ax.set_ylabel("training examples (log)", fontsize=8)
     return _save(fig, path)

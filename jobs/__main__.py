@@ -7,8 +7,8 @@ import sys
 
 from influence_core.errors import ConfigError, StorageError
 
-STAGES = ("train", "fit_factors", "inspect_factors", "compute_scores", "inspect_scores", "preview_data",
-          "pipeline", "fetch_report")
+STAGES = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "inspect_scores",
+          "preview_data", "pipeline", "fetch_report")
 
 
 def main(argv: list[str] | None = None) -> int:

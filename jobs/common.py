@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from influence_core.runtime import configure_logging
+from influence_core.runtime import configure_logging, configure_progress
 from influence_core.settings import CommonSettings, S, load_settings
 from influence_core.storage import Artifacts, environment_facts
 
@@ -19,6 +19,7 @@ NOT_FINGERPRINTED = {"artifacts_uri", "force", "log_level", "output_dir", "shard
 def parse(cls: type[S], argv: list[str], stage: str) -> S:
     settings = load_settings(cls, argv, prog=f"python -m jobs {stage}")
     configure_logging(settings.log_level)
+    configure_progress()
     return settings
 
 

@@ -1,10 +1,12 @@
-"""Run the five analysis stages in order, for local use: train, fit_factors, inspect_factors,
-compute_scores, inspect_scores. Accepts every stage's settings; finished stages are skipped."""
+"""Run the analysis stages in order, for local use: train, fit_factors, inspect_factors,
+compute_scores, compute_self_scores, inspect_scores. Accepts every stage's settings; finished
+stages are skipped."""
 
 from __future__ import annotations
 
 from influence_core.settings import (
     ComputeScoresSettings,
+    ComputeSelfScoresSettings,
     FitFactorsSettings,
     InspectFactorsSettings,
     InspectScoresSettings,
@@ -12,7 +14,7 @@ from influence_core.settings import (
     TrainSettings,
     stage_settings,
 )
-from jobs import compute_scores, fit_factors, inspect_factors, inspect_scores, train
+from jobs import compute_scores, compute_self_scores, fit_factors, inspect_factors, inspect_scores, train
 from jobs.common import parse
 
 STAGES = (
@@ -20,6 +22,7 @@ STAGES = (
     (fit_factors, FitFactorsSettings),
     (inspect_factors, InspectFactorsSettings),
     (compute_scores, ComputeScoresSettings),
+    (compute_self_scores, ComputeSelfScoresSettings),
     (inspect_scores, InspectScoresSettings),
 )
 

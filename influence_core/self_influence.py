@@ -1,0 +1,63 @@
+"""Self-influence: each training example's influence on its own training loss, with Kronfluence.
+
+An example the model can only fit by bending its parameters towards it (a rare fact, an outlier,
+a garbled or memorised document) has a large self-influence; ranking them is a cheap way to find
+the data worth looking at, and to see which examples rank high for every prompt alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from kronfluence.arguments import ScoreArguments
+from safetensors.torch import load_file
+
+from influence_core.factors import ANALYSIS_NAME, build_analyzer, load_training_examples
+from influence_core.settings import ComputeSelfScoresSettings
+
+SELF_SCORES_FILE = "self_scores.safetensors"  # Kronfluence's file name
+
+
+def self_score_arguments(settings: ComputeSelfScoresSettings) -> ScoreArguments:
+    return ScoreArguments(
+        damping_factor=settings.damping_factor,
+        per_sample_gradient_dtype=getattr(torch, settings.per_sample_gradient_dtype),
+        precondition_dtype=getattr(torch, settings.precondition_dtype),
+        score_dtype=getattr(torch, settings.score_dtype),
+    )
+
+
+def compute_self_scores(model_dir: Path, train_dir: Path, settings: ComputeSelfScoresSettings,
+                        work_dir: Path) -> Path:
+    """Self-influence of every training example. The factors must lie at
+    <work_dir>/influence/factors_<factors_name>. Returns the local output directory."""
+    # Self-influence uses the training loss, which every task of influence_core.tasks shares.
+    analyzer = build_analyzer(model_dir, work_dir, seed=settings.seed)
+    analyzer.disable_tqdm = False  # the longest loop here: bars on a terminal, log lines in pods
+    name = self_scores_name(settings.factors_name)
+    analyzer.compute_self_scores(
+        scores_name=name,
+        factors_name=settings.factors_name,
+        train_dataset=load_training_examples(train_dir),
+        per_device_train_batch_size=settings.train_batch_size,
+        score_args=self_score_arguments(settings),
+        overwrite_output_dir=True,
+    )
+    return work_dir / ANALYSIS_NAME / f"scores_{name}"
+
+
+def self_scores_name(factors_name: str) -> str:
+    """The Kronfluence scores name: it writes <work_dir>/influence/scores_<name>/."""
+    return f"self_{factors_name}"
+
+
+def load_self_scores(directory: Path) -> torch.Tensor:
+    """One score per training example, in corpus order."""
+    return load_file(str(directory / SELF_SCORES_FILE))["all_modules"]
+
+
+def top_self_influential(scores: torch.Tensor, texts: list[str], count: int) -> list[dict]:
+    """The `count` training examples with the largest self-influence, largest first."""
+    order = torch.argsort(scores.float(), descending=True)[:count].tolist()
+    return [{"index": index, "score": float(scores[index]), "text": texts[index]} for index in order]
