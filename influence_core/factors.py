@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +28,6 @@ def load_training_examples(train_dir: Path) -> Dataset:
 def build_analyzer(model_dir: Path, work_dir: Path, task_name: str = "language_modeling", seed: int = 0) -> Analyzer:
     """A Kronfluence Analyzer over the saved model, writing under `work_dir`, batching by padding
     each batch to its longest example."""
-    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     model = load_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     task = TASKS[task_name](num_layers=model.config.num_layers, seed=seed)
@@ -39,7 +37,7 @@ def build_analyzer(model_dir: Path, work_dir: Path, task_name: str = "language_m
         task=task,
         output_dir=str(work_dir),
         disable_model_save=True,
-        disable_tqdm=not verbose,
+        disable_tqdm=False,  # bars on a terminal, periodic log lines in pods (runtime.configure_progress)
         log_level=None,  # any level given here is also set on the root logger; runtime.py sets kronfluence's
     )
     analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=PadCollator(tokenizer.pad_token_id)))

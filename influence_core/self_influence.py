@@ -34,7 +34,6 @@ def compute_self_scores(model_dir: Path, train_dir: Path, settings: ComputeSelfS
     <work_dir>/influence/factors_<factors_name>. Returns the local output directory."""
     # Self-influence uses the training loss, which every task of influence_core.tasks shares.
     analyzer = build_analyzer(model_dir, work_dir, seed=settings.seed)
-    analyzer.disable_tqdm = False  # the longest loop here: bars on a terminal, log lines in pods
     name = self_scores_name(settings.factors_name)
     analyzer.compute_self_scores(
         scores_name=name,
