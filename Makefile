@@ -53,7 +53,7 @@ OVERLAY ?= local
 STAGE ?=
 ARGS ?=
 DOCKER_RUN_FLAGS ?=
-K8S_STAGES := train fit-factors inspect-factors compute-scores inspect-scores preview-data
+K8S_STAGES := train fit-factors inspect-factors compute-scores compute-self-scores inspect-scores preview-data
 
 .PHONY: build push docker-run k8s-render deploy-local-secret deploy-local-storage
 
@@ -99,8 +99,9 @@ deploy-local-storage: deploy-local-secret
 	kubectl wait --for=condition=complete --timeout=5m job/create-bucket
 
 ## deploy-<stage> [OVERLAY=local|cloud]: run one stage as a Job and wait for it; stages:
-## train fit-factors inspect-factors compute-scores inspect-scores preview-data. A new deploy
-## replaces the stage's old Job (the stage itself skips outputs that are already complete).
+## train fit-factors inspect-factors compute-scores compute-self-scores inspect-scores
+## preview-data. A new deploy replaces the stage's old Job (the stage itself skips outputs that
+## are already complete).
 deploy-%: $(if $(filter local,$(OVERLAY)),deploy-local-storage)
 	$(if $(filter $*,$(K8S_STAGES)),,$(error unknown stage '$*': one of $(K8S_STAGES)))
 	kubectl delete job/$* --ignore-not-found --wait

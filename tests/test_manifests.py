@@ -37,6 +37,7 @@ STAGE_SETTINGS = {
     "fit_factors": settings.FitFactorsSettings,
     "inspect_factors": settings.InspectFactorsSettings,
     "compute_scores": settings.ComputeScoresSettings,
+    "compute_self_scores": settings.ComputeSelfScoresSettings,
     "inspect_scores": settings.InspectScoresSettings,
     "preview_data": settings.PreviewDataSettings,
 }
@@ -445,7 +446,7 @@ def test_cloud_overlay_trains_gpt_neo_125m_on_openwebtext_in_a_bucket():
         assert "FSSPEC_S3_ENDPOINT_URL" not in stage_env  # AWS S3 itself
         assert not any(value is None for value in stage_env.values())  # workload identity: no Secret
         gpus = stage_container(job)["resources"]["limits"].get("nvidia.com/gpu")
-        assert (gpus == 1) == (stage in ("train", "fit_factors", "compute_scores")), stage
+        assert (gpus == 1) == (stage in ("train", "fit_factors", "compute_scores", "compute_self_scores")), stage
     (account,) = of_kind(objects, "ServiceAccount")
     assert "eks.amazonaws.com/role-arn" in account["metadata"].get("annotations", {})
     assert all(pod_spec(job)["serviceAccountName"] == account["metadata"]["name"] for job in jobs.values())
