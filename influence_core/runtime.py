@@ -6,8 +6,10 @@ import functools
 import io
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +62,36 @@ def configure_logging(level: str) -> None:
     # Kronfluence's INFO lines print the whole model and every argument.
     for noisy in ("kronfluence", "httpx", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+# ---- SIGTERM (pod eviction, preemption) -------------------------------------------------------
+
+class Terminated(SystemExit):
+    """SIGTERM: leave now (context managers still clean up), exit code 128 + 15."""
+
+    def __init__(self) -> None:
+        super().__init__(143)
+
+
+_stop_requested = threading.Event()
+
+
+def handle_sigterm(graceful: bool = False) -> None:
+    """On SIGTERM, either leave at once (what is published stays: finished partitions), or, when
+    `graceful`, only note the request so training can save a last checkpoint first."""
+
+    def on_sigterm(signum, frame) -> None:
+        logging.getLogger("jobs").warning("SIGTERM: %s", "saving a checkpoint, then exiting" if graceful
+                                          else "exiting; what is finished is already published")
+        if not graceful:
+            raise Terminated()
+        _stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def stop_requested() -> bool:
+    return _stop_requested.is_set()
 
 
 # ---- torchrun processes ------------------------------------------------------------------------

@@ -72,6 +72,8 @@ class TrainSettings(CorpusSettings):
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     group_by_length: bool = True
+    checkpoints: Annotated[int, Field(ge=1, le=1000)] = Field(
+        4, description="Checkpoints saved and published to ARTIFACTS_URI over the run; a rerun resumes from the last")
 
 
 class ShardSettings(CommonSettings):

@@ -263,6 +263,42 @@ class Output:
         return store.url(self.relative)
 
 
+class Checkpoints:
+    """Training checkpoints published under <relative>/checkpoint-<step>/, each complete with its
+    own `_SUCCESS`; only the latest is kept. A rerun with the same stamp resumes from it."""
+
+    def __init__(self, artifacts: Artifacts, relative: str, stamp: dict) -> None:
+        self.artifacts, self.relative, self.stamp = artifacts, relative, stamp
+
+    def _steps(self) -> dict[int, str]:
+        base = self.artifacts.path(self.relative)
+        if not self.artifacts.fs.exists(base):
+            return {}
+        names = [posixpath.basename(path.rstrip("/")) for path in self.artifacts.fs.ls(base, detail=False)]
+        return {int(name.split("-")[1]): f"{self.relative}/{name}" for name in names
+                if re.fullmatch(r"checkpoint-\d+", name)}
+
+    def latest(self) -> str | None:
+        """The newest complete checkpoint made with this stamp."""
+        for _, relative in sorted(self._steps().items(), reverse=True):
+            manifest = self.artifacts.manifest(relative) or {}
+            if {key: manifest.get(key) for key in self.stamp} == json.loads(json.dumps(self.stamp, default=str)):
+                return relative
+        return None
+
+    def publish(self, local_dir: Path) -> None:
+        """Publish a checkpoint, then drop the older ones."""
+        relative = f"{self.relative}/{local_dir.name}"
+        self.artifacts.publish(local_dir, relative, self.stamp)
+        for _, older in self._steps().items():
+            if older != relative:
+                self.artifacts.fs.rm(self.artifacts.path(older), recursive=True)
+
+    def clear(self) -> None:
+        if self.artifacts.exists(self.relative):
+            self.artifacts.fs.rm(self.artifacts.path(self.relative), recursive=True)
+
+
 def read_uri(uri: str, setting: str) -> bytes:
     """The bytes of a single file given by path or URL (e.g. the prompts file)."""
     try:

@@ -4,17 +4,36 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
 from influence_core.data import PadCollator
 
 log = logging.getLogger(__name__)
+
+
+class PublishCheckpoints(TrainerCallback):
+    """Hands every checkpoint the Trainer saves to `publish` (which copies it to the artifacts),
+    and on a stop request (SIGTERM) saves one more and stops."""
+
+    def __init__(self, publish: Callable[[Path], None], stop_requested: Callable[[], bool]) -> None:
+        self.publish, self.stop_requested = publish, stop_requested
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop_requested():
+            control.should_save = control.should_training_stop = True
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        (checkpoint / "training_args.bin").unlink(missing_ok=True)  # a pickle; never loaded on resume
+        if state.is_world_process_zero:
+            self.publish(checkpoint)
 
 
 class LogLines(TrainerCallback):
@@ -38,13 +57,18 @@ class TrainingPlan:
     gradient_accumulation_steps: int = 1
     bf16: bool = False
     log_every_fraction: float = 0.05
+    checkpoints: int = 4  # saved and published evenly over the run
 
 
-def train(model: PreTrainedModel, dataset: Dataset, pad_token_id: int, plan: TrainingPlan,
-          work_dir: Path) -> dict:
-    """Train in place and return the metrics recorded in training_metrics.json."""
+def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, plan: TrainingPlan,
+          work_dir: Path, publish_checkpoint: Callable[[Path], None] = lambda path: None,
+          resume_from: Path | None = None, stop_requested: Callable[[], bool] = lambda: False) -> dict:
+    """Train in place (resuming from a checkpoint directory if given) and return the metrics
+    recorded in training_metrics.json. Checkpoints (weights as safetensors, optimizer state, the
+    tokenizer) are saved in `work_dir` and handed to `publish_checkpoint`."""
     lengths = [len(ids) for ids in dataset["input_ids"]]
     steps_per_epoch = -(-len(dataset) // (plan.batch_size * plan.gradient_accumulation_steps))
+    total_steps = max(1, int(steps_per_epoch * plan.num_train_epochs))
     args = TrainingArguments(
         output_dir=str(work_dir),
         per_device_train_batch_size=plan.batch_size,
@@ -60,7 +84,9 @@ def train(model: PreTrainedModel, dataset: Dataset, pad_token_id: int, plan: Tra
         train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
         length_column_name="length",
         logging_steps=max(1, int(plan.log_every_fraction * steps_per_epoch * plan.num_train_epochs)),
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=max(1, -(-total_steps // plan.checkpoints)),
+        save_total_limit=1,
         report_to=[],
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -70,14 +96,16 @@ def train(model: PreTrainedModel, dataset: Dataset, pad_token_id: int, plan: Tra
         model=model,
         args=args,
         train_dataset=dataset.add_column("length", lengths).select_columns(["input_ids", "attention_mask", "length"]),
-        data_collator=PadCollator(pad_token_id),
-        callbacks=[LogLines()],
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[LogLines(), PublishCheckpoints(publish_checkpoint, stop_requested)],
     )
     trainer.remove_callback(PrinterCallback)
     start = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - start
-    tokens = sum(lengths) * plan.num_train_epochs
+    resumed_step = int(resume_from.name.rsplit("-", 1)[1]) if resume_from else 0
+    tokens = sum(lengths) * plan.num_train_epochs * (1 - resumed_step / total_steps)
     losses = [entry for entry in trainer.state.log_history if "loss" in entry]
     return {
         "final_loss": losses[-1]["loss"] if losses else result.training_loss,
@@ -88,4 +116,5 @@ def train(model: PreTrainedModel, dataset: Dataset, pad_token_id: int, plan: Tra
         "non_padding_tokens": tokens,
         "steps": trainer.state.global_step,
         "examples": len(dataset),
+        "resumed_from_step": resumed_step,
     }

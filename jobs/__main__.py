@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from influence_core.errors import ConfigError, StorageError
+from influence_core.runtime import handle_sigterm
 
 STAGES = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "inspect_scores",
           "preview_data", "pipeline", "fetch_report")
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     stage = importlib.import_module(f"jobs.{argv[0]}")
+    handle_sigterm()
     try:
         stage.run(argv[1:])
     except (ConfigError, StorageError) as error:

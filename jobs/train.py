@@ -12,8 +12,8 @@ import time
 
 from influence_core.errors import ConfigError
 from influence_core.settings import TrainSettings
-from influence_core.storage import work_dir
-from jobs.common import already_done, manifest, open_artifacts, parse
+from influence_core.storage import Checkpoints, work_dir
+from jobs.common import already_done, fingerprint, manifest, open_artifacts, parse
 
 log = logging.getLogger("jobs.train")
 OUTPUTS = ["data/train", "model"]
@@ -28,30 +28,42 @@ def main(settings: TrainSettings) -> None:
     import torch
 
     from influence_core import data, modeling, tokenizer, training
-    from influence_core.runtime import configure_threads, is_main_process
+    from influence_core.runtime import Terminated, configure_threads, handle_sigterm, is_main_process, stop_requested
 
+    handle_sigterm(graceful=True)  # on SIGTERM: save and publish a checkpoint, then exit
     configure_threads()
     torch.manual_seed(settings.seed)
+    checkpoints = Checkpoints(artifacts, "checkpoints/train", {"stage": "train", "settings": fingerprint(settings)})
     corpus = data.load_corpus(settings.dataset, settings.num_examples, settings.text_column,
                               settings.dataset_config, settings.dataset_split, settings.seed)
     if not any(text.strip() for text in corpus.texts):
         raise ConfigError(f"DATASET={settings.dataset}: the corpus has no text")
     log.info("corpus: %d documents from %s", len(corpus.texts), settings.dataset)
-    tok = (tokenizer.load_pretrained_tokenizer(settings.tokenizer_name) if settings.tokenizer_name
-           else tokenizer.train_bpe_tokenizer(corpus.texts, settings.vocab_size))
-    examples = data.tokenize_corpus(corpus.texts, tok, settings.max_length)
-    model = modeling.build_model(settings.model_preset, tok, settings.max_length)
-    log.info("training %s (%.1fM parameters) on %d examples", settings.model_preset,
-             model.num_parameters() / 1e6, len(examples))
 
     with work_dir() as work:
+        resume = checkpoints.latest()
+        if resume:  # an interrupted run with the same settings: continue from its last checkpoint
+            resume_dir = artifacts.fetch(resume, work / "trainer" / resume.rsplit("/", 1)[1])
+            log.info("resuming from %s", artifacts.url(resume))
+            tok = tokenizer.load_pretrained_tokenizer(str(resume_dir))
+        else:
+            resume_dir = None
+            tok = (tokenizer.load_pretrained_tokenizer(settings.tokenizer_name) if settings.tokenizer_name
+                   else tokenizer.train_bpe_tokenizer(corpus.texts, settings.vocab_size))
+        examples = data.tokenize_corpus(corpus.texts, tok, settings.max_length)
+        model = modeling.build_model(settings.model_preset, tok, settings.max_length)
+        log.info("training %s (%.1fM parameters) on %d examples", settings.model_preset,
+                 model.num_parameters() / 1e6, len(examples))
         plan = training.TrainingPlan(
             batch_size=settings.batch_size, num_train_epochs=settings.num_train_epochs,
             learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio,
             weight_decay=settings.weight_decay, seed=settings.seed, group_by_length=settings.group_by_length,
-            gradient_accumulation_steps=settings.gradient_accumulation_steps,
+            gradient_accumulation_steps=settings.gradient_accumulation_steps, checkpoints=settings.checkpoints,
         )
-        metrics = training.train(model, examples, tok.pad_token_id, plan, work / "trainer")
+        metrics = training.train(model, examples, tok, plan, work / "trainer", checkpoints.publish,
+                                 resume_from=resume_dir, stop_requested=stop_requested)
+        if stop_requested():
+            raise Terminated()
         if not is_main_process():  # under torchrun DDP every process trains; one publishes
             return
         log.info("trained: final loss %.3f, %.0f tokens/s, %.1f s", metrics["final_loss"],
@@ -67,6 +79,7 @@ def main(settings: TrainSettings) -> None:
         record = manifest("train", settings, {}, started)
         artifacts.publish(work / "data", "data/train", record)
         log.info("published %s", artifacts.publish(work / "model", "model", record))
+        checkpoints.clear()
 
 
 def run(argv: list[str]) -> None:
