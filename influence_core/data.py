@@ -32,29 +32,51 @@ def is_file_source(dataset: str) -> bool:
 
 def load_corpus(dataset: str, num_examples: int | None, text_column: str = "text",
                 dataset_config: str | None = None, split: str = "train", seed: int = 0) -> Corpus:
-    """The first `num_examples` documents of a corpus, in corpus order."""
+    """The first `num_examples` documents of a corpus, in corpus order. Example i of every later
+    stage is document i, so an empty or unreadable document is refused, not skipped."""
     if dataset == "demo":
         demo = build_demo_corpus(num_examples or DEFAULT_DEMO_DOCUMENTS, seed=seed)
         return Corpus(texts=demo.texts, facts=demo.facts)
-    if is_file_source(dataset):
-        suffix = PurePosixPath(dataset).suffix
-        builder = FILE_FORMATS.get(suffix)
+    limit = num_examples or DEFAULT_HUB_DOCUMENTS
+    if not is_file_source(dataset):
+        # Streaming reads only the documents used: 10,000 of OpenWebText, not its tens of GB.
+        texts = _read_texts(load_dataset(dataset, dataset_config, split=split, streaming=True), dataset,
+                            text_column, limit)
+    else:
+        builder = FILE_FORMATS.get(PurePosixPath(dataset).suffix)
         if builder is None:
             raise ConfigError(f"DATASET={dataset}: unknown file type, expected one of {sorted(FILE_FORMATS)}")
+        if not Path(dataset).exists() and "://" not in dataset and not any(c in dataset for c in "*?["):
+            raise ConfigError(f"DATASET={dataset}: file not found")
         extra = {"sample_by": "paragraph"} if builder == "text" else {}
-        stream = load_dataset(builder, data_files=dataset, split="train", streaming=True, **extra)
-    else:
-        # Streaming reads only the documents used: 10,000 of OpenWebText, not its tens of GB.
-        stream = load_dataset(dataset, dataset_config, split=split, streaming=True)
-    limit = num_examples or DEFAULT_HUB_DOCUMENTS
+        try:
+            stream = load_dataset(builder, data_files=dataset, split="train", streaming=True, **extra)
+            texts = _read_texts(stream, dataset, text_column, limit)
+        except ConfigError:
+            raise
+        except StopIteration:  # what datasets raises for an empty file
+            raise ConfigError(f"DATASET={dataset}: no documents") from None
+        except Exception as error:  # any parse failure of a user's file is bad input, said in one line
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"DATASET={dataset}: cannot read it as {builder} ({reason})") from None
+    if not texts:
+        raise ConfigError(f"DATASET={dataset}: no documents")
+    return Corpus(texts=texts)
+
+
+def _read_texts(stream, dataset: str, text_column: str, limit: int) -> list[str]:
     texts = []
     for row in stream:
         if text_column not in row:
             raise ConfigError(f"TEXT_COLUMN={text_column}: not a column of {dataset} (columns: {sorted(row)})")
-        texts.append(row[text_column])
+        text = row[text_column]
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"DATASET={dataset}: document {len(texts)} is empty or not text; every document "
+                              "must have text, since example i is document i")
+        texts.append(text)
         if len(texts) == limit:
             break
-    return Corpus(texts=texts)
+    return texts
 
 
 def tokenize_corpus(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:

@@ -60,6 +60,9 @@ def configure_logging(level: str) -> None:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # Kronfluence's INFO lines print the whole model and every argument.
+    # datasets logs a parse failure itself before raising it; the stage reports it in one line.
+    # (datasets sets its own logger's level from DATASETS_VERBOSITY when it is imported)
+    os.environ.setdefault("DATASETS_VERBOSITY", "debug" if level == "DEBUG" else "critical")
     for noisy in ("kronfluence", "httpx", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 

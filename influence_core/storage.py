@@ -108,8 +108,9 @@ class Artifacts:
         return self._read_json(f"{relative}/{SUCCESS}")
 
     def require(self, *relatives: str) -> dict[str, str]:
-        """Fingerprints of complete inputs; a ConfigError naming the first missing one and its stage."""
-        fingerprints = {}
+        """Fingerprints of complete inputs; a ConfigError naming the first missing one and its stage,
+        or an input made from another version of a fellow input (factors of a retrained model)."""
+        manifests, fingerprints = {}, {}
         for relative in relatives:
             manifest = self.manifest(relative)
             if manifest is None:
@@ -118,7 +119,15 @@ class Artifacts:
                     f"missing input {self.url(relative)} (no {SUCCESS}): run the {stage} stage first "
                     f"(python -m jobs {stage}) with the same ARTIFACTS_URI"
                 )
+            manifests[relative] = manifest
             fingerprints[relative] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        for relative, manifest in manifests.items():
+            for upstream, recorded in (manifest.get("inputs") or {}).items():
+                if upstream in fingerprints and recorded != fingerprints[upstream]:
+                    raise ConfigError(
+                        f"input {self.url(relative)} was made from another {self.url(upstream)} than the one there "
+                        f"now: rerun the {producer_of(relative)} stage with FORCE=true"
+                    )
         return fingerprints
 
     def is_up_to_date(self, relative: str, stage: str, settings: dict, inputs: dict[str, str]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -52,7 +53,65 @@ CASES = {
     "factors before training": (lambda tmp: ["fit_factors"], "run the train stage first"),
     "scores before factors": (lambda tmp: ["inspect_scores"], "run the compute_scores stage first"),
     "pipeline with bad prompts": (lambda tmp: ["pipeline", "--prompts", write(tmp / "p.json", "[]")], "empty"),
+    "empty prompt": (lambda tmp: ["compute_scores", "--prompts",
+                                  write(tmp / "p.json", json.dumps([{"prompt": "", "completion": " x"}]))],
+                     "at least 1 character"),
+    "empty completion": (lambda tmp: ["compute_scores", "--prompts",
+                                      write(tmp / "p.json", json.dumps([{"prompt": "Hi", "completion": ""}]))],
+                         "at least 1 character"),
+    "prompts an object": (lambda tmp: ["compute_scores", "--prompts",
+                                       write(tmp / "p.json", json.dumps({"prompt": "Hi", "completion": " x"}))],
+                          "expected a list"),
+    "prompt entry a string": (lambda tmp: ["compute_scores", "--prompts", write(tmp / "p.json", '["Hi"]')],
+                              "expected a list"),
+    "unknown key in a prompt": (lambda tmp: ["compute_scores", "--prompts", write(
+        tmp / "p.json", json.dumps([{"prompt": "Hi", "completion": " x", "answer": 1}]))], "answer"),
+    "max length too small": (lambda tmp: ["train", "--max_length", "8"], "MAX_LENGTH"),
+    "vocabulary too small": (lambda tmp: ["train", "--vocab_size", "100"], "VOCAB_SIZE"),
+    "zero learning rate": (lambda tmp: ["train", "--learning_rate", "0"], "LEARNING_RATE"),
+    "no examples": (lambda tmp: ["train", "--num_examples", "0"], "NUM_EXAMPLES"),
+    "warmup over 1": (lambda tmp: ["train", "--warmup_ratio", "1.5"], "WARMUP_RATIO"),
+    "unknown model preset": (lambda tmp: ["train", "--model_preset", "gpt-5"], "MODEL_PRESET"),
+    "negative layer": (lambda tmp: ["inspect_factors", "--layer_num", "-1"], "LAYER_NUM"),
+    "no influential examples": (lambda tmp: ["inspect_scores", "--num_influential", "0"], "NUM_INFLUENTIAL"),
+    "zero query rank": (lambda tmp: ["compute_scores", "--query_gradient_rank", "0"], "QUERY_GRADIENT_RANK"),
+    "negative damping": (lambda tmp: ["compute_scores", "--damping_factor=-1e-5"], "DAMPING_FACTOR"),
+    "zero score partitions": (lambda tmp: ["compute_scores", "--score_data_partitions", "0"],
+                              "SCORE_DATA_PARTITIONS"),
+    "unknown dtype": (lambda tmp: ["compute_scores", "--per_sample_gradient_dtype", "float8"],
+                      "PER_SAMPLE_GRADIENT_DTYPE"),
+    "unknown task": (lambda tmp: ["compute_scores", "--task", "accuracy"], "TASK"),
+    "unknown log level": (lambda tmp: ["train", "--log_level", "LOUD"], "LOG_LEVEL"),
+    "shard out of range": (lambda tmp: ["compute_scores", "--score_data_partitions", "2", "--shard_index", "2"],
+                           "out of range"),
+    "shard of the wrong phase": (lambda tmp: ["fit_factors", "--shard_index", "0"], "FACTOR_PHASE=covariance"),
+    "non-numeric batch size": (lambda tmp: ["fit_factors", "--factor_batch_size", "four"], "FACTOR_BATCH_SIZE"),
 }
+
+# Corpora are read after the training libraries load, but before any model exists.
+CORPORA = {
+    "empty file": ("docs.jsonl", b"", "no documents"),
+    "binary file": ("docs.jsonl", bytes(range(256)) * 8, "cannot read it as json"),
+    "not UTF-8": ("docs.txt", "caf\u00e9 cr\u00e8me\n\nsecond\n".encode("latin-1"), "cannot read it as text"),
+    "an empty document": ("docs.jsonl", b'{"text": "one"}\n{"text": "  "}\n', "document 1 is empty"),
+    "no text column": ("docs.jsonl", b'{"body": "one"}\n', "TEXT_COLUMN=text: not a column"),
+    "unknown file type": ("docs.csv", b"text\none\n", "unknown file type"),
+    "missing file": (None, None, "file not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORPORA))
+def test_bad_corpus_is_one_line_and_exit_2(case, tmp_path):
+    name, content, expected = CORPORA[case]
+    path = tmp_path / (name or "absent.jsonl")
+    if content is not None:
+        path.write_bytes(content)
+    artifacts = tmp_path / "artifacts"
+    result = run_probe(["train", "--dataset", str(path)], {"ARTIFACTS_URI": str(artifacts)}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr[-2000:]
+    assert not artifacts.exists() or not list(artifacts.rglob("_SUCCESS"))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -81,3 +140,46 @@ def test_layer_out_of_range(demo_run):
     result = run_probe(["inspect_factors", "--layer_num", "11"], {"ARTIFACTS_URI": str(demo_run)}, cwd=demo_run)
     assert result.returncode == 2
     assert "the model has layers 0..3, got 11" in result.stderr
+
+
+def copy_artifacts(source, destination, *outputs):
+    for output in outputs:
+        shutil.copytree(source / output, destination / output)
+    return destination
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:999])
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda model: truncate(model / "model.safetensors"), "model/model.safetensors is missing, truncated or changed"),
+    (lambda model: model.joinpath("tokenizer.json").unlink(), "model/tokenizer.json is missing, truncated or changed"),
+    (lambda model: model.joinpath("config.json").write_text('{"num_layers": 99}'),
+     "model/config.json is missing, truncated or changed"),
+])
+def test_damaged_model_is_refused(small_trained, tmp_path, damage, expected):
+    artifacts = copy_artifacts(small_trained, tmp_path / "artifacts", "model", "data/train")
+    damage(artifacts / "model")
+    result = run_probe(["fit_factors"], {"ARTIFACTS_URI": str(artifacts)}, cwd=tmp_path)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (artifacts / "influence/factors_tiny_lm_factors/_SUCCESS").exists()
+
+
+def test_factors_of_another_model_are_refused(small_trained, demo_run, tmp_path):
+    artifacts = copy_artifacts(small_trained, tmp_path / "artifacts", "model", "data/train")
+    copy_artifacts(demo_run, artifacts, "influence/factors_tiny_lm_factors")
+    result = run_probe(["compute_scores"], {"ARTIFACTS_URI": str(artifacts)}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "factors_tiny_lm_factors was made from another" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_prompt_longer_than_the_context(demo_run, tmp_path):
+    prompts = write(tmp_path / "p.json", json.dumps([{"prompt": "word " * 400, "completion": " end"}]))
+    result = run_probe(["compute_scores", "--prompts", prompts, "--scores_name", "too_long"],
+                       {"ARTIFACTS_URI": str(demo_run)}, cwd=tmp_path)
+    assert result.returncode == 2 and "more than the model's max length 128" in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (demo_run / "influence/scores_too_long/_SUCCESS").exists()
