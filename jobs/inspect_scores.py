@@ -11,11 +11,17 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from influence_core.runtime import is_main_process
 from influence_core.settings import InspectScoresSettings
 from influence_core.storage import work_dir
 from jobs.common import already_done, manifest, open_artifacts, parse
+
+if TYPE_CHECKING:
+    import torch
+
+    from influence_core.prompts import Prompt
 
 log = logging.getLogger("jobs.inspect_scores")
 
@@ -82,7 +88,8 @@ def main(settings: InspectScoresSettings) -> None:
                                                                                      inputs, started)))
 
 
-def write_report(report: dict, matrix, prompts: list, settings: InspectScoresSettings, out: Path) -> None:
+def write_report(report: dict, matrix: torch.Tensor, prompts: list[Prompt], settings: InspectScoresSettings,
+                 out: Path) -> None:
     """report.json, the markdown and HTML reports and the score plots, into `out`."""
     from influence_core.report_html import render_html
     from influence_core.reports import (

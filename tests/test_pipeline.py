@@ -13,7 +13,7 @@ from tests.conftest import ROOT, run_jobs
 
 def test_every_stage_output_is_complete(demo_run):
     for output in ("model", "data/train", "influence/factors_tiny_lm_factors", "influence/scores_prompt_scores",
-                   "reports/factors_tiny_lm_factors", "reports/prompt_scores"):
+                   "influence/self_scores_tiny_lm_factors", "reports/factors_tiny_lm_factors", "reports/prompt_scores"):
         manifest = json.loads((demo_run / output / "_SUCCESS").read_text())
         assert manifest["stage"] and manifest["versions"]["kronfluence"] == "1.0.1"
     metrics = json.loads((demo_run / "model" / "training_metrics.json").read_text())
@@ -67,10 +67,13 @@ def test_markdown_report_agrees_with_json(demo_run, demo_report):
 def test_plots_are_real_pngs(demo_run):
     factor_plots = sorted((demo_run / "reports/factors_tiny_lm_factors").glob("*.png"))
     assert [p.name for p in factor_plots] == [
+        "covariance_h.3.mlp.c_fc.png", "covariance_h.3.mlp.c_proj.png",
         "eigenvalues_h.3.mlp.c_fc.png", "eigenvalues_h.3.mlp.c_proj.png",
         "lambda_matrix_h.3.mlp.c_fc.png", "lambda_matrix_h.3.mlp.c_proj.png",
     ]
-    for plot in [*factor_plots, demo_run / "reports/prompt_scores/score_distributions.png"]:
+    score_plots = sorted((demo_run / "reports/prompt_scores").glob("score_distribution*.png"))
+    assert len(score_plots) == 1 + len(json.loads((ROOT / "prompts.json").read_text()))  # the grid, one per prompt
+    for plot in [*factor_plots, *score_plots]:
         data = plot.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
