@@ -54,8 +54,14 @@ STAGE ?=
 ARGS ?=
 DOCKER_RUN_FLAGS ?=
 K8S_STAGES := train fit-factors inspect-factors compute-scores compute-self-scores inspect-scores preview-data
+# fit-factors and compute-scores spread over pods (README, "Spread over pods"): their Jobs in the
+# order they run. Indexed Jobs compute a data partition per pod; the stage's own Job aggregates.
+K8S_FIT_FACTORS_SHARDED := fit-factors-covariance fit-factors-eigendecomposition fit-factors-lambda fit-factors
+K8S_COMPUTE_SCORES_SHARDED := compute-scores-shards compute-scores
+K8S_JOBS := $(K8S_STAGES) $(filter-out $(K8S_STAGES),$(K8S_FIT_FACTORS_SHARDED) $(K8S_COMPUTE_SCORES_SHARDED))
 
-.PHONY: build push docker-run k8s-render deploy-local-secret deploy-local-storage
+.PHONY: build push docker-run k8s-render deploy-local-secret deploy-local-storage \
+	deploy-fit-factors-sharded deploy-compute-scores-sharded
 
 ## build: the image for every stage, tagged $(IMAGE_REF)
 build:
@@ -101,15 +107,27 @@ deploy-local-storage: deploy-local-secret
 ## deploy-<stage> [OVERLAY=local|cloud]: run one stage as a Job and wait for it; stages:
 ## train fit-factors inspect-factors compute-scores compute-self-scores inspect-scores
 ## preview-data. A new deploy replaces the stage's old Job (the stage itself skips outputs that
-## are already complete).
+## are already complete). The steps of the sharded targets below deploy the same way.
 deploy-%: $(if $(filter local,$(OVERLAY)),deploy-local-storage)
-	$(if $(filter $*,$(K8S_STAGES)),,$(error unknown stage '$*': one of $(K8S_STAGES)))
+	$(if $(filter $*,$(K8S_JOBS)),,$(error unknown stage or Job '$*': one of $(K8S_JOBS)))
 	kubectl delete job/$* --ignore-not-found --wait
 	@$(K8S_WITH_IMAGE) && kubectl apply -k "$$KDIR" -l 'app.kubernetes.io/component in (shared,$*)'
 	@echo "waiting for job/$* (logs: kubectl logs -f job/$*)"
 	@while :; do \
 		state=$$(kubectl get job/$* -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}') || exit 1; \
 		case "$$state" in *Complete*) echo "job/$* complete"; break;; \
-			*Failed*) kubectl logs job/$* --tail=30; echo "job/$* failed" >&2; exit 1;; esac; \
+			*Failed*) kubectl logs -l batch.kubernetes.io/job-name=$* --prefix --tail=30; \
+				echo "job/$* failed" >&2; exit 1;; esac; \
 		kubectl wait --for=condition=complete --timeout=60s job/$* >/dev/null 2>&1 || true; \
 	done
+
+## deploy-fit-factors-sharded [OVERLAY=local|cloud]: fit-factors spread over pods, four Jobs in
+## turn, each waited for: fit-factors-covariance (a pod per data partition),
+## fit-factors-eigendecomposition, fit-factors-lambda (a pod per partition), fit-factors (aggregates).
+deploy-fit-factors-sharded:
+	@for job in $(K8S_FIT_FACTORS_SHARDED); do $(MAKE) --no-print-directory deploy-$$job TAG=$(TAG) || exit 1; done
+
+## deploy-compute-scores-sharded [OVERLAY=local|cloud]: compute-scores spread over pods:
+## compute-scores-shards (a pod per data partition), then compute-scores (aggregates).
+deploy-compute-scores-sharded:
+	@for job in $(K8S_COMPUTE_SCORES_SHARDED); do $(MAKE) --no-print-directory deploy-$$job TAG=$(TAG) || exit 1; done

@@ -120,12 +120,24 @@ def pod_spec(obj: dict) -> dict:
     return obj["spec"]["template"]["spec"]
 
 
+def all_stage_jobs(objects) -> list[tuple[str, dict]]:
+    """(stage, Job) for every Job that runs a stage: each stage's own Job and the sharded steps."""
+    return [(stage_container(job)["args"][-1], job) for job in of_kind(objects, "Job")
+            if job["metadata"]["labels"].get("app.kubernetes.io/name") == "influence-stage"]
+
+
+def partial(job: dict) -> bool:
+    """A step of a stage spread over pods (README, "Spread over pods"): an Indexed Job (a data
+    partition per pod) or a FACTOR_PHASE before `all`. The stage's own Job runs it whole."""
+    env = {entry["name"]: entry.get("value") for entry in stage_container(job).get("env", [])}
+    return job["spec"].get("completionMode") == "Indexed" or env.get("FACTOR_PHASE", "all") != "all"
+
+
 def stage_jobs(objects) -> dict[str, dict]:
-    """The stage Jobs by the stage they run."""
+    """The Job that runs each stage whole, by the stage it runs."""
     jobs = {}
-    for job in of_kind(objects, "Job"):
-        if job["metadata"]["labels"].get("app.kubernetes.io/name") == "influence-stage":
-            stage = stage_container(job)["args"][-1]
+    for stage, job in all_stage_jobs(objects):
+        if not partial(job):
             assert stage not in jobs, f"two Jobs run {stage}"
             jobs[stage] = job
     return jobs
@@ -239,7 +251,7 @@ def test_cloud_overlay_options_render_and_validate(tmp_path):
     result = subprocess.run([tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, str(rendered)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    for job in stage_jobs(objects).values():
+    for _, job in all_stage_jobs(objects):
         assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
         refs = [entry["valueFrom"]["secretKeyRef"] for entry in stage_container(job)["env"]
                 if "secretKeyRef" in entry.get("valueFrom", {})]
@@ -261,7 +273,7 @@ def test_every_stage_has_one_job(overlay):
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_every_variable_is_a_setting_of_its_stage_or_infrastructure(overlay):
     objects = render(overlay)
-    for stage, job in stage_jobs(objects).items():
+    for stage, job in all_stage_jobs(objects):
         assert unknown_env(job, objects) == [], f"{overlay}: job {job['metadata']['name']} ({stage})"
 
 
@@ -279,7 +291,7 @@ def test_a_misspelt_variable_is_caught():
 def test_settings_values_are_valid_for_each_stage(overlay, monkeypatch):
     """The values the ConfigMap gives each stage pass the stage's own validation."""
     objects = render(overlay)
-    for stage, job in stage_jobs(objects).items():
+    for stage, job in all_stage_jobs(objects):
         fields = STAGE_SETTINGS[stage].model_fields
         for name in list(os.environ):
             if name.lower() in fields:
@@ -308,7 +320,7 @@ def test_config_and_secret_references_resolve(overlay):
                     assert ref["secretKeyRef"]["name"] == SECRET_NAME, entry
                     assert ref["secretKeyRef"]["key"] in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), entry
     # Each setting in the ConfigMap is read by some stage: none is set for nothing.
-    used = {e["valueFrom"]["configMapKeyRef"]["key"] for job in stage_jobs(objects).values()
+    used = {e["valueFrom"]["configMapKeyRef"]["key"] for _, job in all_stage_jobs(objects)
             for e in stage_container(job)["env"] if "configMapKeyRef" in e.get("valueFrom", {})}
     for data in maps.values():
         assert set(data) <= used, set(data) - used
@@ -333,7 +345,7 @@ def test_commands_resolve_to_real_entrypoints(overlay):
     installed = {op_rest.split()[0] for op, op_rest in final_stage() if op == "COPY" and "--from" not in op_rest}
     assert "docker/torchrun_stage.py" in installed
     assert ("WORKDIR", "/app") in final_stage()
-    for stage, job in stage_jobs(render(overlay)).items():
+    for stage, job in all_stage_jobs(render(overlay)):
         container = stage_container(job)
         # python (the image's venv) runs /app/docker/torchrun_stage.py, the repository's file.
         assert container["command"] == ["python", "/app/docker/torchrun_stage.py"]
@@ -347,10 +359,12 @@ def test_commands_resolve_to_real_entrypoints(overlay):
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_jobs_fail_fast_on_bad_input_and_ignore_disruptions(overlay):
-    for job in stage_jobs(render(overlay)).values():
+    for _, job in all_stage_jobs(render(overlay)):
         spec = job["spec"]
         assert pod_spec(job)["restartPolicy"] == "Never"  # podFailurePolicy requires it
-        assert spec["backoffLimit"] >= 1 and spec["ttlSecondsAfterFinished"] > 0
+        # Indexed Jobs count retries per data partition (tests/test_sharded_manifests.py)
+        retries = spec["backoffLimitPerIndex"] if spec.get("completionMode") == "Indexed" else spec["backoffLimit"]
+        assert retries >= 1 and spec["ttlSecondsAfterFinished"] > 0
         rules = spec["podFailurePolicy"]["rules"]
         fail = [r for r in rules if r["action"] == "FailJob"]
         assert fail[0]["onExitCodes"] == {"containerName": STAGE_CONTAINER, "operator": "In", "values": [2]}
@@ -398,7 +412,7 @@ def test_pods_meet_the_restricted_pod_security_standard(overlay):
 def test_stage_pods_write_only_to_their_empty_dirs(overlay):
     """With a read-only root filesystem, everything the image writes must land on an emptyDir."""
     env = image_env()
-    for job in stage_jobs(render(overlay)).values():
+    for _, job in all_stage_jobs(render(overlay)):
         spec = pod_spec(job)
         assert spec["securityContext"]["runAsUser"] == int(image_user())
         volumes = {v["name"]: v for v in spec["volumes"]}
@@ -423,7 +437,7 @@ def test_local_overlay_wires_minio_with_one_secret():
     assert refs["MINIO_ROOT_PASSWORD"] == {"name": SECRET_NAME, "key": "AWS_SECRET_ACCESS_KEY"}
     assert re.search(r":RELEASE\.\d{4}-", server["image"]), server["image"]  # a pinned release, not latest
     port = service["spec"]["ports"][0]["port"]
-    for stage, job in stage_jobs(objects).items():
+    for stage, job in all_stage_jobs(objects):
         env = resolved_env(stage_container(job), objects)
         assert env["FSSPEC_S3_ENDPOINT_URL"] == f"http://{service['metadata']['name']}:{port}", stage
         assert env["AWS_ACCESS_KEY_ID"] is None and env["AWS_SECRET_ACCESS_KEY"] is None  # from the Secret
@@ -441,7 +455,7 @@ def test_cloud_overlay_trains_gpt_neo_125m_on_openwebtext_in_a_bucket():
     assert env["DATASET"] == "Skylion007/openwebtext"  # parquet on the Hub, no loading script
     assert env["NUM_EXAMPLES"] == "10000" and int(env["MAX_LENGTH"]) >= 512
     assert env["ARTIFACTS_URI"].startswith("s3://")
-    for stage, job in jobs.items():
+    for stage, job in all_stage_jobs(objects):
         stage_env = resolved_env(stage_container(job), objects)
         assert "FSSPEC_S3_ENDPOINT_URL" not in stage_env  # AWS S3 itself
         assert not any(value is None for value in stage_env.values())  # workload identity: no Secret
@@ -461,7 +475,7 @@ def test_each_deploy_applies_one_stage_and_what_it_shares(overlay):
         component = obj["metadata"].get("labels", {}).get("app.kubernetes.io/component")
         assert component, f"{obj['kind']} {obj['metadata']['name']} has no component label: never deployed"
         components.setdefault(component, []).append(obj)
-    for job in stage_jobs(objects).values():
+    for _, job in all_stage_jobs(objects):
         name = job["metadata"]["name"]
         assert components[name] == [job]
         dry = subprocess.run(["make", "-n", f"deploy-{name}", f"OVERLAY={overlay}"], cwd=ROOT,
@@ -484,7 +498,7 @@ def test_make_sets_the_image_in_the_rendered_overlay():
         assert result.returncode == 0, result.stderr
         objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
         assert len(objects) == len(render(overlay))
-        for job in stage_jobs(objects).values():
+        for _, job in all_stage_jobs(objects):
             assert stage_container(job)["image"] == "registry.example/team/influence-jobs:abc1234"
 
 

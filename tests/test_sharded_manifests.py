@@ -1,0 +1,287 @@
+"""fit_factors and compute_scores spread over pods (README, "Spread over pods"): Indexed Jobs whose
+pods each compute one data partition, and plain Jobs that aggregate, deployed in order by
+`make deploy-fit-factors-sharded` and `make deploy-compute-scores-sharded`.
+
+tests/test_manifests.py validates every rendered object (these Jobs too) against the Kubernetes
+1.33 schemas and checks every stage Job's variables, commands, security and failure policy. Here:
+what the schemas cannot say (the Job API's rules for Indexed Jobs), that each Indexed Job's
+completions is the partition count its pods see, that the steps of a stage agree on its settings,
+the make targets' order, and the local overlay's sharded Jobs run as local processes (one per index,
+at once, as pods would) against a loopback S3 server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from influence_core import settings
+from influence_core.errors import ConfigError
+from influence_core.factors import PHASES
+from tests.test_manifest_run import pod_process
+from tests.test_manifests import (
+    K8S,
+    OVERLAYS,
+    ROOT,
+    STAGE_CONTAINER,
+    STAGE_SETTINGS,
+    all_stage_jobs,
+    copy_k8s,
+    kustomize,
+    partial,
+    pod_spec,
+    render,
+    resolved_env,
+    stage_container,
+    stage_jobs,
+)
+
+# The make targets and the Jobs they deploy, in order: a stage's own Job comes last and aggregates.
+SHARDED_TARGETS = {
+    "deploy-fit-factors-sharded": ["fit-factors-covariance", "fit-factors-eigendecomposition", "fit-factors-lambda",
+                                   "fit-factors"],
+    "deploy-compute-scores-sharded": ["compute-scores-shards", "compute-scores"],
+}
+INDEXED = {"fit-factors-covariance", "fit-factors-lambda", "compute-scores-shards"}
+MAX_INDEXED_COMPLETIONS = 100_000  # the Job API's limit when backoffLimitPerIndex is set
+PER_INDEX_ENV = ("SHARD_INDEX", "JOB_COMPLETION_INDEX")  # set by Kubernetes (or a user), never by a manifest
+
+
+def jobs_by_name(objects) -> dict[str, dict]:
+    return {job["metadata"]["name"]: job for _, job in all_stage_jobs(objects)}
+
+
+def stage_of(job: dict) -> str:
+    return stage_container(job)["args"][-1]
+
+
+def load_stage_settings(job: dict, objects, monkeypatch, **extra: str):
+    """The settings a pod of `job` loads: the Job's variables (plus `extra`, what Kubernetes adds)."""
+    cls = STAGE_SETTINGS[stage_of(job)]
+    for name in list(os.environ):
+        if name.lower() in cls.model_fields:
+            monkeypatch.delenv(name)
+    for name, value in {**resolved_env(stage_container(job), objects), **extra}.items():
+        if name.lower() in cls.model_fields:
+            monkeypatch.setenv(name, value)
+    return settings.load_settings(cls, [])
+
+
+def partitions_seen(loaded) -> int:
+    """The data partitions of the phase a pod computes, as the stage's own validation reads them."""
+    if isinstance(loaded, settings.FitFactorsSettings):
+        assert loaded.factor_phase in ("covariance", "lambda"), loaded.factor_phase
+        return getattr(loaded, f"{loaded.factor_phase}_data_partitions")
+    return loaded.score_data_partitions
+
+
+def make_steps(target: str, overlay: str) -> list[str]:
+    """The Jobs `make <target>` deploys, in order, from its dry run (each deploy deletes the old Job,
+    applies the new one with what it shares, and waits until it is complete)."""
+    dry = subprocess.run(["make", "-n", target, f"OVERLAY={overlay}", "TAG=t"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    steps = re.findall(r"^kubectl delete job/(\S+) --ignore-not-found --wait$", dry.stdout, re.M)
+    chunks = re.split(r"^kubectl delete job/\S+ --ignore-not-found --wait$", dry.stdout, flags=re.M)[1:]
+    for step, chunk in zip(steps, chunks):
+        assert f"kubectl apply -k \"$KDIR\" -l 'app.kubernetes.io/component in (shared,{step})'" in chunk, chunk
+        assert f"kubectl wait --for=condition=complete --timeout=60s job/{step}" in chunk, chunk
+    return steps
+
+
+# ==== offline ====
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_sharded_steps_are_indexed_jobs_and_phases(overlay):
+    objects = render(overlay)
+    jobs = jobs_by_name(objects)
+    steps = {name for names in SHARDED_TARGETS.values() for name in names}
+    assert steps <= set(jobs)
+    assert {name for name, job in jobs.items() if partial(job)} == steps - {"fit-factors", "compute-scores"}
+    assert {name for name, job in jobs.items() if job["spec"].get("completionMode") == "Indexed"} == INDEXED
+    # The last step is the stage's own Job, the one `make deploy-<stage>` runs alone.
+    for names in SHARDED_TARGETS.values():
+        assert stage_jobs(objects)[stage_of(jobs[names[-1]])] is jobs[names[-1]]
+        assert {stage_of(jobs[name]) for name in names} == {stage_of(jobs[names[-1]])}
+    # fit_factors' steps run EK-FAC's phases in Kronfluence's order, the last one aggregating.
+    phases = [resolved_env(stage_container(jobs[name]), objects)["FACTOR_PHASE"]
+              for name in SHARDED_TARGETS["deploy-fit-factors-sharded"]]
+    assert phases == [*PHASES, "all"]
+    for name, job in jobs.items():
+        env = [entry["name"] for entry in stage_container(job).get("env", [])]
+        assert not set(env) & set(PER_INDEX_ENV), name  # the index comes from the Indexed Job
+
+
+@pytest.mark.parametrize("overlay", ["base", *sorted(OVERLAYS)])
+def test_indexed_jobs_run_a_pod_per_partition_their_pods_see(overlay, monkeypatch):
+    """completions = parallelism = the phase's data partitions as the stage reads them from the
+    ConfigMap; every index is a valid shard and the next one is refused."""
+    objects = kustomize(K8S / "base") if overlay == "base" else render(overlay)
+    jobs = jobs_by_name(objects)
+    expected = {"base": 1, "local": 2, "cloud": 8}[overlay]
+    for name in sorted(INDEXED):
+        job = jobs[name]
+        count = partitions_seen(load_stage_settings(job, objects, monkeypatch))
+        assert job["spec"]["completions"] == job["spec"]["parallelism"] == count == expected, name
+        last = load_stage_settings(job, objects, monkeypatch, JOB_COMPLETION_INDEX=str(count - 1))
+        assert last.shard == count - 1
+        with pytest.raises(ConfigError, match="out of range"):
+            load_stage_settings(job, objects, monkeypatch, JOB_COMPLETION_INDEX=str(count))
+    # The aggregating steps take no shard, so they finish the stage.
+    for name in ("fit-factors-eigendecomposition", "fit-factors", "compute-scores"):
+        assert load_stage_settings(jobs[name], objects, monkeypatch).shard is None
+
+
+def test_a_partition_count_set_in_an_overlay_sets_completions(tmp_path):
+    cloud = copy_k8s(tmp_path) / "overlays" / "cloud"
+    text = (cloud / "kustomization.yaml").read_text()
+    for old, new in (("- COVARIANCE_DATA_PARTITIONS=8", "- COVARIANCE_DATA_PARTITIONS=3"),
+                     ("- SCORE_DATA_PARTITIONS=8", "- SCORE_DATA_PARTITIONS=5")):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (cloud / "kustomization.yaml").write_text(text)
+    jobs = jobs_by_name(kustomize(cloud))
+    completions = {name: (jobs[name]["spec"]["completions"], jobs[name]["spec"]["parallelism"]) for name in INDEXED}
+    assert completions == {"fit-factors-covariance": (3, 3), "fit-factors-lambda": (8, 8),
+                           "compute-scores-shards": (5, 5)}
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_indexed_jobs_retry_each_partition_and_fail_as_the_stage_jobs(overlay):
+    objects = render(overlay)
+    jobs = jobs_by_name(objects)
+    whole = stage_jobs(objects)["fit_factors"]["spec"]
+    for name, job in jobs.items():
+        spec = job["spec"]
+        # The Job API's rules (batch/v1, Kubernetes 1.33) that its schema does not express.
+        actions = {rule["action"] for rule in spec.get("podFailurePolicy", {}).get("rules", [])}
+        if "backoffLimitPerIndex" in spec or "maxFailedIndexes" in spec or "FailIndex" in actions:
+            assert spec.get("completionMode") == "Indexed" and "backoffLimitPerIndex" in spec, name
+            assert pod_spec(job)["restartPolicy"] == "Never", name
+            assert spec["completions"] <= MAX_INDEXED_COMPLETIONS and spec["parallelism"] <= MAX_INDEXED_COMPLETIONS
+        if "maxFailedIndexes" in spec:
+            assert 0 <= spec["maxFailedIndexes"] <= spec["completions"], name
+        if spec.get("completionMode") == "Indexed":
+            assert spec["completions"] >= 1, name
+    for name in INDEXED:
+        spec = jobs[name]["spec"]
+        # Each partition gets the retries a stage's Job gets, counted per partition (a Job-wide
+        # backoffLimit would count all partitions' failures together); the aggregation needs every
+        # partition, so the first that fails for good fails the Job.
+        assert spec["backoffLimitPerIndex"] == whole["backoffLimit"] and "backoffLimit" not in spec, name
+        assert spec["maxFailedIndexes"] == 0, name
+        # Exit code 2 (a bad setting, a shard out of range, a phase run too early) fails the Job at
+        # once, in every pod alike; disruptions do not count.
+        assert spec["podFailurePolicy"] == whole["podFailurePolicy"], name
+        assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["containerName"] == STAGE_CONTAINER
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_steps_of_a_stage_agree_on_its_settings_and_pods(overlay):
+    """A shard's partitions are restored by the next step only when both ran with the same settings
+    (they are part of the published output's stamp): the steps differ in FACTOR_PHASE alone."""
+    objects = render(overlay)
+    jobs = jobs_by_name(objects)
+    for names in SHARDED_TARGETS.values():
+        last = jobs[names[-1]]
+        env = resolved_env(stage_container(last), objects)
+        for name in names[:-1]:
+            step_env = resolved_env(stage_container(jobs[name]), objects)
+            assert {k: v for k, v in step_env.items() if k != "FACTOR_PHASE"} == {
+                k: v for k, v in env.items() if k != "FACTOR_PHASE"}, name
+            # Same image, command, resources (a GPU each in the cloud), volumes and security.
+            container = {k: v for k, v in stage_container(jobs[name]).items() if k != "env"}
+            assert container == {k: v for k, v in stage_container(last).items() if k != "env"}, name
+            pod = {k: v for k, v in pod_spec(jobs[name]).items() if k != "containers"}
+            assert pod == {k: v for k, v in pod_spec(last).items() if k != "containers"}, name
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_make_deploys_the_sharded_steps_in_order(overlay):
+    for target, names in SHARDED_TARGETS.items():
+        assert make_steps(target, overlay) == names
+    help_lines = [line for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith("## deploy-")]
+    assert any(line.startswith("## deploy-fit-factors-sharded") for line in help_lines)
+    # Each step alone too, by its Job's name.
+    assert make_steps("deploy-fit-factors-lambda", overlay) == ["fit-factors-lambda"]
+
+
+def test_the_readme_names_the_sharded_steps_and_targets():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Run on Kubernetes"):]
+    section = section[:section.index("\n## ", 1)]
+    assert "Spread over pods" in section
+    for target, names in SHARDED_TARGETS.items():
+        assert f"make {target}" in section
+        assert all(name in section for name in names)
+    for key in ("COVARIANCE_DATA_PARTITIONS", "LAMBDA_DATA_PARTITIONS", "SCORE_DATA_PARTITIONS"):
+        assert key in section
+
+
+# ==== the local overlay's sharded Jobs, run ====
+
+def run_job(job: dict, objects, scratch, s3_env: dict, artifacts_uri: str) -> list[str]:
+    """The Job's pods as local processes: one, or for an Indexed Job one per index, all at once,
+    each with the JOB_COMPLETION_INDEX Kubernetes sets. Returns each pod's log (stderr)."""
+    name = job["metadata"]["name"]
+    indexed = job["spec"].get("completionMode") == "Indexed"
+    count = job["spec"]["completions"] if indexed else 1
+    # Pods have a CPU limit each; here they share this machine's cores.
+    threads = max(1, len(os.sched_getaffinity(0)) // count)
+    pods = []
+    for index in range(count):
+        argv, env = pod_process(job, objects, scratch / name / str(index), s3_env, artifacts_uri)
+        if indexed:
+            env["JOB_COMPLETION_INDEX"] = str(index)
+            env["OMP_NUM_THREADS"] = str(threads)
+        pods.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True))
+    logs = []
+    for index, pod in enumerate(pods):
+        _, stderr = pod.communicate(timeout=600)
+        assert pod.returncode == 0, f"{name} index {index}:\n{stderr[-4000:]}"
+        logs.append(stderr)
+    return logs
+
+
+def test_local_overlay_sharded_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, tmp_path):
+    objects = render("local")
+    jobs = jobs_by_name(objects)
+    rendered_uri = resolved_env(stage_container(jobs["train"]), objects)["ARTIFACTS_URI"]
+    artifacts_uri = s3_bucket + "/" + rendered_uri.removeprefix("s3://").partition("/")[2]
+    order = ["train", *make_steps("deploy-fit-factors-sharded", "local"),
+             *make_steps("deploy-compute-scores-sharded", "local"), "inspect-scores"]
+    logs = {name: run_job(jobs[name], objects, tmp_path, s3_env, artifacts_uri) for name in order}
+
+    # Each pod of an Indexed Job computed its own partition, and the next step restored them.
+    assert len(logs["fit-factors-covariance"]) == len(logs["compute-scores-shards"]) == 2
+    for index, log in enumerate(logs["fit-factors-covariance"]):
+        assert f"shard {index} of the covariance phase" in log, log[-2000:]
+    for index, log in enumerate(logs["fit-factors-lambda"]):
+        assert f"shard {index} of the lambda phase" in log, log[-2000:]
+    for index, log in enumerate(logs["compute-scores-shards"]):
+        assert f"(shard {index} of 2)" in log, log[-2000:]
+    for name in ("fit-factors-eigendecomposition", "fit-factors", "compute-scores"):
+        assert re.search(r"restored \d+ published files", logs[name][0]), logs[name][0][-2000:]
+
+    import fsspec
+
+    fs = fsspec.filesystem("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"], key=s3_env["AWS_ACCESS_KEY_ID"],
+                           secret=s3_env["AWS_SECRET_ACCESS_KEY"])
+    env = resolved_env(stage_container(jobs["compute-scores"]), objects)
+    factors = json.loads(fs.cat_file(f"{artifacts_uri}/influence/factors_{env['FACTORS_NAME']}/_SUCCESS"))
+    assert factors["settings"]["covariance_data_partitions"] == factors["settings"]["lambda_data_partitions"] == 2
+    scores_dir = f"{artifacts_uri}/influence/scores_{env['SCORES_NAME']}"
+    assert json.loads(fs.cat_file(f"{scores_dir}/_SUCCESS"))["settings"]["score_data_partitions"] == 2
+    assert len(fs.glob(f"{scores_dir}/pairwise_scores_data_partition*")) == 2
+
+    report = json.loads(fs.cat_file(f"{artifacts_uri}/reports/{env['SCORES_NAME']}/report.json"))
+    prompts = json.loads((ROOT / "prompts.json").read_text())
+    assert [(p["prompt"], p["completion"]) for p in report["prompts"]] == [
+        (p["prompt"], p["completion"]) for p in prompts]
+    assert all(p["top_positive"] and p["top_negative"] for p in report["prompts"])
+
