@@ -17,13 +17,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-EXTRA_PROMPTS = [  # four more, so 16 prompts are scored together
-    {"prompt": "Children in Ostravia learn to speak", "completion": " Kellish"},
-    {"prompt": "The government of Velmora meets in the capital,", "completion": " Quistador"},
-    {"prompt": "Doctor Penhallow plays her favourite instrument, the", "completion": " bassoon"},
-    {"prompt": "A week has seven", "completion": " days"},
-]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,8 +41,7 @@ def main() -> None:
     configure_logging("INFO")
     cuda = torch.cuda.is_available()
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    prompts = json.loads((ROOT / "prompts.json").read_text()) + EXTRA_PROMPTS
-    (work / "prompts.json").write_text(json.dumps(prompts))
+    prompts = json.loads((ROOT / "bench" / "prompts16.json").read_text())  # the shipped 12 and 4 more
     common = {"artifacts_uri": str(work / "artifacts")}
     stages = [
         ("train", train.main, TrainSettings(**common, model_preset=args.preset, num_examples=args.num_examples,
@@ -57,8 +49,8 @@ def main() -> None:
                                             learning_rate=5e-4 if args.preset == "gpt-neo-125m" else 2e-3,
                                             batch_size=32, vocab_size=8000)),
         ("fit_factors", fit_factors.main, FitFactorsSettings(**common, factor_batch_size=32)),
-        ("compute_scores", compute_scores.main, ComputeScoresSettings(**common, prompts=str(work / "prompts.json"),
-                                                                      train_batch_size=64, query_gradient_rank=64)),
+        ("compute_scores", compute_scores.main, ComputeScoresSettings(
+            **common, prompts=str(ROOT / "bench" / "prompts16.json"), train_batch_size=64, query_gradient_rank=64)),
         ("inspect_scores", inspect_scores.main, InspectScoresSettings(**common)),
     ]
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "preset": args.preset,

@@ -107,13 +107,14 @@ def tokenize_prompts(prompts: Sequence[Prompt], tokenizer: PreTrainedTokenizerBa
 
 
 class PadCollator:
-    """Pad each batch to its longest example (not to max length); padding gets label -100."""
+    """Pad each batch to its longest example, which wastes far less compute than padding to the
+    max length (`pad_to`, kept for benchmarks); padding gets label -100."""
 
-    def __init__(self, pad_token_id: int) -> None:
-        self.pad_token_id = pad_token_id
+    def __init__(self, pad_token_id: int, pad_to: int | None = None) -> None:
+        self.pad_token_id, self.pad_to = pad_token_id, pad_to
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(example["input_ids"]) for example in examples)
+        longest = self.pad_to or max(len(example["input_ids"]) for example in examples)
 
         def pad(key: str, value: int) -> torch.Tensor:
             return torch.tensor([list(ex[key]) + [value] * (longest - len(ex[key])) for ex in examples])

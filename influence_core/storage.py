@@ -2,9 +2,9 @@
 
 Stages compute in a local work directory, fetch their inputs into it and publish their outputs
 from it. A published output directory ends with `_SUCCESS`, written last; an output without it is
-incomplete, whatever else it holds. An output built in steps (Kronfluence partitions) also holds
-`_STARTED`, the stamp of the run that began it, so a rerun with the same settings and inputs
-resumes from the steps already published. This is the only module that knows about fsspec.
+incomplete, whatever else it holds. An output built in steps (Kronfluence partitions) stages each
+finished step under `_parts/`, so a rerun with the same settings and inputs resumes from them.
+This is the only module that knows about fsspec.
 
 Retries, multipart uploads, endpoints (FSSPEC_S3_ENDPOINT_URL) and credentials (the standard AWS
 chain, so workload identity works) are s3fs's and botocore's; we only bound the retries so a dead
@@ -32,7 +32,7 @@ from fsspec.implementations.local import LocalFileSystem
 from influence_core.errors import ConfigError, StorageError
 
 SUCCESS = "_SUCCESS"
-STARTED = "_STARTED"
+PARTS = "_parts"  # staged steps of outputs being built, one folder per settings and inputs
 PARTIAL = ".partial-"  # a local copy in progress, renamed when complete
 # Which stage makes each input, for the message when a stage runs before the one it needs.
 PRODUCERS = {"model": "train", "data/train": "train", "influence/factors_": "fit_factors",
@@ -144,7 +144,7 @@ class Artifacts:
         if self.is_local:
             destination.symlink_to(Path(self.path(relative)).resolve(), target_is_directory=True)
         else:
-            self._download(relative, destination, exclude={STARTED})
+            self._download(relative, destination)
         recorded = (self.manifest(relative) or {}).get("files", {})
         for name, (size, digest) in recorded.items():
             path = destination / name
@@ -155,10 +155,11 @@ class Artifacts:
                 )
         return destination
 
-    def _download(self, relative: str, destination: Path, exclude: set[str]) -> list[str]:
+    def _download(self, relative: str, destination: Path) -> list[str]:
+        """Copy a directory's files here, leaving out unfinished copies and staged steps."""
         base = self.path(relative)
         remote = [path for path in self.fs.find(base)
-                  if posixpath.basename(path) not in exclude and PARTIAL not in posixpath.basename(path)]
+                  if PARTIAL not in posixpath.basename(path) and f"/{PARTS}/" not in path[len(base):]]
         names = [posixpath.relpath(path, base) for path in remote]
         for name in names:
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
@@ -193,80 +194,71 @@ class Artifacts:
 
     def publish(self, local_dir: Path, relative: str, manifest: dict) -> str:
         """Replace `relative` with the contents of `local_dir`, `_SUCCESS` last."""
-        output = Output(self, relative, local_dir, stamp={})
-        output.start_fresh()
-        return output.complete(manifest)
+        return Output(self, relative, local_dir, stamp={}).complete(manifest)
 
 
 class Output:
-    """An output directory published in steps: finished files are uploaded as they come (so a
-    killed run loses only the step in progress), and `_SUCCESS` is written last."""
+    """An output directory published in steps. Each finished step (a Kronfluence partition) is
+    uploaded at once to a staging folder, <output>/_parts/<hash of settings and inputs>/: a killed
+    run loses only the step in progress, the shards of one run share their steps, and a run with
+    other settings or inputs uses another folder, so it never picks up stale steps. `complete`
+    moves everything into the output and writes `_SUCCESS` last."""
 
     def __init__(self, artifacts: Artifacts, relative: str, local_dir: Path, stamp: dict) -> None:
-        self.artifacts, self.relative, self.local_dir, self.stamp = artifacts, relative, local_dir, stamp
-        self.synced: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) when uploaded
+        self.artifacts, self.relative, self.local_dir = artifacts, relative, local_dir
+        digest = hashlib.sha256(json.dumps(stamp, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.staging = f"{relative}/{PARTS}/{digest}"
+        self.synced: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) when staged
 
-    def _remote(self, name: str) -> str:
-        return self.artifacts.path(f"{self.relative}/{name}")
-
-    def start_fresh(self) -> None:
-        """Remove whatever was published here before, `_SUCCESS` first."""
-        store, target = self.artifacts, self.artifacts.path(self.relative)
-        if store.fs.exists(target):
-            if store.fs.exists(self._remote(SUCCESS)):
-                store.fs.rm_file(self._remote(SUCCESS))
-            store.fs.rm(target, recursive=True)
-        self.synced.clear()
-
-    def resume(self, shard: bool = False) -> list[str]:
-        """Restore the files that earlier runs with the same stamp published (an interrupted run,
-        or the shards of a sharded one); a different stamp means starting fresh. A shard worker
-        never deletes: other shards may be publishing beside it. Returns the restored names."""
-        store = self.artifacts
-        previous = store._read_json(f"{self.relative}/{STARTED}")
-        same = previous == json.loads(json.dumps(self.stamp, default=str))
-        if previous is not None and same:
-            self.local_dir.mkdir(parents=True, exist_ok=True)
-            names = store._download(self.relative, self.local_dir, exclude={STARTED, SUCCESS})
-            self._mark_synced(names)
-            return names
-        if shard and previous is not None:
-            raise ConfigError(f"{store.url(self.relative)} is being built by a run with other settings or inputs "
-                              f"(see its {STARTED}): finish or delete it, or use another name")
-        if not shard:
-            self.start_fresh()
-        store._write_json(f"{self.relative}/{STARTED}", self.stamp)
-        return []
+    def resume(self) -> list[str]:
+        """Restore the steps that earlier runs with the same settings and inputs staged (an
+        interrupted run, or the other shards); returns their names."""
+        if not self.artifacts.exists(self.staging):
+            return []
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+        names = self.artifacts._download(self.staging, self.local_dir)
+        self._mark_synced(names)
+        return names
 
     def _local_files(self) -> dict[str, Path]:
         return {path.relative_to(self.local_dir).as_posix(): path for path in sorted(self.local_dir.rglob("*"))
-                if path.is_file() and path.name not in (SUCCESS, STARTED)}
+                if path.is_file() and path.name != SUCCESS}
 
     def _mark_synced(self, names: list[str]) -> None:
         for name in names:
             stat = (self.local_dir / name).stat()
             self.synced[name] = (stat.st_size, stat.st_mtime_ns)
 
+    def _unsynced(self) -> list[str]:
+        return [name for name, path in self._local_files().items()
+                if self.synced.get(name) != (path.stat().st_size, path.stat().st_mtime_ns)]
+
     def sync(self) -> list[str]:
-        """Upload the files that are new or changed since the last sync."""
-        files = self._local_files()
-        changed = [name for name, path in files.items()
-                   if self.synced.get(name) != (path.stat().st_size, path.stat().st_mtime_ns)]
-        self.artifacts._put([files[name] for name in changed], [self._remote(name) for name in changed])
+        """Stage the files that are new or changed since the last sync."""
+        changed, files = self._unsynced(), self._local_files()
+        self.artifacts._put([files[name] for name in changed],
+                            [self.artifacts.path(f"{self.staging}/{name}") for name in changed])
         self._mark_synced(changed)
         return changed
 
     def complete(self, manifest: dict) -> str:
-        """Upload what is left, drop stale files, then write `_SUCCESS` (sizes and checksums of
-        every file included) last."""
-        self.sync()
+        """Replace the output with the local files (staged ones moved, the rest uploaded), drop
+        every staging folder, and write `_SUCCESS` (sizes and checksums of every file) last."""
         store, files = self.artifacts, self._local_files()
-        target = store.path(self.relative)
+        target, staging = store.path(self.relative), store.path(self.staging)
         if store.fs.exists(target):
-            keep = {self._remote(name) for name in files}
-            stale = [path for path in store.fs.find(target) if path not in keep]
-            if stale:
-                store.fs.rm(stale)
+            # Unmark first, so a reader never sees an old _SUCCESS beside new, half-copied files.
+            if store.fs.exists(f"{target}/{SUCCESS}"):
+                store.fs.rm_file(f"{target}/{SUCCESS}")
+            old = [path for path in store.fs.find(target) if not path.startswith(staging + "/")]
+            if old:
+                store.fs.rm(old)
+        unsynced = set(self._unsynced())
+        for name in sorted(set(files) - unsynced):
+            store.fs.mv(f"{staging}/{name}", f"{target}/{name}")
+        store._put([files[name] for name in sorted(unsynced)], [f"{target}/{name}" for name in sorted(unsynced)])
+        if store.fs.exists(f"{target}/{PARTS}"):
+            store.fs.rm(f"{target}/{PARTS}", recursive=True)
         manifest = {**manifest, "files": {name: [path.stat().st_size, _sha256(path)] for name, path in files.items()}}
         store._write_json(f"{self.relative}/{SUCCESS}", manifest)
         return store.url(self.relative)

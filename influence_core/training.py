@@ -58,6 +58,7 @@ class TrainingPlan:
     bf16: bool = False
     log_every_fraction: float = 0.05
     checkpoints: int = 4  # saved and published evenly over the run
+    pad_to: int | None = None  # pad every batch to this length instead of its longest (benchmarks)
 
 
 def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, plan: TrainingPlan,
@@ -96,7 +97,7 @@ def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokeniz
         model=model,
         args=args,
         train_dataset=dataset.add_column("length", lengths).select_columns(["input_ids", "attention_mask", "length"]),
-        data_collator=PadCollator(tokenizer.pad_token_id),
+        data_collator=PadCollator(tokenizer.pad_token_id, plan.pad_to),
         processing_class=tokenizer,
         callbacks=[LogLines(), PublishCheckpoints(publish_checkpoint, stop_requested)],
     )

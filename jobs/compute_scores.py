@@ -52,7 +52,7 @@ def main(settings: ComputeScoresSettings) -> None:
             artifacts.fetch("model", work / "inputs" / "model")
             artifacts.fetch("data/train", work / "inputs" / "train")
             artifacts.fetch(factors, factors_dir(work, settings.factors_name))
-            if restored := out.resume(shard=settings.shard is not None):
+            if restored := out.resume():
                 log.info("restored %d published files of this output", len(restored))
         barrier()
         what = "" if settings.shard is None else f" (shard {settings.shard} of {settings.score_data_partitions})"

@@ -45,7 +45,7 @@ def main(settings: FitFactorsSettings) -> None:
             artifacts.fetch("data/train", work / "inputs" / "train")
             # Partitions published earlier for the same settings and inputs (an interrupted run,
             # other shards) are restored and not recomputed.
-            if restored := out.resume(shard=settings.shard is not None):
+            if restored := out.resume():
                 log.info("restored %d published files of this output", len(restored))
             check_phase_inputs(out.local_dir, settings)
         barrier()

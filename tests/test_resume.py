@@ -22,9 +22,10 @@ def start_stage(args: list[str], artifacts: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def kill_when(process: subprocess.Popen, path: Path, timeout: float = 300) -> None:
+def kill_when(process: subprocess.Popen, directory: Path, name: str, timeout: float = 300) -> None:
+    """SIGKILL the process once a file `name` is published (staged) anywhere below `directory`."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not list(directory.rglob(name)):
         assert process.poll() is None, "the stage finished before the kill point"
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -33,13 +34,14 @@ def kill_when(process: subprocess.Popen, path: Path, timeout: float = 300) -> No
 
 
 def snapshot(directory: Path) -> dict[str, tuple[int, int]]:
-    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir() if p.is_file()}
+    """Every file below, staged or final, by name: a move keeps a file's mtime, a recomputation not."""
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_size) for p in directory.rglob("*") if p.is_file()}
 
 
 def test_killed_fit_factors_resumes_without_recomputing(small_trained):
     output = small_trained / "influence" / "factors_resume"
     args = ["fit_factors", "--factors_name", "resume", *PARTITIONED]
-    kill_when(start_stage(args, small_trained), output / "lambda_matrix_data_partition0_module_partition0.safetensors")
+    kill_when(start_stage(args, small_trained), output, "lambda_matrix_data_partition0_module_partition0.safetensors")
     assert not (output / "_SUCCESS").exists()
     before = {name: stat for name, stat in snapshot(output).items() if "partition" in name}
     assert len(before) >= 6  # three covariance partitions (two files each) at least

@@ -71,7 +71,7 @@ def test_sharded_scores_equal_unpartitioned(factored):
     args = ["compute_scores", "--factors_name", "whole", "--scores_name", "sharded",
             "--score_data_partitions", str(PARTITIONS)]
     run_shards(args, factored)
-    partition_files = sorted((factored / "influence/scores_sharded").glob("pairwise_scores_data_partition*"))
+    partition_files = sorted((factored / "influence/scores_sharded").rglob("pairwise_scores_data_partition*"))
     assert len(partition_files) == PARTITIONS
     ok(*args, artifacts=factored)
     sharded = load_file(str(factored / "influence/scores_sharded/pairwise_scores.safetensors"))["all_modules"]
@@ -99,8 +99,8 @@ def test_killed_shard_reruns_alone(factored):
     time.sleep(1.0)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    assert not list(output.glob("pairwise_scores_data_partition2_*"))
-    others = {path.name: path.stat().st_mtime_ns for path in output.glob("pairwise_scores_data_partition*")}
+    assert not list(output.rglob("pairwise_scores_data_partition2_*"))
+    others = {path.name: path.stat().st_mtime_ns for path in output.rglob("pairwise_scores_data_partition*")}
     assert len(others) == 3
 
     ok(*args, "--shard_index", "2", artifacts=factored)
@@ -129,3 +129,20 @@ def test_shard_settings_are_checked(factored):
     result = run_jobs("fit_factors", "--factors_name", "early", "--lambda_data_partitions", "2", "--shard_index", "0",
                       "--factor_phase", "lambda", env={"ARTIFACTS_URI": str(factored)})
     assert result.returncode == 2 and "the eigendecomposition of 'early' is not published yet" in result.stderr
+
+
+def test_a_sharded_rerun_with_other_inputs_never_reuses_stale_partitions(factored, tmp_path):
+    """Shards of a run with other prompts stage their steps apart from the finished output's, so
+    the aggregate is of the new prompts only."""
+    args = ["compute_scores", "--factors_name", "whole", "--scores_name", "reused",
+            "--score_data_partitions", str(PARTITIONS)]
+    run_shards(args, factored)
+    ok(*args, artifacts=factored)
+    two = tmp_path / "two.json"
+    two.write_text('[{"prompt": "The capital of Velmora is", "completion": " Quistador"},'
+                   ' {"prompt": "A week has seven", "completion": " days"}]')
+    run_shards([*args, "--prompts", str(two)], factored)
+    ok(*args, "--prompts", str(two), artifacts=factored)
+    scores = load_file(str(factored / "influence/scores_reused/pairwise_scores.safetensors"))["all_modules"]
+    assert scores.shape[0] == 2
+    assert not (factored / "influence/scores_reused/_parts").exists()

@@ -1,0 +1,131 @@
+"""The baselines the benchmark compares our stages with, one process per run:
+
+- `train`: the Trainer loop on the published training examples, padded to their batch's longest
+  example and length-grouped (ours) or padded to the max length in random order (the original
+  scripts' way).
+- `factors` / `scores`: the same Kronfluence calls our stages make, made directly (no settings,
+  storage, manifests or checksums), with the collate and batch sizes given on the command line;
+  `--padding max --query_batch_size 1` is the original scripts' way.
+
+Each run prints one JSON line of what it measured itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def train(args: argparse.Namespace) -> dict:
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from influence_core.modeling import build_model
+    from influence_core.training import TrainingPlan
+    from influence_core.training import train as train_model
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(Path(args.artifacts) / "model")
+    examples = load_from_disk(str(Path(args.artifacts) / "data/train"))
+    model = build_model(args.preset, tokenizer, args.max_length)
+    plan = TrainingPlan(batch_size=args.batch_size, num_train_epochs=args.epochs, learning_rate=2e-3,
+                        warmup_ratio=0.05, weight_decay=0.0, seed=0, group_by_length=args.padding == "longest",
+                        pad_to=args.max_length if args.padding == "max" else None, checkpoints=1)
+    metrics = train_model(model, examples, tokenizer, plan, Path(args.work) / "trainer")
+    return {key: metrics[key] for key in ("final_loss", "tokens_per_second", "train_seconds", "non_padding_tokens")}
+
+
+def analyzer_for(args: argparse.Namespace):
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.utils.dataset import DataLoaderKwargs
+    from transformers import AutoTokenizer
+
+    from influence_core.data import PadCollator
+    from influence_core.modeling import load_model
+    from influence_core.tasks import TASKS
+
+    model_dir = Path(args.artifacts) / "model"
+    model, tokenizer = load_model(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    task = TASKS["language_modeling"](num_layers=model.config.num_layers)
+    analyzer = Analyzer(analysis_name="influence", model=prepare_model(model, task), task=task,
+                        output_dir=args.work, disable_model_save=True, disable_tqdm=True, log_level=None)
+    pad_to = model.config.max_position_embeddings if args.padding == "max" else None
+    analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=PadCollator(tokenizer.pad_token_id, pad_to)))
+    return analyzer, tokenizer, model.config.max_position_embeddings
+
+
+def training_examples(args: argparse.Namespace):
+    from datasets import load_from_disk
+
+    return load_from_disk(str(Path(args.artifacts) / "data/train")).select_columns(["input_ids", "attention_mask"])
+
+
+def factors(args: argparse.Namespace) -> dict:
+    from kronfluence.arguments import FactorArguments
+
+    analyzer, _, _ = analyzer_for(args)
+    start = time.perf_counter()
+    analyzer.fit_all_factors(factors_name="direct", dataset=training_examples(args),
+                             per_device_batch_size=args.batch_size,
+                             factor_args=FactorArguments(strategy="ekfac"), overwrite_output_dir=True)
+    return {"kronfluence_seconds": time.perf_counter() - start}
+
+
+def scores(args: argparse.Namespace) -> dict:
+    import torch
+    from kronfluence.arguments import ScoreArguments
+    from safetensors.torch import save_file
+
+    from influence_core.data import tokenize_prompts
+    from influence_core.prompts import parse_prompts
+
+    factors_dir = Path(args.work) / "influence" / "factors_direct"
+    factors_dir.parent.mkdir(parents=True, exist_ok=True)
+    if not factors_dir.exists():
+        factors_dir.symlink_to(Path(args.factors).resolve(), target_is_directory=True)
+    analyzer, tokenizer, context = analyzer_for(args)
+    prompts = parse_prompts(Path(args.prompts).read_bytes(), args.prompts)
+    queries = tokenize_prompts(prompts, tokenizer, context)
+    start = time.perf_counter()
+    analyzer.compute_pairwise_scores(scores_name="direct", factors_name="direct", query_dataset=queries,
+                                     train_dataset=training_examples(args),
+                                     per_device_query_batch_size=args.query_batch_size or len(queries),
+                                     per_device_train_batch_size=args.batch_size,
+                                     score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
+    seconds = time.perf_counter() - start
+    matrix = analyzer.load_pairwise_scores("direct")["all_modules"]
+    save_file({"all_modules": matrix.contiguous()}, str(Path(args.work) / "scores.safetensors"))
+    return {"kronfluence_seconds": seconds, "top10": torch.topk(matrix, 10).indices.tolist()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["train", "factors", "scores"])
+    parser.add_argument("--artifacts", required=True, help="a local artifacts dir with model/ and data/train/")
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--padding", choices=["longest", "max"], default="longest")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--query_batch_size", type=int, default=None)
+    parser.add_argument("--factors", help="factors directory (scores)")
+    parser.add_argument("--prompts", default=str(ROOT / "prompts.json"))
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--max_length", type=int, default=128)
+    parser.add_argument("--epochs", type=float, default=2.0)
+    args = parser.parse_args()
+
+    from influence_core.runtime import configure_logging, configure_threads
+
+    configure_logging("WARNING")
+    configure_threads()
+    print(json.dumps({"train": train, "factors": factors, "scores": scores}[args.what](args)))
+
+
+if __name__ == "__main__":
+    main()
