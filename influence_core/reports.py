@@ -255,8 +255,12 @@ def attach_token_scores(report: dict, token_scores: list[dict[int, list[float]]]
                 item["token_scores"] = scores[item["index"]]
 
 
-def attach_self_influence(report: dict, top: list[dict], factors_name: str, num_examples: int) -> None:
-    report["self_influence"] = {"factors_name": factors_name, "num_examples": num_examples, "top": top}
+def attach_self_influence(report: dict, self_scores: torch.Tensor, texts: list[str], count: int,
+                          factors_name: str) -> None:
+    """Add the `count` training examples with the largest self-influence, largest first, to report.json."""
+    order = torch.argsort(self_scores.float(), descending=True)[:count].tolist()
+    top = [{"index": index, "score": float(self_scores[index]), "text": texts[index]} for index in order]
+    report["self_influence"] = {"factors_name": factors_name, "num_examples": len(self_scores), "top": top}
 
 
 def top_tokens(item: dict, count: int = 3) -> list[tuple[str, float]]:
@@ -349,4 +353,7 @@ def plot_prompt_distribution(row: torch.Tensor, entry: dict, number: int, path: 
     ax.set_xlabel("influence score (green: top positive, red: top negative"
                   + (", ▼ planted documents)" if entry.get("planted_documents") else ")"), fontsize=8)
     ax.set_ylabel("training examples (log)", fontsize=8)
-    return _save(fig, path)
+    fig.subplots_adjust(left=0.11, right=0.98, top=0.9, bottom=0.17)  # fixed: tight_layout would double the cost
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,8 +1,8 @@
 """Self-influence: each training example's influence on its own training loss, with Kronfluence.
 
 An example the model can only fit by bending its parameters towards it (a rare fact, an outlier,
-a garbled or memorised document) has a large self-influence; ranking them is a cheap way to find
-the data worth looking at, and to see which examples rank high for every prompt alike.
+a garbled or memorised document) has a large self-influence; ranking by it points at the data
+worth looking at, and at the examples that score high for every prompt alike.
 """
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ from pathlib import Path
 
 import torch
 from kronfluence.arguments import ScoreArguments
-from safetensors.torch import load_file
 
 from influence_core.factors import ANALYSIS_NAME, build_analyzer, load_training_examples
 from influence_core.settings import ComputeSelfScoresSettings
-
-SELF_SCORES_FILE = "self_scores.safetensors"  # Kronfluence's file name
 
 
 def self_score_arguments(settings: ComputeSelfScoresSettings) -> ScoreArguments:
@@ -49,14 +46,3 @@ def compute_self_scores(model_dir: Path, train_dir: Path, settings: ComputeSelfS
 def self_scores_name(factors_name: str) -> str:
     """The Kronfluence scores name: it writes <work_dir>/influence/scores_<name>/."""
     return f"self_{factors_name}"
-
-
-def load_self_scores(directory: Path) -> torch.Tensor:
-    """One score per training example, in corpus order."""
-    return load_file(str(directory / SELF_SCORES_FILE))["all_modules"]
-
-
-def top_self_influential(scores: torch.Tensor, texts: list[str], count: int) -> list[dict]:
-    """The `count` training examples with the largest self-influence, largest first."""
-    order = torch.argsort(scores.float(), descending=True)[:count].tolist()
-    return [{"index": index, "score": float(scores[index]), "text": texts[index]} for index in order]

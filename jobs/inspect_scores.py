@@ -50,7 +50,6 @@ def main(settings: InspectScoresSettings) -> None:
 
     from influence_core.prompts import Prompt
     from influence_core.reports import attach_self_influence, build_report
-    from influence_core.self_influence import load_self_scores, top_self_influential
 
     with work_dir() as work:
         scores_dir = artifacts.fetch(scores, work / "scores")
@@ -77,9 +76,9 @@ def main(settings: InspectScoresSettings) -> None:
                              scored_with["settings"].get("task", "language_modeling"),
                              scored_with["settings"].get("train_batch_size", 8), work)
         if self_scores in inputs:
-            values = load_self_scores(artifacts.fetch(self_scores, work / "self_scores"))
-            attach_self_influence(report, top_self_influential(values, texts, settings.num_self_influential),
-                                  factors_name, len(values))
+            local = artifacts.fetch(self_scores, work / "self_scores")
+            values = load_file(str(local / "self_scores.safetensors"))["all_modules"]  # one per training example
+            attach_self_influence(report, values, texts, settings.num_self_influential, factors_name)
 
         write_report(report, matrix, prompts, settings, work / "report")
         if "fact_recall_at_10" in report:

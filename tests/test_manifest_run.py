@@ -27,7 +27,7 @@ from tests.test_manifests import (
     stage_jobs,
 )
 
-PIPELINE = ["train", "fit_factors", "inspect_factors", "compute_scores", "inspect_scores"]
+PIPELINE = ["train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "inspect_scores"]
 # Smaller than the demo's defaults, for speed; only where the Job sets them.
 FASTER = {"NUM_EXAMPLES": "200", "NUM_TRAIN_EPOCHS": "2"}
 IMAGE_ROOT = "/app"  # the image's WORKDIR, where the Dockerfile copies the repository's files
