@@ -7,7 +7,7 @@ ARTIFACTS_URI ?= ./artifacts
 SCORES_NAME ?= prompt_scores
 export ARTIFACTS_URI
 
-.PHONY: install demo eval test lint fetch-report clean
+.PHONY: install demo eval bench test lint fetch-report clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ eval: install
 	$(PY) -m jobs train
 	$(PY) -m jobs evaluate
 	@echo "Evaluation: $(ARTIFACTS_URI)/reports/evaluation/evaluation.md"
+
+## bench: every stage timed at the demo size and 5x, beside the original approach and bare Kronfluence
+## (writes bench/results.md and bench/results.json; about 15 minutes on 2 CPU cores)
+bench: install
+	$(PY) bench/run.py
 
 ## test: the whole test suite
 test: install

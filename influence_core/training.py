@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.trainer_callback import PrinterCallback
 
 from influence_core.data import PadCollator
+from influence_core.runtime import progress_bars
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokeniz
         save_steps=max(1, -(-total_steps // plan.checkpoints)),
         save_total_limit=1,
         report_to=[],
-        disable_tqdm=True,
+        disable_tqdm=not progress_bars(),  # off a terminal, LogLines reports progress
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
