@@ -14,6 +14,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from influence_core.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Fact:
@@ -250,10 +252,8 @@ def build_demo_corpus(num_documents: int, seed: int = 0) -> DemoCorpus:
             planned.append((None, [distractor]))
             planned.append((None, [distractor, rng.choice(fact.distractors)]))
     if num_documents < len(planned):
-        raise ValueError(
-            f"the demo corpus needs at least {len(planned)} documents to plant its facts, "
-            f"got num_examples={num_documents}"
-        )
+        raise ConfigError(f"invalid setting NUM_EXAMPLES: the demo corpus needs at least {len(planned)} "
+                          f"documents to plant its facts, got {num_documents}")
     planned += [(None, [])] * (num_documents - len(planned))
     rng.shuffle(planned)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -27,6 +28,16 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
         show_progress=False,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    return _with_special_tokens(tokenizer)
+
+
+def load_bpe_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    """A tokenizer trained by `train_bpe_tokenizer` and saved (e.g. in a training checkpoint),
+    exactly as it was: saving it again writes the same files."""
+    return _with_special_tokens(Tokenizer.from_file(str(directory / "tokenizer.json")))
+
+
+def _with_special_tokens(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=EOS_TOKEN,

@@ -45,7 +45,8 @@ def main(settings: TrainSettings) -> None:
         if resume:  # an interrupted run with the same settings: continue from its last checkpoint
             resume_dir = artifacts.fetch(resume, work / "trainer" / resume.rsplit("/", 1)[1])
             log.info("resuming from %s", artifacts.url(resume))
-            tok = tokenizer.load_pretrained_tokenizer(str(resume_dir))
+            tok = (tokenizer.load_pretrained_tokenizer(str(resume_dir)) if settings.tokenizer_name
+                   else tokenizer.load_bpe_tokenizer(resume_dir))
         else:
             resume_dir = None
             tok = (tokenizer.load_pretrained_tokenizer(settings.tokenizer_name) if settings.tokenizer_name

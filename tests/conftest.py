@@ -42,6 +42,23 @@ def small_trained(tmp_path_factory) -> Path:
     return artifacts
 
 
+# A small pipeline with data partitions, so kills and outages land between and inside
+# Kronfluence's steps; shared by the fault tests and the S3-versus-local comparison.
+SMALL = {"NUM_EXAMPLES": "100", "NUM_TRAIN_EPOCHS": "2", "COVARIANCE_DATA_PARTITIONS": "2",
+         "LAMBDA_DATA_PARTITIONS": "2", "SCORE_DATA_PARTITIONS": "2", "NUM_INFLUENTIAL": "3"}
+PIPELINE = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "inspect_scores")
+
+
+@pytest.fixture(scope="session")
+def small_pipeline(tmp_path_factory) -> Path:
+    """The whole pipeline at the SMALL settings on a local path, stage by stage."""
+    artifacts = tmp_path_factory.mktemp("small_pipeline") / "artifacts"
+    for stage in PIPELINE:
+        result = run_jobs(stage, env={**SMALL, "ARTIFACTS_URI": str(artifacts)})
+        assert result.returncode == 0, result.stderr[-4000:]
+    return artifacts
+
+
 @pytest.fixture(scope="session")
 def demo_report(demo_run) -> dict:
     return json.loads((demo_run / "reports" / "prompt_scores" / "report.json").read_text())

@@ -70,6 +70,7 @@ CASES = {
     "vocabulary too small": (lambda tmp: ["train", "--vocab_size", "100"], "VOCAB_SIZE"),
     "zero learning rate": (lambda tmp: ["train", "--learning_rate", "0"], "LEARNING_RATE"),
     "no examples": (lambda tmp: ["train", "--num_examples", "0"], "NUM_EXAMPLES"),
+    "demo corpus too small": (lambda tmp: ["train", "--num_examples", "50"], "the demo corpus needs at least"),
     "warmup over 1": (lambda tmp: ["train", "--warmup_ratio", "1.5"], "WARMUP_RATIO"),
     "unknown model preset": (lambda tmp: ["train", "--model_preset", "gpt-5"], "MODEL_PRESET"),
     "negative layer": (lambda tmp: ["inspect_factors", "--layer_num", "-1"], "LAYER_NUM"),

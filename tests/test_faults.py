@@ -11,16 +11,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from tests.conftest import ROOT, run_jobs
+from influence_core.storage import PARTIAL
+from tests.conftest import ROOT, SMALL, run_jobs
 
-# A small pipeline with partitions, so kills land between and inside Kronfluence's steps.
-SMALL = {"NUM_EXAMPLES": "100", "NUM_TRAIN_EPOCHS": "2", "COVARIANCE_DATA_PARTITIONS": "2",
-         "LAMBDA_DATA_PARTITIONS": "2", "SCORE_DATA_PARTITIONS": "2", "NUM_INFLUENTIAL": "3"}
 STAGES = {  # stage: (its outputs, the outputs of the stages before it)
     "train": (["model", "data/train"], []),
     "fit_factors": (["influence/factors_tiny_lm_factors"], ["model", "data/train"]),
@@ -28,10 +29,29 @@ STAGES = {  # stage: (its outputs, the outputs of the stages before it)
                                                               "influence/factors_tiny_lm_factors"]),
     "compute_scores": (["influence/scores_prompt_scores"], ["model", "data/train",
                                                              "influence/factors_tiny_lm_factors"]),
+    "compute_self_scores": (["influence/self_scores_tiny_lm_factors"], ["model", "data/train",
+                                                                         "influence/factors_tiny_lm_factors"]),
     "inspect_scores": (["reports/prompt_scores"], ["model", "data/train", "influence/factors_tiny_lm_factors",
-                                                    "influence/scores_prompt_scores"]),
+                                                    "influence/scores_prompt_scores",
+                                                    "influence/self_scores_tiny_lm_factors"]),
 }
-KILL_AT = (0.15, 0.4, 0.65)  # fractions of the stage's uninterrupted run time
+# Where each stage is killed, one kill per run, each rerun resuming from the last: a log line the
+# stage prints (then `delay` seconds more), or a file it publishes (staged or final) below the
+# artifacts. Together they cover start-up, computing, between Kronfluence partitions and publishing.
+KILL_POINTS = {
+    "train": [("log", "training tiny", 0.0), ("file", "checkpoints/train/checkpoint-*/_SUCCESS", 0.0),
+              ("log", "trained:", 0.0)],
+    "fit_factors": [("log", "fitting all", 0.5), ("file", "**/*covariance_data_partition0*.safetensors", 0.0),
+                    ("file", "**/lambda_matrix_data_partition0*.safetensors", 0.0)],
+    "compute_scores": [("log", "scoring", 0.5), ("file", "**/pairwise_scores_data_partition0*.safetensors", 0.0),
+                       ("file", "**/pairwise_scores_data_partition1*.safetensors", 0.0)],
+    "compute_self_scores": [("start", "", 1.0), ("log", "self-influence of every", 0.2),
+                            ("log", "Computing self-influence scores [0/", 0.5)],
+    # A short stage with no progress lines: its kills land in start-up, fetching and plotting.
+    "inspect_factors": [("start", "", 0.5), ("start", "", 1.5), ("start", "", 2.5)],
+    "inspect_scores": [("start", "", 1.0), ("log", "per-token scores", 0.2),
+                       ("log", "Computing pairwise scores (training gradient) [0/", 0.3)],
+}
 VOLATILE = {"training_metrics.json", "state.json", "_SUCCESS"}  # timings and random fingerprints
 
 
@@ -41,50 +61,68 @@ def stage_process(stage: str, artifacts: Path, env: dict | None = None) -> subpr
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def new_files(artifacts: Path, pattern: str, before: set[Path]) -> list[Path]:
+    return [path for path in artifacts.glob(pattern) if path not in before and PARTIAL not in path.name]
+
+
+def kill_at(stage: str, artifacts: Path, point: tuple[str, str, float], timeout: float = 300) -> None:
+    """Run the stage and SIGKILL it at `point`; it must still be running then."""
+    kind, what, delay = point
+    before = set(artifacts.glob(what)) if kind == "file" else set()
+    process = stage_process(stage, artifacts)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not (kind == "start" or (kind == "log" and any(what in line for line in lines))
+               or (kind == "file" and new_files(artifacts, what, before))):
+        assert process.poll() is None, f"{stage} ended before {point}: {''.join(lines)[-2000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(delay)
+    assert process.poll() is None, f"{stage} ended before {point}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def content_digest(path: Path) -> str:
+    """A file's digest; for safetensors, of its tensors only (Kronfluence writes its arguments
+    into the header in no fixed order)."""
+    if path.suffix != ".safetensors":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(path)).items()):
+        digest.update(name.encode() + tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def digests(directory: Path) -> dict[str, str]:
-    return {path.relative_to(directory).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+    return {path.relative_to(directory).as_posix(): content_digest(path)
             for path in sorted(directory.rglob("*")) if path.is_file() and path.name not in VOLATILE}
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, dict[str, float]]:
-    """The uninterrupted small pipeline, stage by stage, with each stage's wall time."""
-    artifacts = tmp_path_factory.mktemp("reference") / "artifacts"
-    seconds = {}
-    for stage in STAGES:
-        start = time.monotonic()
-        process = stage_process(stage, artifacts)
-        _, stderr = process.communicate(timeout=600)
-        assert process.returncode == 0, stderr[-3000:]
-        seconds[stage] = time.monotonic() - start
-    return artifacts, seconds
-
-
-@pytest.mark.parametrize("fraction", KILL_AT)
-@pytest.mark.parametrize("stage", list(STAGES))
-def test_kill_9_then_rerun_gives_the_uninterrupted_result(reference, tmp_path, stage, fraction):
-    source, seconds = reference
-    outputs, inputs = STAGES[stage]
-    artifacts = tmp_path / "artifacts"
-    for relative in inputs:
+def copy_inputs(stage: str, source: Path, artifacts: Path) -> None:
+    for relative in STAGES[stage][1]:
         shutil.copytree(source / relative, artifacts / relative)
-    process = stage_process(stage, artifacts)
-    time.sleep(fraction * seconds[stage])
-    assert process.poll() is None, f"{stage} finished before {fraction:.0%} of its reference time"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not all((artifacts / relative / "_SUCCESS").exists() for relative in outputs), "looks complete"
 
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_kill_9_at_three_points_then_rerun_gives_the_uninterrupted_result(small_pipeline, tmp_path, stage):
+    outputs = STAGES[stage][0]
+    artifacts = tmp_path / "artifacts"
+    copy_inputs(stage, small_pipeline, artifacts)
+    for point in KILL_POINTS[stage]:
+        kill_at(stage, artifacts, point)
+        assert not all((artifacts / relative / "_SUCCESS").exists() for relative in outputs), (point, "complete")
     rerun = stage_process(stage, artifacts)
     _, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, stderr[-3000:]
     for relative in outputs:
         assert (artifacts / relative / "_SUCCESS").exists()
-        assert digests(artifacts / relative) == digests(source / relative), relative
+        assert digests(artifacts / relative) == digests(small_pipeline / relative), relative
 
 
-def test_sigterm_during_training_publishes_a_checkpoint_and_resumes(reference, tmp_path):
-    _, seconds = reference
+def test_sigterm_during_training_publishes_a_checkpoint_and_resumes(small_pipeline, tmp_path):
     artifacts = tmp_path / "artifacts"
     process = stage_process("train", artifacts)
     deadline = time.monotonic() + 300
@@ -100,19 +138,17 @@ def test_sigterm_during_training_publishes_a_checkpoint_and_resumes(reference, t
     rerun = stage_process("train", artifacts)
     _, stderr = rerun.communicate(timeout=600)
     assert rerun.returncode == 0 and "resuming from" in stderr, stderr[-3000:]
-    source, _ = reference
-    assert digests(artifacts / "model") == digests(source / "model")
+    assert digests(artifacts / "model") == digests(small_pipeline / "model")
 
 
-def test_sigterm_during_factors_exits_at_once_keeping_finished_partitions(reference, tmp_path):
-    source, _ = reference
+def test_sigterm_during_factors_exits_at_once_keeping_finished_partitions(small_pipeline, tmp_path):
+    source = small_pipeline
     artifacts = tmp_path / "artifacts"
-    for relative in STAGES["fit_factors"][1]:
-        shutil.copytree(source / relative, artifacts / relative)
+    copy_inputs("fit_factors", source, artifacts)
     output = artifacts / "influence/factors_tiny_lm_factors"
     process = stage_process("fit_factors", artifacts)
     deadline = time.monotonic() + 300
-    while not list(output.rglob("*covariance_data_partition0*")):
+    while not [path for path in output.rglob("*covariance_data_partition0*") if PARTIAL not in path.name]:
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
@@ -127,14 +163,14 @@ def test_sigterm_during_factors_exits_at_once_keeping_finished_partitions(refere
     assert digests(output) == digests(source / "influence/factors_tiny_lm_factors")
 
 
-def test_object_store_outage_fails_cleanly_and_a_rerun_completes(reference, s3_env, tmp_path):
+def test_object_store_outage_fails_cleanly_and_a_rerun_completes(small_pipeline, s3_env, tmp_path):
     """The S3 server stops while fit_factors runs: bounded retries, one clear line, non-zero exit;
     once it is back, a rerun restores the published partitions and completes."""
     import boto3
     import fsspec
     from moto.server import ThreadedMotoServer
 
-    source, _ = reference
+    source = small_pipeline
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

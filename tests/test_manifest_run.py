@@ -29,7 +29,7 @@ from tests.test_manifests import (
 
 PIPELINE = ["train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "inspect_scores"]
 # Smaller than the demo's defaults, for speed; only where the Job sets them.
-FASTER = {"NUM_EXAMPLES": "200", "NUM_TRAIN_EPOCHS": "2"}
+FASTER = {"NUM_EXAMPLES": "100", "NUM_TRAIN_EPOCHS": "1"}
 IMAGE_ROOT = "/app"  # the image's WORKDIR, where the Dockerfile copies the repository's files
 IMAGE_VENV = "/opt/venv/bin"
 BUILD_SHA = "0123456789abcdef-e2e"  # what `make build` passes as the GIT_SHA build argument

@@ -10,7 +10,7 @@ import time
 import fsspec
 import pytest
 
-from tests.conftest import run_jobs
+from tests.conftest import SMALL, run_jobs
 
 SECRET = "s3cr3t-value-that-must-not-leak"
 
@@ -29,29 +29,32 @@ def bucket_listing(url: str, s3_env: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def s3_pipeline(s3_env, tmp_path_factory):
-    """The demo pipeline with ARTIFACTS_URI=s3://..., with a secret-looking key in the environment."""
+    """The small pipeline with ARTIFACTS_URI=s3://..., with a secret-looking key in the environment."""
     import boto3
 
     boto3.client("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"]).create_bucket(Bucket="pipeline")
-    env = {**s3_env, "AWS_SECRET_ACCESS_KEY": SECRET, "ARTIFACTS_URI": "s3://pipeline/run"}
+    env = {**s3_env, **SMALL, "AWS_SECRET_ACCESS_KEY": SECRET, "ARTIFACTS_URI": "s3://pipeline/run"}
     result = run_jobs("pipeline", env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return env, result
 
 
-def test_s3_pipeline_report_equals_local_one(s3_pipeline, demo_report, tmp_path):
+def test_s3_pipeline_report_equals_local_one(s3_pipeline, small_pipeline, tmp_path):
     env, _ = s3_pipeline
     report_dir = tmp_path / "fetched"
     result = run_jobs("fetch_report", "--report_dir", str(report_dir), env=env)
     assert result.returncode == 0, result.stderr
-    assert json.loads((report_dir / "report.json").read_text()) == demo_report
+    local = json.loads((small_pipeline / "reports/prompt_scores/report.json").read_text())
+    assert json.loads((report_dir / "report.json").read_text()) == local
+    assert local["prompts"] and local["self_influence"]["top"]  # the whole pipeline, self-influence too
     assert (report_dir / "prompt_scores_report.md").read_text().startswith("# Influence report")
 
 
 def test_rerun_skips_and_leaves_the_bucket_unchanged(s3_pipeline):
     env, _ = s3_pipeline
     before = bucket_listing("s3://pipeline/run", env)
-    for stage in ("train", "fit_factors", "inspect_factors", "compute_scores", "inspect_scores"):
+    for stage in ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores",
+                  "inspect_scores"):
         result = run_jobs(stage, env=env)
         assert result.returncode == 0, result.stderr
         assert "skipping" in result.stderr, (stage, result.stderr)

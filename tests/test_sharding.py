@@ -134,14 +134,13 @@ def test_shard_settings_are_checked(factored):
 def test_a_sharded_rerun_with_other_inputs_never_reuses_stale_partitions(factored, tmp_path):
     """Shards of a run with other prompts stage their steps apart from the finished output's, so
     the aggregate is of the new prompts only."""
-    args = ["compute_scores", "--factors_name", "whole", "--scores_name", "reused",
-            "--score_data_partitions", str(PARTITIONS)]
-    run_shards(args, factored)
+    args = ["compute_scores", "--factors_name", "whole", "--scores_name", "reused", "--score_data_partitions", "2"]
+    run_shards(args, factored, count=2)
     ok(*args, artifacts=factored)
     two = tmp_path / "two.json"
     two.write_text('[{"prompt": "The capital of Velmora is", "completion": " Quistador"},'
                    ' {"prompt": "A week has seven", "completion": " days"}]')
-    run_shards([*args, "--prompts", str(two)], factored)
+    run_shards([*args, "--prompts", str(two)], factored, count=2)
     ok(*args, "--prompts", str(two), artifacts=factored)
     scores = load_file(str(factored / "influence/scores_reused/pairwise_scores.safetensors"))["all_modules"]
     assert scores.shape[0] == 2
