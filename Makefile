@@ -37,9 +37,10 @@ eval: install
 bench: install
 	$(PY) bench/run.py
 
-## test: the whole test suite
+## test: the whole test suite, on TEST_WORKERS processes (tests sharing a trained fixture share one)
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ## fetch-report: copy reports/$(SCORES_NAME)/ from $(ARTIFACTS_URI) (a bucket) to $(REPORT_DIR)
 REPORT_DIR ?= ./report

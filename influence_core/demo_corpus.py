@@ -240,10 +240,9 @@ class DemoCorpus:
     facts: list[dict]
 
 
-def build_demo_corpus(num_documents: int, seed: int = 0) -> DemoCorpus:
-    """Generate the demo corpus deterministically: same (num_documents, seed), same texts."""
-    rng = random.Random(seed)
-    planned: list[tuple[int | None, list[str]]] = []  # (fact index or None, special sentences)
+def _plan_special_documents(rng: random.Random) -> list[tuple[int | None, list[str]]]:
+    """The documents that state a fact or hold a distractor: (fact index or None, sentences)."""
+    planned: list[tuple[int | None, list[str]]] = []
     for fact_index, fact in enumerate(FACTS):
         count = rng.randint(4, min(8, len(fact.statements)))
         for statement in rng.sample(fact.statements, count):
@@ -251,9 +250,22 @@ def build_demo_corpus(num_documents: int, seed: int = 0) -> DemoCorpus:
         for distractor in fact.distractors:
             planned.append((None, [distractor]))
             planned.append((None, [distractor, rng.choice(fact.distractors)]))
-    if num_documents < len(planned):
-        raise ConfigError(f"invalid setting NUM_EXAMPLES: the demo corpus needs at least {len(planned)} "
+    return planned
+
+
+def check_demo_size(num_documents: int, seed: int = 0) -> None:
+    """Refuse a demo corpus too small to hold its planted facts (cheap: no text is generated)."""
+    needed = len(_plan_special_documents(random.Random(seed)))
+    if num_documents < needed:
+        raise ConfigError(f"invalid setting NUM_EXAMPLES: the demo corpus needs at least {needed} "
                           f"documents to plant its facts, got {num_documents}")
+
+
+def build_demo_corpus(num_documents: int, seed: int = 0) -> DemoCorpus:
+    """Generate the demo corpus deterministically: same (num_documents, seed), same texts."""
+    check_demo_size(num_documents, seed)
+    rng = random.Random(seed)
+    planned = _plan_special_documents(rng)
     planned += [(None, [])] * (num_documents - len(planned))
     rng.shuffle(planned)
 

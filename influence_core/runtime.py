@@ -59,10 +59,10 @@ def configure_logging(level: str) -> None:
     if level != "DEBUG":  # progress bars are noise in pod logs; our stages log progress lines instead
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    # Kronfluence's INFO lines print the whole model and every argument.
     # datasets logs a parse failure itself before raising it; the stage reports it in one line.
     # (datasets sets its own logger's level from DATASETS_VERBOSITY when it is imported)
     os.environ.setdefault("DATASETS_VERBOSITY", "debug" if level == "DEBUG" else "critical")
+    # Kronfluence's INFO lines print the whole model and every argument.
     for noisy in ("kronfluence", "httpx", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 

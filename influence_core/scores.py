@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from influence_core.data import tokenize_prompts
 from influence_core.factors import ANALYSIS_NAME, build_analyzer, data_partitions, load_training_examples
 from influence_core.prompts import Prompt
 from influence_core.settings import ComputeScoresSettings
+
+log = logging.getLogger(__name__)
 
 
 def score_arguments(settings: ComputeScoresSettings) -> ScoreArguments:
@@ -36,6 +39,8 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     context = AutoConfig.from_pretrained(model_dir).max_position_embeddings
     queries = tokenize_prompts(prompts, tokenizer, context)  # before the model loads: fails fast
+    shard = "" if settings.shard is None else f" (shard {settings.shard} of {settings.score_data_partitions})"
+    log.info("scoring %d prompts with factors %r%s", len(prompts), settings.factors_name, shard)
     analyzer = build_analyzer(model_dir, work_dir, settings.task)
     train_examples = load_training_examples(train_dir)
     for partition in data_partitions(settings.score_data_partitions, settings.shard):

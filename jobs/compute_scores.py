@@ -55,8 +55,6 @@ def main(settings: ComputeScoresSettings) -> None:
             if restored := out.resume():
                 log.info("restored %d published files of this output", len(restored))
         barrier()
-        what = "" if settings.shard is None else f" (shard {settings.shard} of {settings.score_data_partitions})"
-        log.info("scoring %d prompts with factors %r%s", len(prompts), settings.factors_name, what)
         local = compute_scores(work / "inputs" / "model", work / "inputs" / "train", prompts, settings, work,
                                after_step=out.sync if is_main_process() else lambda: None)
         if not is_main_process():

@@ -15,6 +15,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Session fixtures that train and are read by many tests, in the order a test using several is
+# placed by: under pytest-xdist (`make test` runs two workers) each worker builds the fixtures its
+# tests use, so the tests sharing one run on the same worker and it is built once.
+SHARED_FIXTURES = ("demo_run", "small_pipeline", "small_trained")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
+
+
 def run_jobs(*args: str, env: dict | None = None, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
     """`python -m jobs ...` as a user runs it, in a clean environment plus `env`."""
     full_env = {key: value for key, value in os.environ.items() if key != "ARTIFACTS_URI"}

@@ -102,16 +102,28 @@ CORPORA = {
 
 
 @pytest.mark.parametrize("case", sorted(CORPORA))
-def test_bad_corpus_is_one_line_and_exit_2(case, tmp_path):
+def test_bad_corpus_is_refused_in_one_line(case, tmp_path):
+    from influence_core.data import load_corpus
+    from influence_core.errors import ConfigError
+
     name, content, expected = CORPORA[case]
     path = tmp_path / (name or "absent.jsonl")
     if content is not None:
         path.write_bytes(content)
+    with pytest.raises(ConfigError) as refused:
+        load_corpus(str(path), None)
+    assert expected in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_bad_corpus_stops_the_train_stage_in_one_line(tmp_path):
+    """The refusals above, as the train stage reports them (one case: they share the path)."""
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(CORPORA["binary file"][1])
     artifacts = tmp_path / "artifacts"
     result = run_probe(["train", "--dataset", str(path)], {"ARTIFACTS_URI": str(artifacts)}, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: DATASET={path}: cannot read it as json"), lines
     assert not artifacts.exists() or not list(artifacts.rglob("_SUCCESS"))
 
 

@@ -4,12 +4,13 @@ environment exactly as rendered (plus the image's ENV), against a loopback S3 se
 It passes only if the manifests, the image's layout and entrypoint, and the code agree: the
 launcher and `-m jobs <stage>` exist, every setting the Jobs pass is accepted, the stages find
 each other's artifacts in the bucket, and the report lands where `make fetch-report` looks.
+The whole pipeline run from the manifests is tests/test_sharded_manifests.py's last test (its
+fit-factors and compute-scores spread over pods); this file holds the pod mapping it uses.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -27,7 +28,6 @@ from tests.test_manifests import (
     stage_jobs,
 )
 
-PIPELINE = ["train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "inspect_scores"]
 # Smaller than the demo's defaults, for speed; only where the Job sets them.
 FASTER = {"NUM_EXAMPLES": "100", "NUM_TRAIN_EPOCHS": "1"}
 IMAGE_ROOT = "/app"  # the image's WORKDIR, where the Dockerfile copies the repository's files
@@ -75,38 +75,6 @@ def pod_process(job: dict, objects, scratch: Path, s3_env: dict, artifacts_uri: 
 
 def run_pod(argv: list[str], env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, tmp_path):
-    objects = render("local")
-    jobs = stage_jobs(objects)
-    rendered_uri = resolved_env(stage_container(jobs["train"]), objects)["ARTIFACTS_URI"]
-    # The manifest's path, in the test's fresh bucket: s3://artifacts/influence -> s3://test-.../influence
-    artifacts_uri = s3_bucket + "/" + rendered_uri.removeprefix("s3://").partition("/")[2]
-    for stage in PIPELINE:
-        argv, env = pod_process(jobs[stage], objects, tmp_path / stage, s3_env, artifacts_uri)
-        result = run_pod(argv, env)
-        assert result.returncode == 0, f"{stage}: {argv}\n{result.stderr[-4000:]}"
-
-    import fsspec
-
-    fs = fsspec.filesystem("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"], key=s3_env["AWS_ACCESS_KEY_ID"],
-                           secret=s3_env["AWS_SECRET_ACCESS_KEY"])
-    scores_name = resolved_env(stage_container(jobs["inspect_scores"]), objects)["SCORES_NAME"]
-    report_dir = f"{artifacts_uri}/reports/{scores_name}"
-    report = json.loads(fs.cat_file(f"{report_dir}/report.json"))
-    prompts = json.loads((ROOT / "prompts.json").read_text())
-    assert [(p["prompt"], p["completion"]) for p in report["prompts"]] == [
-        (p["prompt"], p["completion"]) for p in prompts]
-    assert all(p["top_positive"] and p["top_negative"] for p in report["prompts"])
-    assert fs.exists(f"{report_dir}/{scores_name}_report.md")
-    # The image's GIT_SHA (the build argument) is what the manifests record.
-    assert json.loads(fs.cat_file(f"{report_dir}/_SUCCESS"))["git_sha"] == BUILD_SHA
-
-    # preview_data, the stage outside the pipeline, prints the configured corpus.
-    argv, env = pod_process(jobs["preview_data"], objects, tmp_path / "preview_data", s3_env, artifacts_uri)
-    result = run_pod(argv, env)
-    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-4000:]
 
 
 def test_a_bad_setting_exits_2_so_the_job_fails_at_once(s3_env, s3_bucket, tmp_path):

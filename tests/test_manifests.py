@@ -26,6 +26,8 @@ from jobs.__main__ import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
+# make prints "Entering directory" lines when run under make (as `make test` runs pytest): off.
+MAKE = ["make", "--no-print-directory"]
 OVERLAYS = {"local": K8S / "overlays" / "local", "cloud": K8S / "overlays" / "cloud"}
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 VENV_BIN = Path(sys.executable).parent  # the tests run from .venv (make test)
@@ -478,7 +480,7 @@ def test_each_deploy_applies_one_stage_and_what_it_shares(overlay):
     for _, job in all_stage_jobs(objects):
         name = job["metadata"]["name"]
         assert components[name] == [job]
-        dry = subprocess.run(["make", "-n", f"deploy-{name}", f"OVERLAY={overlay}"], cwd=ROOT,
+        dry = subprocess.run([*MAKE, "-n", f"deploy-{name}", f"OVERLAY={overlay}"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)
         assert dry.returncode == 0, dry.stderr
         assert f"-l 'app.kubernetes.io/component in (shared,{name})'" in dry.stdout
@@ -487,13 +489,13 @@ def test_each_deploy_applies_one_stage_and_what_it_shares(overlay):
     assert {obj["kind"] for obj in components["shared"]} == {"ServiceAccount", "ConfigMap"}
     if overlay == "local":
         assert sorted(o["kind"] for o in components["storage"]) == ["Deployment", "Job", "Service"]
-    bad = subprocess.run(["make", "-n", "deploy-fit_factors"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run([*MAKE, "-n", "deploy-fit_factors"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown stage" in bad.stderr
 
 
 def test_make_sets_the_image_in_the_rendered_overlay():
     for overlay in OVERLAYS:
-        result = subprocess.run(["make", "-s", "k8s-render", f"OVERLAY={overlay}", "REGISTRY=registry.example/team",
+        result = subprocess.run([*MAKE, "-s", "k8s-render", f"OVERLAY={overlay}", "REGISTRY=registry.example/team",
                                  "TAG=abc1234"], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -504,7 +506,7 @@ def test_make_sets_the_image_in_the_rendered_overlay():
 
 def test_make_build_tags_the_commit_and_passes_git_sha():
     sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dry = subprocess.run(["make", "-n", "build", "push"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    dry = subprocess.run([*MAKE, "-n", "build", "push"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     # -dirty when the work tree has changes (which, on a shared checkout, may change at any moment)
     built = re.search(r"docker build -f docker/Dockerfile --build-arg GIT_SHA=(\w+)(-dirty)? "
@@ -512,13 +514,13 @@ def test_make_build_tags_the_commit_and_passes_git_sha():
     assert built, dry.stdout
     assert built.group(1) == sha and built.group(3) == sha[:7] and built.group(2) == built.group(4)
     assert f"docker push localhost:5000/influence-jobs:{sha[:7]}{built.group(4) or ''}" in dry.stdout
-    dry = subprocess.run(["make", "-n", "build", "REGISTRY=ghcr.io/me", "IMAGE=influence", "TAG=v1"], cwd=ROOT,
+    dry = subprocess.run([*MAKE, "-n", "build", "REGISTRY=ghcr.io/me", "IMAGE=influence", "TAG=v1"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert "-t ghcr.io/me/influence:v1 ." in dry.stdout
 
 
 def test_make_docker_run_runs_a_stage_with_local_artifacts():
-    dry = subprocess.run(["make", "-n", "docker-run", "STAGE=fit-factors", "TAG=t"], cwd=ROOT,
+    dry = subprocess.run([*MAKE, "-n", "docker-run", "STAGE=fit-factors", "TAG=t"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     command = shlex.split(dry.stdout.replace("\\\n", " ").splitlines()[-1])

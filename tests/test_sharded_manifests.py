@@ -22,9 +22,10 @@ import pytest
 from influence_core import settings
 from influence_core.errors import ConfigError
 from influence_core.factors import PHASES
-from tests.test_manifest_run import pod_process
+from tests.test_manifest_run import BUILD_SHA, pod_process, run_pod
 from tests.test_manifests import (
     K8S,
+    MAKE,
     OVERLAYS,
     ROOT,
     STAGE_CONTAINER,
@@ -82,7 +83,7 @@ def partitions_seen(loaded) -> int:
 def make_steps(target: str, overlay: str) -> list[str]:
     """The Jobs `make <target>` deploys, in order, from its dry run (each deploy deletes the old Job,
     applies the new one with what it shares, and waits until it is complete)."""
-    dry = subprocess.run(["make", "-n", target, f"OVERLAY={overlay}", "TAG=t"], cwd=ROOT, capture_output=True,
+    dry = subprocess.run([*MAKE, "-n", target, f"OVERLAY={overlay}", "TAG=t"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     steps = re.findall(r"^kubectl delete job/(\S+) --ignore-not-found --wait$", dry.stdout, re.M)
@@ -248,13 +249,17 @@ def run_job(job: dict, objects, scratch, s3_env: dict, artifacts_uri: str) -> li
     return logs
 
 
-def test_local_overlay_sharded_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, tmp_path):
+def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, tmp_path):
+    """Every stage's Job, with fit-factors and compute-scores spread over pods as
+    `make deploy-*-sharded` deploys them (their own Jobs aggregate, so those run too)."""
     objects = render("local")
     jobs = jobs_by_name(objects)
     rendered_uri = resolved_env(stage_container(jobs["train"]), objects)["ARTIFACTS_URI"]
+    # The manifest's path, in the test's fresh bucket: s3://artifacts/influence -> s3://test-.../influence
     artifacts_uri = s3_bucket + "/" + rendered_uri.removeprefix("s3://").partition("/")[2]
-    order = ["train", *make_steps("deploy-fit-factors-sharded", "local"),
-             *make_steps("deploy-compute-scores-sharded", "local"), "inspect-scores"]
+    order = ["train", *make_steps("deploy-fit-factors-sharded", "local"), "inspect-factors",
+             *make_steps("deploy-compute-scores-sharded", "local"), "compute-self-scores", "inspect-scores"]
+    assert {stage_of(jobs[name]) for name in order} == set(STAGE_SETTINGS) - {"preview_data"}
     logs = {name: run_job(jobs[name], objects, tmp_path, s3_env, artifacts_uri) for name in order}
 
     # Each pod of an Indexed Job computed its own partition, and the next step restored them.
@@ -279,9 +284,19 @@ def test_local_overlay_sharded_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_
     assert json.loads(fs.cat_file(f"{scores_dir}/_SUCCESS"))["settings"]["score_data_partitions"] == 2
     assert len(fs.glob(f"{scores_dir}/pairwise_scores_data_partition*")) == 2
 
-    report = json.loads(fs.cat_file(f"{artifacts_uri}/reports/{env['SCORES_NAME']}/report.json"))
+    # The report lands where `make fetch-report` looks, with every prompt and its ranked examples.
+    report_dir = f"{artifacts_uri}/reports/{env['SCORES_NAME']}"
+    report = json.loads(fs.cat_file(f"{report_dir}/report.json"))
     prompts = json.loads((ROOT / "prompts.json").read_text())
     assert [(p["prompt"], p["completion"]) for p in report["prompts"]] == [
         (p["prompt"], p["completion"]) for p in prompts]
     assert all(p["top_positive"] and p["top_negative"] for p in report["prompts"])
+    assert report["self_influence"], "compute-self-scores ran before inspect-scores"
+    assert fs.exists(f"{report_dir}/{env['SCORES_NAME']}_report.md")
+    # The image's GIT_SHA (the build argument) is what the manifests record.
+    assert json.loads(fs.cat_file(f"{report_dir}/_SUCCESS"))["git_sha"] == BUILD_SHA
 
+    # preview_data, the stage outside the pipeline, prints the configured corpus.
+    argv, env = pod_process(jobs["preview-data"], objects, tmp_path / "preview-data", s3_env, artifacts_uri)
+    result = run_pod(argv, env)
+    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-4000:]
