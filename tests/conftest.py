@@ -15,17 +15,23 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-# Session fixtures that train and are read by many tests, in the order a test using several is
-# placed by: under pytest-xdist (`make test` runs two workers) each worker builds the fixtures its
-# tests use, so the tests sharing one run on the same worker and it is built once.
-SHARED_FIXTURES = ("demo_run", "small_pipeline", "small_trained")
+# The fixtures that train, or run a pipeline, and are read by many tests: each names the group its
+# tests run in under pytest-xdist (`make test` runs two workers), so a worker builds it once and no
+# other worker builds it again. A test using several goes with the first listed.
+SHARED_FIXTURES = {"demo_run": "demo", "small_pipeline": "small", "s3_pipeline": "small", "small_trained": "trained"}
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker, and so per stage it starts: two workers with a thread per core each
+    # would oversubscribe the cores, and torch's spinning threads then take twice the CPU time.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in its own hook
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        shared = [name for name in SHARED_FIXTURES if name in item.fixturenames]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
+        groups = [group for name, group in SHARED_FIXTURES.items() if name in item.fixturenames]
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(groups[0]))
 
 
 def run_jobs(*args: str, env: dict | None = None, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT, run_jobs
 
-PARTITIONS = 3
-VICTIM = 1  # the shard killed in test_killed_shard_reruns_alone
+PARTITIONS = 4  # four workers at once, as four pods of an Indexed Job
+VICTIM = 2  # the shard killed in test_killed_shard_reruns_alone
 
 
 def start(args: list[str], artifacts: Path, **env: str) -> subprocess.Popen:
