@@ -39,7 +39,29 @@ def train(args: argparse.Namespace) -> dict:
                         warmup_ratio=0.05, weight_decay=0.0, seed=0, group_by_length=args.padding == "longest",
                         pad_to=args.max_length if args.padding == "max" else None, checkpoints=1)
     metrics = train_model(model, examples, tokenizer, plan, Path(args.work) / "trainer")
-    return {key: metrics[key] for key in ("final_loss", "tokens_per_second", "train_seconds", "non_padding_tokens")}
+    return {"corpus_loss": corpus_loss(model, examples, tokenizer.pad_token_id),
+            **{key: metrics[key] for key in ("final_loss", "tokens_per_second", "train_seconds", "non_padding_tokens")}}
+
+
+def corpus_loss(model, examples, pad_token_id: int, batch_size: int = 32) -> float:
+    """The trained model's cross-entropy per predicted token over every training example: comparable
+    across paddings and batch orders, unlike the last logged training loss, which is the mean over
+    whichever batches came last (with length-grouped batches, of similar lengths)."""
+    import torch
+    import torch.nn.functional as F
+
+    from influence_core.data import PadCollator
+
+    collate, total, count = PadCollator(pad_token_id), 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = collate([examples[i] for i in range(start, min(start + batch_size, len(examples)))])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            labels = batch["labels"][:, 1:]
+            total += F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), reduction="sum").item()
+            count += int((labels != -100).sum())
+    return total / count
 
 
 def analyzer_for(args: argparse.Namespace):
