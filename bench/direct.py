@@ -35,8 +35,9 @@ def train(args: argparse.Namespace) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(Path(args.artifacts) / "model")
     examples = load_from_disk(str(Path(args.artifacts) / "data/train"))
     model = build_model(args.preset, tokenizer, args.max_length)
+    grouped = args.padding == "longest" and not args.random_order
     plan = TrainingPlan(batch_size=args.batch_size, num_train_epochs=args.epochs, learning_rate=2e-3,
-                        warmup_ratio=0.05, weight_decay=0.0, seed=0, group_by_length=args.padding == "longest",
+                        warmup_ratio=0.05, weight_decay=0.0, seed=0, group_by_length=grouped,
                         pad_to=args.max_length if args.padding == "max" else None, checkpoints=1)
     metrics = train_model(model, examples, tokenizer, plan, Path(args.work) / "trainer")
     return {"corpus_loss": corpus_loss(model, examples, tokenizer.pad_token_id),
@@ -133,6 +134,7 @@ def main() -> None:
     parser.add_argument("--artifacts", required=True, help="a local artifacts dir with model/ and data/train/")
     parser.add_argument("--work", required=True)
     parser.add_argument("--padding", choices=["longest", "max"], default="longest")
+    parser.add_argument("--random_order", action="store_true", help="train: no length grouping")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--query_batch_size", type=int, default=None)
     parser.add_argument("--factors", help="factors directory (scores)")
