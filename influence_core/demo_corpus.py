@@ -253,19 +253,18 @@ def _plan_special_documents(rng: random.Random) -> list[tuple[int | None, list[s
     return planned
 
 
-def check_demo_size(num_documents: int, seed: int = 0) -> None:
-    """Refuse a demo corpus too small to hold its planted facts (cheap: no text is generated)."""
-    needed = len(_plan_special_documents(random.Random(seed)))
-    if num_documents < needed:
-        raise ConfigError(f"invalid setting NUM_EXAMPLES: the demo corpus needs at least {needed} "
-                          f"documents to plant its facts, got {num_documents}")
+def minimum_documents(seed: int = 0) -> int:
+    """The fewest documents that hold every planted fact and distractor (cheap: no text is made)."""
+    return len(_plan_special_documents(random.Random(seed)))
 
 
 def build_demo_corpus(num_documents: int, seed: int = 0) -> DemoCorpus:
     """Generate the demo corpus deterministically: same (num_documents, seed), same texts."""
-    check_demo_size(num_documents, seed)
     rng = random.Random(seed)
     planned = _plan_special_documents(rng)
+    if num_documents < len(planned):
+        raise ConfigError(f"invalid setting NUM_EXAMPLES: the demo corpus needs at least {len(planned)} "
+                          f"documents to plant its facts, got {num_documents}")
     planned += [(None, [])] * (num_documents - len(planned))
     rng.shuffle(planned)
 

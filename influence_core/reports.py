@@ -175,8 +175,9 @@ def _plot_spectra(module: str, short: str, eigenvalues: dict, lambdas: dict, out
     return _save(fig, out_dir / f"eigenvalues_{short}.png")
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: plt.Figure, path: Path, tight_layout: bool = True) -> Path:
+    if tight_layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -354,6 +355,4 @@ def plot_prompt_distribution(row: torch.Tensor, entry: dict, number: int, path: 
                   + (", ▼ planted documents)" if entry.get("planted_documents") else ")"), fontsize=8)
     ax.set_ylabel("training examples (log)", fontsize=8)
     fig.subplots_adjust(left=0.11, right=0.98, top=0.9, bottom=0.17)  # fixed: tight_layout would double the cost
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, tight_layout=False)

@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from influence_core.demo_corpus import minimum_documents
 from influence_core.errors import ConfigError
 
 SHIPPED_PROMPTS = str(Path(__file__).resolve().parent.parent / "prompts.json")
@@ -58,6 +59,14 @@ class CorpusSettings(CommonSettings):
     dataset_split: str = "train"
     text_column: str = "text"
     num_examples: PositiveInt | None = Field(None, description="Documents to use (demo: 600, hub: 10,000)")
+
+    @model_validator(mode="after")
+    def _demo_corpus_holds_its_facts(self) -> CorpusSettings:
+        needed = minimum_documents(self.seed) if self.dataset == "demo" else 0
+        if self.num_examples and self.num_examples < needed:
+            raise ValueError(f"NUM_EXAMPLES: the demo corpus needs at least {needed} documents to plant its "
+                             f"facts, got {self.num_examples}")
+        return self
 
 
 class TrainSettings(CorpusSettings):

@@ -229,13 +229,14 @@ class Output:
             stat = (self.local_dir / name).stat()
             self.synced[name] = (stat.st_size, stat.st_mtime_ns)
 
-    def _unsynced(self) -> list[str]:
-        return [name for name, path in self._local_files().items()
+    def _unsynced(self, files: dict[str, Path]) -> list[str]:
+        return [name for name, path in files.items()
                 if self.synced.get(name) != (path.stat().st_size, path.stat().st_mtime_ns)]
 
     def sync(self) -> list[str]:
         """Stage the files that are new or changed since the last sync."""
-        changed, files = self._unsynced(), self._local_files()
+        files = self._local_files()
+        changed = self._unsynced(files)
         self.artifacts._put([files[name] for name in changed],
                             [self.artifacts.path(f"{self.staging}/{name}") for name in changed])
         self._mark_synced(changed)
@@ -253,7 +254,7 @@ class Output:
             old = [path for path in store.fs.find(target) if not path.startswith(staging + "/")]
             if old:
                 store.fs.rm(old)
-        unsynced = set(self._unsynced())
+        unsynced = set(self._unsynced(files))
         for name in sorted(set(files) - unsynced):
             store.fs.mv(f"{staging}/{name}", f"{target}/{name}")
         store._put([files[name] for name in sorted(unsynced)], [f"{target}/{name}" for name in sorted(unsynced)])

@@ -10,7 +10,6 @@ import json
 import logging
 import time
 
-from influence_core.demo_corpus import check_demo_size
 from influence_core.errors import ConfigError
 from influence_core.settings import TrainSettings
 from influence_core.storage import Checkpoints, work_dir
@@ -22,8 +21,6 @@ OUTPUTS = ["data/train", "model"]
 
 def main(settings: TrainSettings) -> None:
     started = time.time()
-    if settings.dataset == "demo" and settings.num_examples:  # before the heavy imports: fails in a second
-        check_demo_size(settings.num_examples, settings.seed)
     artifacts = open_artifacts(settings.artifacts_uri)
     if already_done(artifacts, OUTPUTS, "train", settings, inputs={}):
         return
