@@ -34,12 +34,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(groups[0]))
 
 
-def run_jobs(*args: str, env: dict | None = None, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`python -m jobs ...` as a user runs it, in a clean environment plus `env`."""
+def jobs_env(env: dict | None = None) -> dict:
+    """The environment of a `python -m jobs` process: this one's, less ARTIFACTS_URI, plus `env`."""
     full_env = {key: value for key, value in os.environ.items() if key != "ARTIFACTS_URI"}
     full_env.update({"PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=cwd, env=full_env, capture_output=True,
+    return full_env
+
+
+def run_jobs(*args: str, env: dict | None = None, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m jobs ...` as a user runs it, in a clean environment plus `env`."""
+    return subprocess.run([sys.executable, "-m", "jobs", *args], cwd=cwd, env=jobs_env(env), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def start_jobs(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m jobs ...` started in the background (to be killed or waited for); stderr piped."""
+    return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=jobs_env(env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,9 @@ half-done is ever marked complete."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from influence_core.storage import PARTIAL
-from tests.conftest import ROOT, SMALL, run_jobs
+from tests.conftest import SMALL, run_jobs, start_jobs
 
 STAGES = {  # stage: (its outputs, the outputs of the stages before it)
     "train": (["model", "data/train"], []),
@@ -56,9 +54,7 @@ VOLATILE = {"training_metrics.json", "state.json", "_SUCCESS"}  # timings and ra
 
 
 def stage_process(stage: str, artifacts: Path, env: dict | None = None) -> subprocess.Popen:
-    full_env = {**os.environ, **SMALL, "PYTHONPATH": str(ROOT), "ARTIFACTS_URI": str(artifacts), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "jobs", stage], cwd=ROOT, env=full_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return start_jobs(stage, env={**SMALL, "ARTIFACTS_URI": str(artifacts), **(env or {})})
 
 
 def new_files(artifacts: Path, pattern: str, before: set[Path]) -> list[Path]:

@@ -14,16 +14,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT, run_jobs
+from tests.conftest import ROOT, run_jobs, start_jobs
 
 PARTITIONS = 4  # four workers at once, as four pods of an Indexed Job
 VICTIM = 2  # the shard killed in test_killed_shard_reruns_alone
 
 
 def start(args: list[str], artifacts: Path, **env: str) -> subprocess.Popen:
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "ARTIFACTS_URI": str(artifacts), **env}
-    return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=full_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return start_jobs(*args, env={"ARTIFACTS_URI": str(artifacts), **env})
 
 
 def run_shards(args: list[str], artifacts: Path, count: int = PARTITIONS) -> None:
