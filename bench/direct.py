@@ -1,8 +1,8 @@
 """The baselines the benchmark compares our stages with, one process per run:
 
-- `train`: the Trainer loop on the published training examples, padded to their batch's longest
-  example and length-grouped (ours) or padded to the max length in random order (the original
-  scripts' way).
+- `train`: the Trainer loop on the published training examples: each step's random examples in
+  length-balanced micro-batches padded to their longest (ours), or in one batch padded to the max
+  length (`--padding max --micro_batches 1`, the original scripts' way).
 - `factors` / `scores`: the same Kronfluence calls our stages make, made directly (no settings,
   storage, manifests or checksums), with the collate and batch sizes given on the command line;
   `--padding max --query_batch_size 1` is the original scripts' way.
@@ -31,13 +31,12 @@ def train(args: argparse.Namespace) -> dict:
     from influence_core.training import TrainingPlan
     from influence_core.training import train as train_model
 
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(Path(args.artifacts) / "model")
     examples = load_from_disk(str(Path(args.artifacts) / "data/train"))
     model = build_model(args.preset, tokenizer, args.max_length)
-    grouped = args.padding == "longest" and not args.random_order
     plan = TrainingPlan(batch_size=args.batch_size, num_train_epochs=args.epochs, learning_rate=2e-3,
-                        warmup_ratio=0.05, weight_decay=0.0, seed=0, group_by_length=grouped,
+                        warmup_ratio=0.05, weight_decay=0.0, seed=args.seed, micro_batches=args.micro_batches,
                         pad_to=args.max_length if args.padding == "max" else None, checkpoints=1)
     metrics = train_model(model, examples, tokenizer, plan, Path(args.work) / "trainer")
     return {"corpus_loss": corpus_loss(model, examples, tokenizer.pad_token_id),
@@ -134,7 +133,8 @@ def main() -> None:
     parser.add_argument("--artifacts", required=True, help="a local artifacts dir with model/ and data/train/")
     parser.add_argument("--work", required=True)
     parser.add_argument("--padding", choices=["longest", "max"], default="longest")
-    parser.add_argument("--random_order", action="store_true", help="train: no length grouping")
+    parser.add_argument("--micro_batches", type=int, default=4, help="train: forward passes per step")
+    parser.add_argument("--seed", type=int, default=0, help="train: model initialisation and batch order")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--query_batch_size", type=int, default=None)
     parser.add_argument("--factors", help="factors directory (scores)")

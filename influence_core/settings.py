@@ -74,15 +74,24 @@ class TrainSettings(CorpusSettings):
     model_preset: Literal["tiny", "small", "gpt-neo-125m"] = "tiny"
     tokenizer_name: str | None = Field(None, description="Pretrained tokenizer; default trains byte-level BPE")
     vocab_size: Annotated[int, Field(ge=300, le=250_000)] = 2000
-    batch_size: PositiveInt = 16
-    gradient_accumulation_steps: PositiveInt = 1
+    batch_size: PositiveInt = Field(16, description="Examples per optimizer step (per process)")
+    micro_batches: PositiveInt = Field(4, description="Forward passes each step's examples are split into, "
+                                                      "sorted by length and padded to their own longest; "
+                                                      "the step's gradient is the same for any number")
     num_train_epochs: PositiveFloat = 10.0
     learning_rate: PositiveFloat = 2e-3
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    group_by_length: bool = True
     checkpoints: Annotated[int, Field(ge=1, le=1000)] = Field(
         4, description="Checkpoints saved and published to ARTIFACTS_URI over the run; a rerun resumes from the last")
+
+
+    @model_validator(mode="after")
+    def _micro_batches_divide_the_batch(self) -> TrainSettings:
+        if self.batch_size % self.micro_batches:
+            raise ValueError(f"MICRO_BATCHES: must divide BATCH_SIZE ({self.batch_size}) evenly, "
+                             f"got {self.micro_batches}")
+        return self
 
 
 class ShardSettings(CommonSettings):

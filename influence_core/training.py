@@ -46,6 +46,16 @@ class LogLines(TrainerCallback):
                      logs.get("epoch", 0.0), float(logs["loss"]), float(logs.get("learning_rate", 0.0)))
 
 
+class SeededTrainer(Trainer):
+    """The Trainer, with the batch order following the seed: transformers builds its
+    BatchRebalanceSampler with a fixed seed of its own."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        sampler.seed = self.args.seed
+        return sampler
+
+
 @dataclass
 class TrainingPlan:
     batch_size: int
@@ -54,8 +64,7 @@ class TrainingPlan:
     warmup_ratio: float
     weight_decay: float
     seed: int
-    group_by_length: bool = True
-    gradient_accumulation_steps: int = 1
+    micro_batches: int = 4  # each step's examples run as this many length-balanced forward passes
     bf16: bool = False
     log_every_fraction: float = 0.05
     checkpoints: int = 4  # saved and published evenly over the run
@@ -69,12 +78,18 @@ def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokeniz
     recorded in training_metrics.json. Checkpoints (weights as safetensors, optimizer state, the
     tokenizer) are saved in `work_dir` and handed to `publish_checkpoint`."""
     lengths = [len(ids) for ids in dataset["input_ids"]]
-    steps_per_epoch = -(-len(dataset) // (plan.batch_size * plan.gradient_accumulation_steps))
+    steps_per_epoch = -(-len(dataset) // plan.batch_size)
     total_steps = max(1, int(steps_per_epoch * plan.num_train_epochs))
     args = TrainingArguments(
         output_dir=str(work_dir),
-        per_device_train_batch_size=plan.batch_size,
-        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        # Each optimizer step takes `batch_size` examples in random order and splits them, sorted by
+        # length, into `micro_batches` forward passes padded to their own longest (BatchRebalanceSampler);
+        # the loss is the mean over all the step's tokens (num_items_in_batch), so the gradient is the
+        # one of a single random batch while far fewer padding tokens are computed.
+        per_device_train_batch_size=plan.batch_size // plan.micro_batches,
+        gradient_accumulation_steps=plan.micro_batches,
+        train_sampling_strategy="batch_rebalance",
+        length_column_name="length",
         num_train_epochs=plan.num_train_epochs,
         learning_rate=plan.learning_rate,
         lr_scheduler_type="cosine",
@@ -82,9 +97,6 @@ def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokeniz
         weight_decay=plan.weight_decay,
         seed=plan.seed,
         bf16=plan.bf16,
-        # Batches of similar length waste little compute on padding.
-        train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
-        length_column_name="length",
         logging_steps=max(1, int(plan.log_every_fraction * steps_per_epoch * plan.num_train_epochs)),
         save_strategy="steps",
         save_steps=max(1, -(-total_steps // plan.checkpoints)),
@@ -94,7 +106,7 @@ def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokeniz
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    trainer = Trainer(
+    trainer = SeededTrainer(
         model=model,
         args=args,
         train_dataset=dataset.add_column("length", lengths).select_columns(["input_ids", "attention_mask", "length"]),

@@ -58,8 +58,8 @@ def main(settings: TrainSettings) -> None:
         plan = training.TrainingPlan(
             batch_size=settings.batch_size, num_train_epochs=settings.num_train_epochs,
             learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio,
-            weight_decay=settings.weight_decay, seed=settings.seed, group_by_length=settings.group_by_length,
-            gradient_accumulation_steps=settings.gradient_accumulation_steps, checkpoints=settings.checkpoints,
+            weight_decay=settings.weight_decay, seed=settings.seed, micro_batches=settings.micro_batches,
+            checkpoints=settings.checkpoints,
         )
         metrics = training.train(model, examples, tok, plan, work / "trainer", checkpoints.publish,
                                  resume_from=resume_dir, stop_requested=stop_requested)

@@ -72,6 +72,8 @@ CASES = {
     "no examples": (lambda tmp: ["train", "--num_examples", "0"], "NUM_EXAMPLES"),
     "demo corpus too small": (lambda tmp: ["train", "--num_examples", "50"], "the demo corpus needs at least"),
     "warmup over 1": (lambda tmp: ["train", "--warmup_ratio", "1.5"], "WARMUP_RATIO"),
+    "micro batches not dividing the batch": (lambda tmp: ["train", "--batch_size", "16", "--micro_batches", "3"],
+                                             "MICRO_BATCHES: must divide BATCH_SIZE (16)"),
     "unknown model preset": (lambda tmp: ["train", "--model_preset", "gpt-5"], "MODEL_PRESET"),
     "negative layer": (lambda tmp: ["inspect_factors", "--layer_num", "-1"], "LAYER_NUM"),
     "no influential examples": (lambda tmp: ["inspect_scores", "--num_influential", "0"], "NUM_INFLUENTIAL"),
