@@ -4,8 +4,9 @@
   length-balanced micro-batches padded to their longest (ours), or in one batch padded to the max
   length (`--padding max --micro_batches 1`, the original scripts' way).
 - `factors` / `scores`: the same Kronfluence calls our stages make, made directly (no settings,
-  storage, manifests or checksums), with the collate and batch sizes given on the command line;
-  `--padding max --query_batch_size 1` is the original scripts' way.
+  storage, manifests or checksums), with the collate and batch sizes given on the command line
+  (and for scores, the training examples sorted by length as ours are);
+  `--padding max --query_batch_size 1` is the original scripts' way (corpus order).
 
 Each run prints one JSON line of what it measured itself.
 """
@@ -46,7 +47,7 @@ def train(args: argparse.Namespace) -> dict:
 def corpus_loss(model, examples, pad_token_id: int, batch_size: int = 32) -> float:
     """The trained model's cross-entropy per predicted token over every training example: comparable
     across paddings and batch orders, unlike the last logged training loss, which is the mean over
-    whichever batches came last (with length-grouped batches, of similar lengths)."""
+    whichever batches came last."""
     import torch
     import torch.nn.functional as F
 
@@ -103,10 +104,11 @@ def factors(args: argparse.Namespace) -> dict:
 def scores(args: argparse.Namespace) -> dict:
     import torch
     from kronfluence.arguments import ScoreArguments
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file
 
     from influence_core.data import tokenize_prompts
     from influence_core.prompts import parse_prompts
+    from influence_core.scores import length_sorted, restore_training_order
 
     factors_dir = Path(args.work) / "influence" / "factors_direct"
     factors_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -115,15 +117,20 @@ def scores(args: argparse.Namespace) -> dict:
     analyzer, tokenizer, context = analyzer_for(args)
     prompts = parse_prompts(Path(args.prompts).read_bytes(), args.prompts)
     queries = tokenize_prompts(prompts, tokenizer, context)
+    train_examples, order = training_examples(args), None
+    if args.padding == "longest":  # ours sorts by length; the original scripts do not
+        train_examples, order = length_sorted(train_examples)
     start = time.perf_counter()
     analyzer.compute_pairwise_scores(scores_name="direct", factors_name="direct", query_dataset=queries,
-                                     train_dataset=training_examples(args),
+                                     train_dataset=train_examples,
                                      per_device_query_batch_size=args.query_batch_size or len(queries),
                                      per_device_train_batch_size=args.batch_size,
                                      score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
     seconds = time.perf_counter() - start
-    matrix = analyzer.load_pairwise_scores("direct")["all_modules"]
-    save_file({"all_modules": matrix.contiguous()}, str(Path(args.work) / "scores.safetensors"))
+    path = Path(args.work) / "influence" / "scores_direct" / "pairwise_scores.safetensors"
+    if order is not None:
+        restore_training_order(path, order)
+    matrix = load_file(str(path))["all_modules"]
     return {"kronfluence_seconds": seconds, "top10": torch.topk(matrix, 10).indices.tolist()}
 
 

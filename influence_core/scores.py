@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from kronfluence.arguments import ScoreArguments
+from kronfluence.utils.dataset import make_indices_partition
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoTokenizer
 
 from influence_core.data import tokenize_prompts
@@ -42,7 +47,7 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
     shard = "" if settings.shard is None else f" (shard {settings.shard} of {settings.score_data_partitions})"
     log.info("scoring %d prompts with factors %r%s", len(prompts), settings.factors_name, shard)
     analyzer = build_analyzer(model_dir, work_dir, settings.task)
-    train_examples = load_training_examples(train_dir)
+    train_examples, order = length_sorted(load_training_examples(train_dir), settings.score_data_partitions)
     for partition in data_partitions(settings.score_data_partitions, settings.shard):
         analyzer.compute_pairwise_scores(
             scores_name=settings.scores_name,
@@ -56,7 +61,44 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
             overwrite_output_dir=False,
         )
         after_step()
-    return scores_dir(work_dir, settings.scores_name)
+    local = scores_dir(work_dir, settings.scores_name)
+    if settings.shard is None:  # all partitions are in and Kronfluence has aggregated them
+        restore_training_order(local / "pairwise_scores.safetensors", order)
+    return local
+
+
+def length_sorted(examples: Dataset, partitions: int = 1) -> tuple[Dataset, list[int]]:
+    """The training examples sorted by length, longest first, within each of Kronfluence's data
+    partitions (a partition keeps its examples), and the order: position -> example index.
+
+    A training example's score depends on that example alone, so batching similar lengths together
+    changes only float rounding, while the batches, padded to their longest, hold far less padding
+    (about 40% less time on the demo corpus). restore_training_order puts the scores back."""
+    lengths = [len(ids) for ids in examples["input_ids"]]
+    order = [index for start, end in make_indices_partition(len(lengths), partitions)
+             for index in sorted(range(start, end), key=lambda i: -lengths[i])]
+    return examples.select(order), order
+
+
+IN_TRAINING_ORDER = {"training_examples": "in corpus order"}  # marks a file restore_training_order rewrote
+
+
+def restore_training_order(path: Path, order: list[int]) -> None:
+    """Rewrite a Kronfluence scores file computed on length_sorted examples so that score j is
+    training example j's again. Idempotent (the rewritten file is marked) and atomic, so a stage
+    killed here and rerun neither leaves a half-written file nor permutes twice."""
+    with safe_open(str(path), "pt") as scores_file:
+        metadata = scores_file.metadata() or {}
+    if metadata.items() >= IN_TRAINING_ORDER.items():
+        return
+    position = torch.empty(len(order), dtype=torch.long)
+    position[torch.tensor(order)] = torch.arange(len(order))
+    # Pairwise scores are prompts x examples (x tokens); self-scores one per example.
+    restored = {name: scores.index_select(0 if scores.ndim == 1 else 1, position).contiguous()
+                for name, scores in load_file(str(path)).items()}
+    partial = path.with_name(path.name + ".partial")
+    save_file(restored, str(partial), metadata={**metadata, **IN_TRAINING_ORDER})
+    os.replace(partial, path)
 
 
 def scores_dir(work_dir: Path, scores_name: str) -> Path:

@@ -13,6 +13,7 @@ import torch
 from kronfluence.arguments import ScoreArguments
 
 from influence_core.factors import ANALYSIS_NAME, build_analyzer, load_training_examples
+from influence_core.scores import length_sorted, restore_training_order
 from influence_core.settings import ComputeSelfScoresSettings
 
 
@@ -32,15 +33,18 @@ def compute_self_scores(model_dir: Path, train_dir: Path, settings: ComputeSelfS
     # Self-influence uses the training loss, which every task of influence_core.tasks shares.
     analyzer = build_analyzer(model_dir, work_dir, seed=settings.seed)
     name = self_scores_name(settings.factors_name)
+    train_examples, order = length_sorted(load_training_examples(train_dir))
     analyzer.compute_self_scores(
         scores_name=name,
         factors_name=settings.factors_name,
-        train_dataset=load_training_examples(train_dir),
+        train_dataset=train_examples,
         per_device_train_batch_size=settings.train_batch_size,
         score_args=self_score_arguments(settings),
         overwrite_output_dir=True,
     )
-    return work_dir / ANALYSIS_NAME / f"scores_{name}"
+    local = work_dir / ANALYSIS_NAME / f"scores_{name}"
+    restore_training_order(local / "self_scores.safetensors", order)
+    return local
 
 
 def self_scores_name(factors_name: str) -> str:
