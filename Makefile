@@ -33,7 +33,7 @@ eval: install
 	@echo "Evaluation: $(ARTIFACTS_URI)/reports/evaluation/evaluation.md"
 
 ## bench: every stage timed at the demo size and 5x, beside the original approach and bare Kronfluence
-## (writes bench/results.md and bench/results.json; about 15 minutes on 2 CPU cores)
+## (writes bench/results.md and bench/results.json; about 18 minutes on 2 CPU cores)
 bench: install
 	$(PY) bench/run.py
 
