@@ -85,7 +85,6 @@ class TrainSettings(CorpusSettings):
     checkpoints: Annotated[int, Field(ge=1, le=1000)] = Field(
         4, description="Checkpoints saved and published to ARTIFACTS_URI over the run; a rerun resumes from the last")
 
-
     @model_validator(mode="after")
     def _micro_batches_divide_the_batch(self) -> TrainSettings:
         if self.batch_size % self.micro_batches:
