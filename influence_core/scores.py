@@ -48,6 +48,7 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
     log.info("scoring %d prompts with factors %r%s", len(prompts), settings.factors_name, shard)
     analyzer = build_analyzer(model_dir, work_dir, settings.task)
     train_examples, order = length_sorted(load_training_examples(train_dir), settings.score_data_partitions)
+    local = scores_dir(work_dir, settings.scores_name)
     for partition in data_partitions(settings.score_data_partitions, settings.shard):
         analyzer.compute_pairwise_scores(
             scores_name=settings.scores_name,
@@ -60,10 +61,10 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
             target_data_partitions=partition,
             overwrite_output_dir=False,
         )
+        aggregated = local / "pairwise_scores.safetensors"
+        if aggregated.exists():  # every partition is in and Kronfluence has aggregated them
+            restore_training_order(aggregated, order)  # before the step is staged: uploaded once
         after_step()
-    local = scores_dir(work_dir, settings.scores_name)
-    if settings.shard is None:  # all partitions are in and Kronfluence has aggregated them
-        restore_training_order(local / "pairwise_scores.safetensors", order)
     return local
 
 
