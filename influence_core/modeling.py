@@ -19,7 +19,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> GPTNeoForCausalLM:
+def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                seed: int | None = None) -> GPTNeoForCausalLM:
+    """A new model of the preset; its initial weights follow `seed` when one is given."""
+    if seed is not None:
+        torch.manual_seed(seed)
     config = GPTNeoConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=max(max_length, 128),

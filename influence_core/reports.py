@@ -122,7 +122,7 @@ def plot_factors(factors_dir: Path, layer: int, out_dir: Path, strategy: str | N
             ax.set_title(f"Lambda matrix (Fisher eigenvalues): {short}")
             ax.set_xlabel(columns)
             ax.set_ylabel(rows)
-            written.append(_save(fig, out_dir / f"lambda_matrix_{short}.png"))
+            written.append(save_figure(fig, out_dir / f"lambda_matrix_{short}.png"))
         present = [kind for kind in ("activation", "gradient") if module in covariances[kind]]
         if present:
             fig, axes = plt.subplots(1, len(present), figsize=(6.5 * len(present), 5), squeeze=False)
@@ -132,7 +132,7 @@ def plot_factors(factors_dir: Path, layer: int, out_dir: Path, strategy: str | N
                 ax.set_xlabel(f"{'input' if kind == 'activation' else 'output'} dimension"
                               f"{' (last: bias)' if kind == 'activation' else ''}")
                 ax.set_ylabel(f"{'input' if kind == 'activation' else 'output'} dimension")
-            written.append(_save(fig, out_dir / f"covariance_{short}.png"))
+            written.append(save_figure(fig, out_dir / f"covariance_{short}.png"))
         if any(module in source for source in (*eigenvalues.values(), lambdas)):
             written.append(_plot_spectra(module, short, eigenvalues, lambdas, out_dir))
     return written
@@ -172,10 +172,10 @@ def _plot_spectra(module: str, short: str, eigenvalues: dict, lambdas: dict, out
         ax.set_xlabel("rank")
         ax.set_ylabel("eigenvalue (log scale)")
         ax.grid(True, which="major", alpha=0.3)
-    return _save(fig, out_dir / f"eigenvalues_{short}.png")
+    return save_figure(fig, out_dir / f"eigenvalues_{short}.png")
 
 
-def _save(fig: plt.Figure, path: Path, tight_layout: bool = True) -> Path:
+def save_figure(fig: plt.Figure, path: Path, tight_layout: bool = True) -> Path:
     if tight_layout:
         fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -335,7 +335,7 @@ def plot_score_distributions(scores: torch.Tensor, prompts: list[Prompt], path: 
         ax.set_ylabel("training examples", fontsize=8)
     for ax in list(axes.flat)[count:]:
         ax.axis("off")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_prompt_distribution(row: torch.Tensor, entry: dict, number: int, path: Path) -> Path:
@@ -355,4 +355,4 @@ def plot_prompt_distribution(row: torch.Tensor, entry: dict, number: int, path: 
                   + (", ▼ planted documents)" if entry.get("planted_documents") else ")"), fontsize=8)
     ax.set_ylabel("training examples (log)", fontsize=8)
     fig.subplots_adjust(left=0.11, right=0.98, top=0.9, bottom=0.17)  # fixed: tight_layout would double the cost
-    return _save(fig, path, tight_layout=False)
+    return save_figure(fig, path, tight_layout=False)

@@ -82,6 +82,9 @@ class TrainSettings(CorpusSettings):
     learning_rate: PositiveFloat = 2e-3
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    training_seed: NonNegativeInt | None = Field(
+        None, description="Seed of the initial weights and the batch order; default SEED (which also draws the "
+                          "demo corpus): models of one corpus that differ only in training take other values")
     checkpoints: Annotated[int, Field(ge=1, le=1000)] = Field(
         4, description="Checkpoints saved and published to ARTIFACTS_URI over the run; a rerun resumes from the last")
 
@@ -91,6 +94,11 @@ class TrainSettings(CorpusSettings):
             raise ValueError(f"MICRO_BATCHES: must divide BATCH_SIZE ({self.batch_size}) evenly, "
                              f"got {self.micro_batches}")
         return self
+
+
+    @property
+    def model_seed(self) -> int:
+        return self.seed if self.training_seed is None else self.training_seed
 
 
 class ShardSettings(CommonSettings):
@@ -223,6 +231,12 @@ def stage_settings(cls: type[S], settings: CommonSettings) -> S:
     return cls.model_validate(settings.model_dump(include=set(cls.model_fields)))
 
 
+def recorded_settings(cls: type[S], recorded: dict) -> S:
+    """A stage's settings as a _SUCCESS manifest recorded them; fields it did not record take their
+    defaults, not this process's environment."""
+    return stage_settings(cls, cls.model_construct(**{k: v for k, v in recorded.items() if k in cls.model_fields}))
+
+
 def _comma_separated(value: object) -> object:
     return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
@@ -231,6 +245,41 @@ def _distinct(values: tuple) -> tuple:
     if len(set(values)) != len(values):
         raise ValueError("each strategy may be named once")
     return values
+
+
+class LdsSettings(CommonSettings):
+    """The linear datamodeling score: the model retrained on random subsets of its training
+    examples, each prompt measured on every retrained model, and the measured values correlated
+    with what the scores predict for each subset. Retraining uses the train stage's settings as
+    the model's _SUCCESS records them, and the model's own tokenizer."""
+
+    lds_subsets: Annotated[int, Field(ge=2, le=100_000)] = Field(
+        24, description="Random subsets of the training examples the model is retrained on")
+    lds_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.5, description="Share of the training examples in each subset")
+    lds_seeds: Annotated[int, Field(ge=1, le=100)] = Field(
+        1, description="Models trained per subset, with training seeds the model's seed, +1, ...; their "
+                       "measurements are averaged")
+    lds_scores: Annotated[
+        tuple[Name, ...], NoDecode, BeforeValidator(_comma_separated),
+        Field(min_length=1, description="Comma-separated scores names whose LDS is reported (compute_scores' "
+                                        "SCORES_NAME); they must score the prompts of PROMPTS"),
+    ] = ("prompt_scores",)
+    prompts: str = Field(SHIPPED_PROMPTS, description="Prompts measured on the retrained models")
+    subset_index: NonNegativeInt | None = Field(None, description="Retrain and measure this subset alone")
+    job_completion_index: NonNegativeInt | None = Field(None, description="Set by Indexed Jobs; used when "
+                                                                          "SUBSET_INDEX is not")
+
+    @property
+    def subset(self) -> int | None:
+        return self.subset_index if self.subset_index is not None else self.job_completion_index
+
+    @model_validator(mode="after")
+    def _subset_in_range(self) -> LdsSettings:
+        if self.subset is not None and self.subset >= self.lds_subsets:
+            raise ValueError(f"subset {self.subset} is out of range: LDS_SUBSETS is {self.lds_subsets} "
+                             f"(subsets 0..{self.lds_subsets - 1})")
+        return self
 
 
 class EvaluateSettings(CommonSettings):

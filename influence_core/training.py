@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from transformers.trainer_callback import PrinterCallback
 
 from influence_core.data import PadCollator
 from influence_core.runtime import progress_bars
+from influence_core.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,17 @@ class TrainingPlan:
     micro_batches: int = 4  # each step's examples run as this many length-balanced forward passes
     bf16: bool = False
     log_every_fraction: float = 0.05
-    checkpoints: int = 4  # saved and published evenly over the run
+    checkpoints: int = 4  # saved and published evenly over the run; 0 saves none
     pad_to: int | None = None  # pad every batch to this length instead of its longest (benchmarks)
+
+
+def training_plan(settings: TrainSettings, **changes) -> TrainingPlan:
+    """The train stage's plan for these settings (the seed: the model's), with `changes` applied."""
+    plan = TrainingPlan(batch_size=settings.batch_size, num_train_epochs=settings.num_train_epochs,
+                        learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio,
+                        weight_decay=settings.weight_decay, seed=settings.model_seed,
+                        micro_batches=settings.micro_batches, checkpoints=settings.checkpoints)
+    return dataclasses.replace(plan, **changes)
 
 
 def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokenizerBase, plan: TrainingPlan,
@@ -98,8 +109,8 @@ def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokeniz
         seed=plan.seed,
         bf16=plan.bf16,
         logging_steps=max(1, int(plan.log_every_fraction * steps_per_epoch * plan.num_train_epochs)),
-        save_strategy="steps",
-        save_steps=max(1, -(-total_steps // plan.checkpoints)),
+        save_strategy="steps" if plan.checkpoints else "no",
+        save_steps=max(1, -(-total_steps // max(1, plan.checkpoints))),
         save_total_limit=1,
         report_to=[],
         disable_tqdm=not progress_bars(),  # off a terminal, LogLines reports progress

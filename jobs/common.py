@@ -13,7 +13,7 @@ log = logging.getLogger("jobs")
 
 # Settings that do not change a stage's outputs, so they do not invalidate a finished one.
 NOT_FINGERPRINTED = {"artifacts_uri", "force", "log_level", "output_dir", "shard_index", "job_completion_index",
-                     "factor_phase"}
+                     "factor_phase", "subset_index"}
 
 
 def parse(cls: type[S], argv: list[str], stage: str) -> S:

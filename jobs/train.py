@@ -25,14 +25,11 @@ def main(settings: TrainSettings) -> None:
     if already_done(artifacts, OUTPUTS, "train", settings, inputs={}):
         return
 
-    import torch
-
     from influence_core import data, modeling, tokenizer, training
     from influence_core.runtime import Terminated, configure_threads, handle_sigterm, is_main_process, stop_requested
 
     handle_sigterm(graceful=True)  # on SIGTERM: save and publish a checkpoint, then exit
     configure_threads()
-    torch.manual_seed(settings.seed)
     checkpoints = Checkpoints(artifacts, "checkpoints/train", {"stage": "train", "settings": fingerprint(settings)})
     corpus = data.load_corpus(settings.dataset, settings.num_examples, settings.text_column,
                               settings.dataset_config, settings.dataset_split, settings.seed)
@@ -52,17 +49,11 @@ def main(settings: TrainSettings) -> None:
             tok = (tokenizer.load_pretrained_tokenizer(settings.tokenizer_name) if settings.tokenizer_name
                    else tokenizer.train_bpe_tokenizer(corpus.texts, settings.vocab_size))
         examples = data.tokenize_corpus(corpus.texts, tok, settings.max_length)
-        model = modeling.build_model(settings.model_preset, tok, settings.max_length)
+        model = modeling.build_model(settings.model_preset, tok, settings.max_length, seed=settings.model_seed)
         log.info("training %s (%.1fM parameters) on %d examples", settings.model_preset,
                  model.num_parameters() / 1e6, len(examples))
-        plan = training.TrainingPlan(
-            batch_size=settings.batch_size, num_train_epochs=settings.num_train_epochs,
-            learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio,
-            weight_decay=settings.weight_decay, seed=settings.seed, micro_batches=settings.micro_batches,
-            checkpoints=settings.checkpoints,
-        )
-        metrics = training.train(model, examples, tok, plan, work / "trainer", checkpoints.publish,
-                                 resume_from=resume_dir, stop_requested=stop_requested)
+        metrics = training.train(model, examples, tok, training.training_plan(settings), work / "trainer",
+                                 checkpoints.publish, resume_from=resume_dir, stop_requested=stop_requested)
         if stop_requested():
             raise Terminated()
         if not is_main_process():  # under torchrun DDP every process trains; one publishes
