@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
-from influence_core.demo_corpus import build_demo_corpus
+from influence_core.demo_corpus import CORPORA, build_demo_corpus
 from influence_core.errors import ConfigError
 from influence_core.prompts import Prompt
 
@@ -34,8 +34,8 @@ def load_corpus(dataset: str, num_examples: int | None, text_column: str = "text
                 dataset_config: str | None = None, split: str = "train", seed: int = 0) -> Corpus:
     """The first `num_examples` documents of a corpus, in corpus order. Example i of every later
     stage is document i, so an empty or unreadable document is refused, not skipped."""
-    if dataset == "demo":
-        demo = build_demo_corpus(num_examples or DEFAULT_DEMO_DOCUMENTS, seed=seed)
+    if dataset in CORPORA:  # the built-in corpora with planted facts
+        demo = build_demo_corpus(num_examples or DEFAULT_DEMO_DOCUMENTS, seed=seed, corpus=dataset)
         return Corpus(texts=demo.texts, facts=demo.facts)
     limit = num_examples or DEFAULT_HUB_DOCUMENTS
     if not is_file_source(dataset):

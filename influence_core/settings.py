@@ -22,7 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
-from influence_core.demo_corpus import minimum_documents
+from influence_core.demo_corpus import CORPORA, minimum_documents
 from influence_core.errors import ConfigError
 
 SHIPPED_PROMPTS = str(Path(__file__).resolve().parent.parent / "prompts.json")
@@ -53,8 +53,8 @@ class CommonSettings(BaseSettings):
 
 
 class CorpusSettings(CommonSettings):
-    dataset: str = Field("demo", description="'demo', a Hugging Face dataset name, or a path/URL of "
-                                             ".jsonl/.json/.parquet/.txt files")
+    dataset: str = Field("demo", description="'demo' or 'demo-hard' (built in, with planted facts), a Hugging Face "
+                                             "dataset name, or a path/URL of .jsonl/.json/.parquet/.txt files")
     dataset_config: str | None = None
     dataset_split: str = "train"
     text_column: str = "text"
@@ -62,10 +62,10 @@ class CorpusSettings(CommonSettings):
 
     @model_validator(mode="after")
     def _demo_corpus_holds_its_facts(self) -> CorpusSettings:
-        needed = minimum_documents(self.seed) if self.dataset == "demo" else 0
+        needed = minimum_documents(self.seed, self.dataset) if self.dataset in CORPORA else 0
         if self.num_examples and self.num_examples < needed:
-            raise ValueError(f"NUM_EXAMPLES: the demo corpus needs at least {needed} documents to plant its "
-                             f"facts, got {self.num_examples}")
+            raise ValueError(f"NUM_EXAMPLES: the {self.dataset} corpus needs at least {needed} documents to plant "
+                             f"its facts, got {self.num_examples}")
         return self
 
 

@@ -8,8 +8,9 @@ from jobs.common import parse
 
 def main(settings: PreviewDataSettings) -> None:
     from influence_core.data import load_corpus
+    from influence_core.demo_corpus import CORPORA
 
-    corpus = load_corpus(settings.dataset, settings.num_preview if settings.dataset != "demo" else
+    corpus = load_corpus(settings.dataset, settings.num_preview if settings.dataset not in CORPORA else
                          settings.num_examples, settings.text_column, settings.dataset_config,
                          settings.dataset_split, settings.seed)
     for number, text in enumerate(corpus.texts[: settings.num_preview], start=1):
