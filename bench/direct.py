@@ -71,12 +71,12 @@ def analyzer_for(args: argparse.Namespace):
     from transformers import AutoTokenizer
 
     from influence_core.data import PadCollator
-    from influence_core.modeling import load_model
+    from influence_core.modeling import load_model, mlp_module_names
     from influence_core.tasks import TASKS
 
     model_dir = Path(args.artifacts) / "model"
     model, tokenizer = load_model(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    task = TASKS["language_modeling"](num_layers=model.config.num_layers)
+    task = TASKS["language_modeling"](tracked_modules=mlp_module_names(model.config.num_layers))
     analyzer = Analyzer(analysis_name="influence", model=prepare_model(model, task), task=task,
                         output_dir=args.work, disable_model_save=True, disable_tqdm=True, log_level=None)
     pad_to = model.config.max_position_embeddings if args.padding == "max" else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,23 +15,25 @@ from transformers import AutoTokenizer
 
 from influence_core.data import PadCollator
 from influence_core.errors import ConfigError
-from influence_core.modeling import load_model
+from influence_core.modeling import linear_module_names, load_model, mlp_module_names, tracked_module_names
 from influence_core.settings import FitFactorsSettings
 from influence_core.tasks import TASKS
 
 ANALYSIS_NAME = "influence"  # Kronfluence writes to <work>/influence/{factors,scores}_<name>
+TRACKED_MODULES_FILE = "tracked_modules.json"  # in the factors: the modules they cover, which scoring tracks
 
 
 def load_training_examples(train_dir: Path) -> Dataset:
     return load_from_disk(str(train_dir)).select_columns(["input_ids", "attention_mask"])
 
 
-def build_analyzer(model_dir: Path, work_dir: Path, task_name: str = "language_modeling", seed: int = 0) -> Analyzer:
+def build_analyzer(model_dir: Path, work_dir: Path, factors_name: str, task_name: str = "language_modeling",
+                   seed: int = 0) -> Analyzer:
     """A Kronfluence Analyzer over the saved model, writing under `work_dir`, batching by padding
-    each batch to its longest example."""
+    each batch to its longest example, tracking the modules the factors <factors_name> cover."""
     model = load_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    task = TASKS[task_name](num_layers=model.config.num_layers, seed=seed)
+    task = TASKS[task_name](tracked_modules(factors_dir(work_dir, factors_name), model.config.num_layers), seed=seed)
     analyzer = Analyzer(
         analysis_name=ANALYSIS_NAME,
         model=prepare_model(model, task),
@@ -42,6 +45,23 @@ def build_analyzer(model_dir: Path, work_dir: Path, task_name: str = "language_m
     )
     analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=PadCollator(tokenizer.pad_token_id)))
     return analyzer
+
+
+def tracked_modules(local_factors_dir: Path, num_layers: int) -> list[str]:
+    """The modules fitted factors cover (factors without the record: the MLP projections)."""
+    record = local_factors_dir / TRACKED_MODULES_FILE
+    return json.loads(record.read_text()) if record.exists() else mlp_module_names(num_layers)
+
+
+def record_tracked_modules(model_dir: Path, settings: FitFactorsSettings, local_factors_dir: Path) -> list[str]:
+    """Resolve TRACKED_MODULES against the model and record the names in the factors."""
+    names = tracked_module_names(model_dir, settings.tracked_modules)
+    if not names:
+        raise ConfigError(f"TRACKED_MODULES={settings.tracked_modules}: matches none of the model's Linear modules "
+                          f"({', '.join(linear_module_names(model_dir))})")
+    local_factors_dir.mkdir(parents=True, exist_ok=True)
+    (local_factors_dir / TRACKED_MODULES_FILE).write_text(json.dumps(names))
+    return names
 
 
 def factor_arguments(settings: FitFactorsSettings) -> FactorArguments:
@@ -78,7 +98,8 @@ def fit_factors(model_dir: Path, train_dir: Path, settings: FitFactorsSettings, 
     Without a shard, every phase up to FACTOR_PHASE runs over all missing partitions, and
     Kronfluence aggregates a phase once all its partitions exist. A shard computes its one
     partition of FACTOR_PHASE (covariance or lambda) only. Returns the local output directory."""
-    analyzer = build_analyzer(model_dir, work_dir, seed=settings.seed)
+    record_tracked_modules(model_dir, settings, factors_dir(work_dir, settings.factors_name))
+    analyzer = build_analyzer(model_dir, work_dir, settings.factors_name, seed=settings.seed)
     args = factor_arguments(settings)
     common = {"factors_name": settings.factors_name, "factor_args": args, "overwrite_output_dir": False}
     data = {"dataset": load_training_examples(train_dir), "per_device_batch_size": settings.factor_batch_size}

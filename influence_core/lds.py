@@ -50,10 +50,9 @@ def measure(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts:
     model.eval()
     queries = tokenize_prompts(prompts, tokenizer, model.config.max_position_embeddings)
     collate = PadCollator(tokenizer.pad_token_id)
-    num_layers = getattr(model.config, "num_layers", None) or model.config.num_hidden_layers
     values: dict[str, list[float]] = {}
     for name in task_names:
-        task = TASKS[name](num_layers=num_layers)
+        task = TASKS[name](tracked_modules=[])  # a measurement needs no tracked modules
         # One prompt per batch: a measurement is summed over its batch.
         values[name] = [float(task.compute_measurement(collate([row]), model)) for row in queries]
     return values
@@ -120,6 +119,18 @@ def summarize(scores: dict[str, torch.Tensor], tasks: dict[str, str], labels: di
         methods[name] = {"label": labels[name], "task": tasks[name], "baseline": name in baselines, "lds": mean,
                          "stderr": stderr, "per_prompt": per_prompt}
     return methods
+
+
+def random_baseline(num_examples: int, mask: torch.Tensor, measured: torch.Tensor, draws: int, seed: int,
+                    label: str, task: str) -> dict:
+    """What chance gives: per prompt, the mean over `draws` draws of standard normal scores of their
+    correlation; one draw alone strays by about 1 / sqrt(subsets) per prompt."""
+    generator = torch.Generator().manual_seed(seed)
+    per_draw = [lds(torch.randn(measured.shape[1], num_examples, generator=generator), mask, measured)
+                for _ in range(draws)]
+    per_prompt = np.mean(per_draw, axis=0).tolist()
+    mean, stderr = mean_and_stderr(per_prompt)
+    return {"label": label, "task": task, "baseline": True, "lds": mean, "stderr": stderr, "per_prompt": per_prompt}
 
 
 def render_markdown(result: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -39,6 +40,31 @@ def load_model(model_dir: str | Path) -> GPTNeoForCausalLM:
     """Load a saved model (safetensors only) in float32 and eval mode."""
     model = GPTNeoForCausalLM.from_pretrained(model_dir, use_safetensors=True, dtype=torch.float32)
     return model.eval()
+
+
+def _skeleton(model_dir: str | Path) -> GPTNeoForCausalLM:
+    """The saved model's modules without its weights (on the meta device: nothing is allocated)."""
+    with torch.device("meta"):
+        return GPTNeoForCausalLM(GPTNeoConfig.from_pretrained(model_dir))
+
+
+def linear_module_names(model_dir: str | Path) -> list[str]:
+    """The names of the model's Linear modules, read from its config (no weights are loaded)."""
+    return [name for name, module in _skeleton(model_dir).named_modules() if isinstance(module, torch.nn.Linear)]
+
+
+def weight_count(model_dir: str | Path, names: list[str]) -> int:
+    """The number of weights of the named modules (from the config; no weights are loaded)."""
+    model = _skeleton(model_dir)
+    return sum(parameter.numel() for name in names for parameter in model.get_submodule(name).parameters())
+
+
+def tracked_module_names(model_dir: str | Path, pattern: str | None = None) -> list[str]:
+    """The modules Kronfluence tracks: the MLP projections of every block, or with `pattern` every
+    Linear module whose name it matches (re.search, e.g. "mlp|attn")."""
+    if pattern is None:
+        return mlp_module_names(GPTNeoConfig.from_pretrained(model_dir).num_layers)
+    return [name for name in linear_module_names(model_dir) if re.search(pattern, name)]
 
 
 def mlp_module_names(num_layers: int, layers: list[int] | None = None) -> list[str]:

@@ -13,7 +13,6 @@ import torch  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from influence_core.modeling import mlp_module_names  # noqa: E402
 from influence_core.prompts import Prompt  # noqa: E402
 
 RECALL_AT = 10
@@ -102,9 +101,9 @@ def _module_order(module: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in module.split("."))
 
 
-def plot_factors(factors_dir: Path, layer: int, out_dir: Path, strategy: str | None = None) -> list[Path]:
-    """For each MLP module of one block: heatmaps of its lambda matrix and covariance matrices (log
-    colour scale) and its sorted eigenvalue spectra (log scale)."""
+def plot_factors(factors_dir: Path, modules: list[str], out_dir: Path, strategy: str | None = None) -> list[Path]:
+    """For each of `modules` (the tracked modules of one block): heatmaps of its lambda matrix and
+    covariance matrices (log colour scale) and its sorted eigenvalue spectra (log scale)."""
     # The diagonal strategy's lambda is the diagonal Fisher itself, indexed by parameter.
     rows, columns = (("output dimension", "input dimension") if strategy == "diagonal" else
                      ("gradient eigenvector index (ascending eigenvalue)",
@@ -114,7 +113,7 @@ def plot_factors(factors_dir: Path, layer: int, out_dir: Path, strategy: str | N
     covariances = {kind: load_factor(factors_dir, f"{kind}_covariance") for kind in ("activation", "gradient")}
     eigenvalues = {kind: load_factor(factors_dir, f"{kind}_eigenvalues") for kind in ("activation", "gradient")}
     written = []
-    for module in mlp_module_names(layer + 1, layers=[layer]):
+    for module in modules:
         short = module.removeprefix("transformer.")
         if module in lambdas:
             fig, ax = plt.subplots(figsize=(7, 5))

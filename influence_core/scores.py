@@ -18,14 +18,14 @@ from transformers import AutoConfig, AutoTokenizer
 from influence_core.data import tokenize_prompts
 from influence_core.factors import ANALYSIS_NAME, build_analyzer, data_partitions, load_training_examples
 from influence_core.prompts import Prompt
-from influence_core.settings import ComputeScoresSettings
+from influence_core.settings import ComputeScoresSettings, kronfluence_damping
 
 log = logging.getLogger(__name__)
 
 
 def score_arguments(settings: ComputeScoresSettings) -> ScoreArguments:
     return ScoreArguments(
-        damping_factor=settings.damping_factor,
+        damping_factor=kronfluence_damping(settings.damping_factor),
         data_partitions=settings.score_data_partitions,
         query_gradient_low_rank=settings.query_gradient_rank,
         per_sample_gradient_dtype=getattr(torch, settings.per_sample_gradient_dtype),
@@ -46,7 +46,7 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
     queries = tokenize_prompts(prompts, tokenizer, context)  # before the model loads: fails fast
     shard = "" if settings.shard is None else f" (shard {settings.shard} of {settings.score_data_partitions})"
     log.info("scoring %d prompts with factors %r%s", len(prompts), settings.factors_name, shard)
-    analyzer = build_analyzer(model_dir, work_dir, settings.task)
+    analyzer = build_analyzer(model_dir, work_dir, settings.factors_name, settings.task)
     train_examples, order = length_sorted(load_training_examples(train_dir), settings.score_data_partitions)
     local = scores_dir(work_dir, settings.scores_name)
     for partition in data_partitions(settings.score_data_partitions, settings.shard):

@@ -14,12 +14,12 @@ from kronfluence.arguments import ScoreArguments
 
 from influence_core.factors import ANALYSIS_NAME, build_analyzer, load_training_examples
 from influence_core.scores import length_sorted, restore_training_order
-from influence_core.settings import ComputeSelfScoresSettings
+from influence_core.settings import ComputeSelfScoresSettings, kronfluence_damping
 
 
 def self_score_arguments(settings: ComputeSelfScoresSettings) -> ScoreArguments:
     return ScoreArguments(
-        damping_factor=settings.damping_factor,
+        damping_factor=kronfluence_damping(settings.damping_factor),
         per_sample_gradient_dtype=getattr(torch, settings.per_sample_gradient_dtype),
         precondition_dtype=getattr(torch, settings.precondition_dtype),
         score_dtype=getattr(torch, settings.score_dtype),
@@ -31,7 +31,7 @@ def compute_self_scores(model_dir: Path, train_dir: Path, settings: ComputeSelfS
     """Self-influence of every training example. The factors must lie at
     <work_dir>/influence/factors_<factors_name>. Returns the local output directory."""
     # Self-influence uses the training loss, which every task of influence_core.tasks shares.
-    analyzer = build_analyzer(model_dir, work_dir, seed=settings.seed)
+    analyzer = build_analyzer(model_dir, work_dir, settings.factors_name, seed=settings.seed)
     name = self_scores_name(settings.factors_name)
     train_examples, order = length_sorted(load_training_examples(train_dir))
     analyzer.compute_self_scores(

@@ -15,8 +15,6 @@ import torch.nn.functional as F
 from kronfluence.task import Task
 from torch import nn
 
-from influence_core.modeling import mlp_module_names
-
 BatchType = dict[str, torch.Tensor]
 
 
@@ -44,9 +42,9 @@ def _sample_labels(logits: torch.Tensor, batch: BatchType, seed: int) -> torch.T
 class LanguageModelingTask(Task):
     """Summed next-token cross-entropy, for training examples and queries alike."""
 
-    def __init__(self, num_layers: int, seed: int = 0) -> None:
+    def __init__(self, tracked_modules: list[str], seed: int = 0) -> None:
         super().__init__()
-        self.num_layers = num_layers
+        self.tracked_modules = tracked_modules
         self.seed = seed
 
     def compute_train_loss(self, batch: BatchType, model: nn.Module, sample: bool = False) -> torch.Tensor:
@@ -61,7 +59,7 @@ class LanguageModelingTask(Task):
         return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
 
     def get_influence_tracked_modules(self) -> list[str]:
-        return mlp_module_names(self.num_layers)
+        return self.tracked_modules
 
     def get_attention_mask(self, batch: BatchType) -> torch.Tensor:
         return batch["attention_mask"]

@@ -16,10 +16,11 @@ import torch
 from datasets import load_from_disk
 from kronfluence.arguments import ScoreArguments
 from kronfluence.utils.dataset import DataLoaderKwargs
-from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from influence_core.data import PadCollator, tokenize_prompts
-from influence_core.factors import build_analyzer, load_training_examples
+from influence_core.factors import build_analyzer, factors_dir, load_training_examples, tracked_modules
+from influence_core.modeling import weight_count
 from influence_core.prompts import Prompt
 from influence_core.reports import attach_token_scores
 
@@ -74,11 +75,11 @@ def per_token_scores(model_dir: Path, train_dir: Path, factors_name: str, task_n
     training = load_training_examples(train_dir)
     shown = sorted({index for indices in examples for index in indices})
     lengths = dict(zip(shown, (len(ids) for ids in training.select(shown)["input_ids"])))
-    analyzer = build_analyzer(model_dir, work_dir, task_name)
+    analyzer = build_analyzer(model_dir, work_dir, factors_name, task_name)
     args = dataclasses.replace(score_args, compute_per_token_scores=True, compute_per_module_scores=False,
                                data_partitions=1, module_partitions=1)
     results: list[dict[int, list[float]]] = [{} for _ in prompts]
-    for group in group_prompts(examples, lengths, tracked_weights(config)):
+    for group in group_prompts(examples, lengths, tracked_weights(model_dir, work_dir, factors_name)):
         union = sorted({index for number in group for index in examples[number]})
         longest = max(lengths[index] for index in union)
         analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=TrainingPaddedTo(tokenizer.pad_token_id, longest)))
@@ -95,9 +96,10 @@ def per_token_scores(model_dir: Path, train_dir: Path, factors_name: str, task_n
     return results
 
 
-def tracked_weights(config: PretrainedConfig) -> int:
-    """Weights of the modules Kronfluence tracks: c_fc and c_proj of every GPT-Neo block."""
-    return 2 * config.num_layers * config.hidden_size * (config.intermediate_size or 4 * config.hidden_size)
+def tracked_weights(model_dir: Path, work_dir: Path, factors_name: str) -> int:
+    """Weights of the modules Kronfluence tracks (those the factors cover)."""
+    names = tracked_modules(factors_dir(work_dir, factors_name), AutoConfig.from_pretrained(model_dir).num_layers)
+    return weight_count(model_dir, names)
 
 
 def group_prompts(examples: list[list[int]], lengths: dict[int, int], weights: int,

@@ -105,7 +105,7 @@ def main(settings: EvaluateSettings) -> None:
             "factor_batch_size": settings.factor_batch_size,
             "train_batch_size": settings.train_batch_size,
             "query_gradient_rank": settings.query_gradient_rank or "full",
-            "damping_factor": settings.damping_factor or "Kronfluence's default (0.1 x mean eigenvalue)",
+            "damping_factor": settings.damping_factor,
             "use_empirical_fisher": fit.use_empirical_fisher,
             "eigendecomposition_dtype": fit.eigendecomposition_dtype,
             "per_sample_gradient_dtype": score.per_sample_gradient_dtype,

@@ -36,12 +36,15 @@ def main(settings: InspectFactorsSettings) -> None:
     if already_done(destination, [output], "inspect_factors", settings, inputs):
         return
 
+    from influence_core.factors import tracked_modules
     from influence_core.reports import factor_summary, plot_factors
 
     strategy = artifacts.manifest(factors)["settings"].get("factor_strategy")
     with work_dir() as work:
         factors_dir = artifacts.fetch(factors, work / "factors")
-        plots = plot_factors(factors_dir, layer, work / "plots", strategy)
+        tracked = tracked_modules(factors_dir, num_layers)
+        block = [name for name in tracked if name.startswith(f"transformer.h.{layer}.")]
+        plots = plot_factors(factors_dir, block, work / "plots", strategy)
         if not plots:
             log.warning("the %r factors hold no lambda matrices or eigenvalues (identity strategy?): "
                         "nothing to plot", settings.factors_name)

@@ -39,6 +39,7 @@ OUTPUT = "reports/lds"
 IDENTITY = "lds_identity"  # the factors and scores names of the identity baseline
 BASELINES = {"identity": "identity (gradient dot products)", "bm25": "BM25 on prompt + completion",
              "random": "random scores"}
+RANDOM_DRAWS = 100  # the random baseline: per prompt, the mean correlation of this many draws of random scores
 
 
 def subset_output(index: int) -> str:
@@ -162,10 +163,11 @@ def correlate(settings: LdsSettings, artifacts: Artifacts, prompts: list[Prompt]
         labels[name] = BASELINES.get(name, f"{name} ({record.get('factor_strategy')})")
     task = tasks[settings.lds_scores[0]]  # the text baselines predict the first scores' measurement
     matrices["bm25"] = bm25_scores([prompt.prompt + prompt.completion for prompt in prompts], texts)
-    matrices["random"] = torch.randn(len(prompts), len(texts), generator=torch.Generator().manual_seed(settings.seed))
     tasks.update(bm25=task, random=task)
-    labels.update(bm25=BASELINES["bm25"], random=BASELINES["random"])
+    labels.update(bm25=BASELINES["bm25"], random=f"{BASELINES['random']} (mean of {RANDOM_DRAWS} draws)")
     methods = lds.summarize(matrices, tasks, labels, set(BASELINES), mask, measured)
+    methods["random"] = lds.random_baseline(len(texts), mask, measured[task], RANDOM_DRAWS, settings.seed,
+                                            labels["random"], task)
 
     model_dir = fetch_once(artifacts, "model", work)
     probabilities = lds.completion_probabilities(load_model(model_dir), AutoTokenizer.from_pretrained(model_dir),

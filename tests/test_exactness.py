@@ -230,7 +230,7 @@ def test_self_scores_equal_the_diagonal_of_pairwise_scores(run, reference, train
     work = tmp_path / "work"
     (work / "influence").mkdir(parents=True)
     (work / "influence" / f"factors_{factors}").symlink_to(artifacts / "influence" / f"factors_{factors}")
-    analyzer = build_analyzer(artifacts / "model", work)
+    analyzer = build_analyzer(artifacts / "model", work, factors)
     indices = list(train_gradients)[:24]
     subset = load_training_examples(artifacts / "data/train").select(indices)
     analyzer.compute_pairwise_scores(scores_name="pairwise", factors_name=factors, query_dataset=subset,

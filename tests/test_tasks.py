@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
+from influence_core.modeling import mlp_module_names, tracked_module_names
 from influence_core.tasks import (
     LanguageModelingTask,
     LanguageModelingWithCustomMeasurementTask,
@@ -40,7 +41,7 @@ def completion_cross_entropy(model, batch):
 
 
 def test_measurement_is_summed_cross_entropy_of_completion_tokens(model, batch):
-    task = LanguageModelingTask(num_layers=2)
+    task = LanguageModelingTask(mlp_module_names(2))
     assert task.compute_measurement(batch, model).item() == pytest.approx(completion_cross_entropy(model, batch),
                                                                            rel=1e-5)
     assert task.compute_train_loss(batch, model).item() == pytest.approx(completion_cross_entropy(model, batch),
@@ -48,7 +49,7 @@ def test_measurement_is_summed_cross_entropy_of_completion_tokens(model, batch):
 
 
 def test_sampled_loss_keeps_masked_positions_out(model, batch):
-    task = LanguageModelingTask(num_layers=2)
+    task = LanguageModelingTask(mlp_module_names(2))
     torch.manual_seed(0)
     masked = task.compute_train_loss(batch, model, sample=True)
     batch["labels"][0, :3] = torch.tensor([3, 4, 5])
@@ -57,7 +58,7 @@ def test_sampled_loss_keeps_masked_positions_out(model, batch):
 
 
 def test_margin_measurement_is_loss_like(model, batch):
-    task = LanguageModelingWithMarginMeasurementTask(num_layers=2)
+    task = LanguageModelingWithMarginMeasurementTask(mlp_module_names(2))
     before = task.compute_measurement(batch, model).item()
     with torch.no_grad():
         model.lm_head.weight[6] *= 3  # raise the correct completion token's logit scale
@@ -76,26 +77,32 @@ def test_margin_measurement_is_loss_like(model, batch):
 
 
 def test_custom_template_averages_per_completion_token(model, batch):
-    task = LanguageModelingWithCustomMeasurementTask(num_layers=2)
+    task = LanguageModelingWithCustomMeasurementTask(mlp_module_names(2))
     single = {key: value[:1] for key, value in batch.items()}
     assert task.compute_measurement(single, model).item() == pytest.approx(
         completion_cross_entropy(model, single) / 2, rel=1e-5)
 
 
-def test_tracks_both_mlp_projections_of_every_block():
-    assert LanguageModelingTask(num_layers=2).get_influence_tracked_modules() == [
+def test_tracks_both_mlp_projections_of_every_block_or_what_tracked_modules_matches(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert tracked_module_names(tmp_path) == mlp_module_names(2) == [
         "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj",
         "transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj",
     ]
+    assert tracked_module_names(tmp_path, r"h\.1\.attn") == [
+        f"transformer.h.1.attn.attention.{name}" for name in ("k_proj", "v_proj", "q_proj", "out_proj")]
+    assert len(tracked_module_names(tmp_path, "mlp|attn")) == 2 * (2 + 4)
+    assert tracked_module_names(tmp_path, "nothing") == []
+    assert LanguageModelingTask(["a", "b"]).get_influence_tracked_modules() == ["a", "b"]
 
 
 def test_sampled_labels_do_not_depend_on_the_batch(model, batch):
     """The true-Fisher draws are per example, so partitioning or batch size cannot change factors."""
-    task = LanguageModelingTask(num_layers=2, seed=7)
+    task = LanguageModelingTask(mlp_module_names(2), seed=7)
     together = task.compute_train_loss(batch, model, sample=True).item()
     torch.manual_seed(123)  # the global RNG plays no part
     apart = sum(task.compute_train_loss({k: v[i:i + 1] for k, v in batch.items()}, model, sample=True).item()
                 for i in range(2))
     assert together == pytest.approx(apart, rel=1e-5)
-    assert LanguageModelingTask(num_layers=2, seed=8).compute_train_loss(batch, model, sample=True).item() != (
+    assert LanguageModelingTask(mlp_module_names(2), seed=8).compute_train_loss(batch, model, sample=True).item() != (
         pytest.approx(together, rel=1e-6))
