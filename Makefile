@@ -7,7 +7,7 @@ ARTIFACTS_URI ?= ./artifacts
 SCORES_NAME ?= prompt_scores
 export ARTIFACTS_URI
 
-.PHONY: install demo eval bench test lint fetch-report clean
+.PHONY: install demo eval lds lds-study bench test lint fetch-report clean
 
 install: $(VENV)/.installed
 
@@ -25,12 +25,32 @@ demo: install
 	$(PY) -m jobs pipeline
 	@echo "Report: $(ARTIFACTS_URI)/reports/$(SCORES_NAME)/$(SCORES_NAME)_report.md"
 
-## eval: fact-tracing evaluation on the demo corpus: trains first (skipped when already trained), then
-## recall@10 and MRR of the planted facts for each factor strategy and a BM25 baseline
+## eval: fact-tracing evaluation on both demo corpora (demo, and demo-hard in $(ARTIFACTS_URI)/demo-hard):
+## trains first (skipped when already trained), then recall@10 and MRR of the planted facts for each factor
+## strategy and a BM25 baseline
+HARD = ARTIFACTS_URI=$(ARTIFACTS_URI)/demo-hard DATASET=demo-hard PROMPTS=prompts-hard.json
 eval: install
 	$(PY) -m jobs train
 	$(PY) -m jobs evaluate
-	@echo "Evaluation: $(ARTIFACTS_URI)/reports/evaluation/evaluation.md"
+	$(HARD) $(PY) -m jobs train
+	$(HARD) $(PY) -m jobs evaluate
+	@echo "Evaluation: $(ARTIFACTS_URI)/reports/evaluation/evaluation.md, $(ARTIFACTS_URI)/demo-hard/reports/evaluation/evaluation.md"
+
+## lds: the linear datamodeling score of the demo's scores (README, "Linear datamodeling score"): trains,
+## fits and scores first (each skipped when done), retrains the model on LDS_SUBSETS random halves of its
+## data, correlates, and writes the report again with the LDS in it (about 8 minutes on 2 CPU cores)
+lds: install
+	$(PY) -m jobs train
+	$(PY) -m jobs fit_factors
+	$(PY) -m jobs compute_scores
+	$(PY) -m jobs lds
+	$(PY) -m jobs inspect_scores
+	@echo "LDS: $(ARTIFACTS_URI)/reports/lds/lds.md"
+
+## lds-study: the LDS of the choices behind the defaults (tracked modules, damping, task, strategy, an
+## ensemble over training seeds) on the demo, into bench/lds_study.md (about 20 minutes on 2 CPU cores)
+lds-study: install
+	$(PY) bench/lds_study.py
 
 ## bench: every stage timed at the demo size and 5x, beside the original approach and bare Kronfluence
 ## (writes bench/results.md and bench/results.json; about 18 minutes on 2 CPU cores)
@@ -66,12 +86,14 @@ OVERLAY ?= local
 STAGE ?=
 ARGS ?=
 DOCKER_RUN_FLAGS ?=
-K8S_STAGES := train fit-factors inspect-factors compute-scores compute-self-scores inspect-scores preview-data
+K8S_STAGES := train fit-factors inspect-factors compute-scores compute-self-scores inspect-scores preview-data lds
 # fit-factors and compute-scores spread over pods (README, "Spread over pods"): their Jobs in the
 # order they run. Indexed Jobs compute a data partition per pod; the stage's own Job aggregates.
 K8S_FIT_FACTORS_SHARDED := fit-factors-covariance fit-factors-eigendecomposition fit-factors-lambda fit-factors
 K8S_COMPUTE_SCORES_SHARDED := compute-scores-shards compute-scores
-K8S_JOBS := $(K8S_STAGES) $(filter-out $(K8S_STAGES),$(K8S_FIT_FACTORS_SHARDED) $(K8S_COMPUTE_SCORES_SHARDED))
+# lds: an Indexed Job retrains a subset per pod, then the lds Job correlates (README, "Linear datamodeling score").
+K8S_LDS := lds-retrain lds
+K8S_JOBS := $(K8S_STAGES) $(filter-out $(K8S_STAGES),$(K8S_FIT_FACTORS_SHARDED) $(K8S_COMPUTE_SCORES_SHARDED) $(K8S_LDS))
 
 .PHONY: build push docker-run k8s-render deploy-local-secret deploy-local-storage \
 	deploy-fit-factors-sharded deploy-compute-scores-sharded
@@ -117,22 +139,32 @@ deploy-local-storage: deploy-local-secret
 	kubectl rollout status deployment/minio --timeout=5m
 	kubectl wait --for=condition=complete --timeout=5m job/create-bucket
 
+# Deploy the Job $(1) and wait until it is complete: what every deploy target does per Job.
+define deploy_job
+	kubectl delete job/$(1) --ignore-not-found --wait
+	@$(K8S_WITH_IMAGE) && kubectl apply -k "$$KDIR" -l 'app.kubernetes.io/component in (shared,$(1))'
+	@echo "waiting for job/$(1) (logs: kubectl logs -f job/$(1))"
+	@while :; do \
+		state=$$(kubectl get job/$(1) -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}') || exit 1; \
+		case "$$state" in *Complete*) echo "job/$(1) complete"; break;; \
+			*Failed*) kubectl logs -l batch.kubernetes.io/job-name=$(1) --prefix --tail=30; \
+				echo "job/$(1) failed" >&2; exit 1;; esac; \
+		kubectl wait --for=condition=complete --timeout=60s job/$(1) >/dev/null 2>&1 || true; \
+	done
+endef
+
 ## deploy-<stage> [OVERLAY=local|cloud]: run one stage as a Job and wait for it; stages:
 ## train fit-factors inspect-factors compute-scores compute-self-scores inspect-scores
 ## preview-data. A new deploy replaces the stage's old Job (the stage itself skips outputs that
 ## are already complete). The steps of the sharded targets below deploy the same way.
 deploy-%: $(if $(filter local,$(OVERLAY)),deploy-local-storage)
 	$(if $(filter $*,$(K8S_JOBS)),,$(error unknown stage or Job '$*': one of $(K8S_JOBS)))
-	kubectl delete job/$* --ignore-not-found --wait
-	@$(K8S_WITH_IMAGE) && kubectl apply -k "$$KDIR" -l 'app.kubernetes.io/component in (shared,$*)'
-	@echo "waiting for job/$* (logs: kubectl logs -f job/$*)"
-	@while :; do \
-		state=$$(kubectl get job/$* -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}') || exit 1; \
-		case "$$state" in *Complete*) echo "job/$* complete"; break;; \
-			*Failed*) kubectl logs -l batch.kubernetes.io/job-name=$* --prefix --tail=30; \
-				echo "job/$* failed" >&2; exit 1;; esac; \
-		kubectl wait --for=condition=complete --timeout=60s job/$* >/dev/null 2>&1 || true; \
-	done
+	$(call deploy_job,$*)
+
+## deploy-lds [OVERLAY=local|cloud]: the linear datamodeling score: lds-retrain (a pod per subset),
+## then lds (correlates the subsets' measurements with the scores and the baselines).
+deploy-lds: deploy-lds-retrain
+	$(call deploy_job,lds)
 
 ## deploy-fit-factors-sharded [OVERLAY=local|cloud]: fit-factors spread over pods, four Jobs in
 ## turn, each waited for: fit-factors-covariance (a pod per data partition),

@@ -90,7 +90,8 @@ def render_markdown(evaluation: dict) -> str:
     lines = [
         "# Fact-tracing evaluation",
         "",
-        f"For each of the {len(facts)} planted facts of the demo corpus, the documents that state it "
+        f"For each of the {len(facts)} planted facts of the {evaluation['settings'].get('train.dataset', 'demo')} "
+        "corpus, the documents that state it "
         f"should rank at the top for the prompt that asks for it. recall@{RECALL_AT}: share of those "
         f"documents among the top {RECALL_AT}, averaged over the facts. MRR: mean over the facts of "
         "1 / the rank of the best-ranked stating document. Per-fact columns: recall@"

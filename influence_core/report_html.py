@@ -6,7 +6,14 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from influence_core.reports import READING_SCORES, RECALL_AT, SELF_INFLUENCE_NOTE, distribution_plot_name
+from influence_core.reports import (
+    NEAR_CERTAIN_NOTE,
+    READING_SCORES,
+    RECALL_AT,
+    SELF_INFLUENCE_NOTE,
+    distribution_plot_name,
+    lds_summary,
+)
 
 MAX_ALPHA = 0.85  # the strongest token's background; text stays readable on it
 POSITIVE_RGB, NEGATIVE_RGB = (22, 163, 74), (220, 38, 38)
@@ -25,7 +32,8 @@ h3 { font-size: 15px; margin: 16px 0 6px; }
 nav ol { columns: 2; margin: 0; }
 section { background: #fff; border: 1px solid #d0d7de; border-radius: 8px; padding: 16px 20px; margin: 18px 0; }
 .completion { color: #0550ae; }
-.recall { color: #57606a; }
+.recall, .probability { color: #57606a; }
+.warning { background: #fff1e5; border: 1px solid #d1242f66; border-radius: 6px; padding: 6px 12px; }
 img.distribution { max-width: 100%; height: auto; display: block; margin: 8px 0; }
 ol.examples { padding-left: 0; list-style: none; margin: 0; }
 li.example { border-top: 1px solid #eaeef2; padding: 8px 0; }
@@ -86,6 +94,13 @@ def _prompt_section(number: int, entry: dict, images: dict[str, bytes], excerpt_
     parts = [f'<section class="prompt" id="prompt-{number}">',
              f'<h2>{number}. <span class="prompt-text">{escape(entry["prompt"])}</span> → '
              f'<span class="completion">{escape(entry["completion"])}</span></h2>']
+    if "probability" in entry:
+        lds = f' LDS of this prompt: {entry["lds"]:+.2f}.' if "lds" in entry else ""
+        parts.append(f'<p class="probability">The model\'s probability of the completion: '
+                     f'<b>{entry["probability"]:.3f}</b>.{lds}</p>')
+        if entry["near_certain"]:
+            parts.append(f'<p class="warning"><b>Near-certain completion.</b> '
+                         f'{escape(NEAR_CERTAIN_NOTE.format(**entry))}</p>')
     if f"recall_at_{RECALL_AT}" in entry:
         parts.append(f'<p class="recall">Recall@{RECALL_AT} {entry[f"recall_at_{RECALL_AT}"]:.2f}: planted documents '
                      f'{escape(str(entry["planted_documents"]))} rank {escape(str(entry["planted_ranks"]))}.</p>')
@@ -110,6 +125,9 @@ def render_html(report: dict, images: dict[str, bytes], excerpt_chars: int) -> s
     meta = f"Factors <code>{escape(report['factors_name'])}</code> (strategy {escape(str(report['strategy']))})"
     if f"fact_recall_at_{RECALL_AT}" in report:
         meta += f" · planted-fact recall@{RECALL_AT} <b>{report[f'fact_recall_at_{RECALL_AT}']:.3f}</b>"
+    if "lds" in report:
+        meta += f'<p class="lds">{escape(lds_summary(report["lds"]))}</p>'
+
     reading = "".join(f"<li><b>{escape(topic)}</b>: {escape(text)}</li>" for topic, text in READING_SCORES)
     legend = (f'<p class="legend">Token colours: <span style="background: rgba{(*POSITIVE_RGB, 0.6)}">helps the '
               f'completion</span> <span style="background: rgba{(*NEGATIVE_RGB, 0.6)}">works against it</span>; '

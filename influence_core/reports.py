@@ -263,6 +263,49 @@ def attach_self_influence(report: dict, self_scores: torch.Tensor, texts: list[s
     report["self_influence"] = {"factors_name": factors_name, "num_examples": len(self_scores), "top": top}
 
 
+NEAR_CERTAIN = 0.9  # the model already gives the completion at least this probability
+NEAR_CERTAIN_NOTE = (
+    "The model already gives this completion a probability of {probability:.3f}. The gradients the scores are "
+    "made of shrink with 1 - probability, so scores for a completion the model is sure of are weak evidence: "
+    "they predict less of what retraining does (see the LDS per prompt), and the lists below may point the "
+    "wrong way."
+)
+
+
+def attach_probabilities(report: dict, probabilities: list[float]) -> None:
+    """Add the model's probability of each prompt's completion, and whether it is near-certain."""
+    for entry, probability in zip(report["prompts"], probabilities):
+        entry["probability"] = probability
+        entry["near_certain"] = probability >= NEAR_CERTAIN
+
+
+def attach_lds(report: dict, result: dict, scores_name: str) -> None:
+    """Add what the LDS stage measured for these scores (reports/lds/lds.json): their LDS and the
+    baselines' to report.json, and each prompt's correlation to its entry."""
+    methods = result["methods"]
+    mine = methods[scores_name]
+    report["lds"] = {
+        "lds": mine["lds"], "stderr": mine["stderr"], "subsets": result["subsets"], "seeds": result["seeds"],
+        "fraction": result["fraction"],
+        "baselines": {name: {key: method[key] for key in ("label", "lds", "stderr")}
+                      for name, method in methods.items() if method["baseline"]},
+    }
+    measured = {(p["prompt"], p["completion"]): number for number, p in enumerate(result["prompts"])}
+    for entry in report["prompts"]:
+        number = measured.get((entry["prompt"], entry["completion"]))
+        if number is not None:
+            entry["lds"] = mine["per_prompt"][number]
+
+
+def lds_summary(lds: dict) -> str:
+    """One sentence: the scores' LDS beside the baselines'."""
+    baselines = ", ".join(f"{b['label']} {b['lds']:.2f}" for b in lds["baselines"].values())
+    return (f"LDS {lds['lds']:.2f} ± {lds['stderr']:.2f}: how well the scores predict the model retrained on "
+            f"{lds['subsets']} random subsets of {lds['fraction']:.0%} of its training data, {lds['seeds']} training "
+            f"seed(s) each (Spearman correlation, mean over prompts; 1 is perfect, 0 is chance). Baselines: "
+            f"{baselines}.")
+
+
 def top_tokens(item: dict, count: int = 3) -> list[tuple[str, float]]:
     """The tokens of an example that carry the largest share of its score (same sign as the score)."""
     if "token_scores" not in item:
@@ -290,8 +333,17 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
         lines += [f"**Planted-fact recall@{RECALL_AT}: {report[f'fact_recall_at_{RECALL_AT}']:.3f}** "
                   "(share of the documents stating each demo fact found among its prompt's top "
                   f"{RECALL_AT}, averaged over the fact prompts).", ""]
+    if "lds" in report:
+        lines += [f"**{lds_summary(report['lds'])}**", ""]
     for number, entry in enumerate(report["prompts"], start=1):
         lines += [f"## {number}. {entry['prompt']} → {entry['completion'].strip()}", ""]
+        if "probability" in entry:
+            line = f"The model's probability of the completion: {entry['probability']:.3f}."
+            if "lds" in entry:
+                line += f" LDS of this prompt: {entry['lds']:+.2f}."
+            lines += [line, ""]
+            if entry["near_certain"]:
+                lines += [f"> **Warning: near-certain completion.** {NEAR_CERTAIN_NOTE.format(**entry)}", ""]
         if f"recall_at_{RECALL_AT}" in entry:
             lines += [f"Recall@{RECALL_AT} {entry[f'recall_at_{RECALL_AT}']:.2f}: planted documents "
                       f"{entry['planted_documents']} rank {entry['planted_ranks']}.", ""]

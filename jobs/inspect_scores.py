@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from influence_core.runtime import is_main_process
 from influence_core.settings import InspectScoresSettings
-from influence_core.storage import work_dir
+from influence_core.storage import Artifacts, work_dir
 from jobs.common import already_done, manifest, open_artifacts, parse
+from jobs.lds import OUTPUT as LDS_OUTPUT
 
 if TYPE_CHECKING:
     import torch
@@ -32,12 +33,15 @@ def main(settings: InspectScoresSettings) -> None:
     started = time.time()
     artifacts = open_artifacts(settings.artifacts_uri)
     scores = f"influence/scores_{settings.scores_name}"
-    inputs = artifacts.require(scores, "data/train")
+    inputs = artifacts.require(scores, "data/train", "model")  # the model: each completion's probability
     scored_with = artifacts.manifest(scores)
     factors_name = scored_with["settings"]["factors_name"]
     factors = f"influence/factors_{factors_name}"
     if settings.per_token_scores:  # recomputed for the shown examples: needs what the scores came from
-        inputs.update(artifacts.require("model", factors))
+        inputs.update(artifacts.require(factors))
+    lds = lds_of(artifacts, settings.scores_name, inputs[scores])
+    if lds is not None:
+        inputs.update(artifacts.require(LDS_OUTPUT))
     self_scores = f"influence/self_scores_{factors_name}"
     if artifacts.manifest(self_scores) is not None:  # optional: listed when compute_self_scores has run
         inputs.update(artifacts.require(self_scores))
@@ -47,9 +51,12 @@ def main(settings: InspectScoresSettings) -> None:
 
     from datasets import load_from_disk
     from safetensors.torch import load_file
+    from transformers import AutoTokenizer
 
+    from influence_core.lds import completion_probabilities
+    from influence_core.modeling import load_model
     from influence_core.prompts import Prompt
-    from influence_core.reports import attach_self_influence, build_report
+    from influence_core.reports import attach_lds, attach_probabilities, attach_self_influence, build_report
 
     with work_dir() as work:
         scores_dir = artifacts.fetch(scores, work / "scores")
@@ -62,6 +69,11 @@ def main(settings: InspectScoresSettings) -> None:
         names = {"scores_name": settings.scores_name, "factors_name": factors_name,
                  "strategy": scored_with.get("factor_strategy")}
         report = build_report(matrix, prompts, texts, facts, settings.num_influential, names)
+        model_dir = artifacts.fetch("model", work / "model")
+        attach_probabilities(report, completion_probabilities(load_model(model_dir),
+                                                              AutoTokenizer.from_pretrained(model_dir), prompts))
+        if lds is not None:
+            attach_lds(report, lds, settings.scores_name)
 
         if settings.per_token_scores:
             from influence_core.factors import factors_dir
@@ -69,7 +81,6 @@ def main(settings: InspectScoresSettings) -> None:
             from influence_core.token_scores import add_token_scores
 
             configure_threads()
-            model_dir = artifacts.fetch("model", work / "model")
             artifacts.fetch(factors, factors_dir(work, factors_name))
             log.info("per-token scores of the %d prompts' top examples", len(prompts))
             add_token_scores(report, prompts, model_dir, train_dir, scores_dir, factors_name,
@@ -85,6 +96,18 @@ def main(settings: InspectScoresSettings) -> None:
             log.info("planted-fact recall@10: %.3f", report["fact_recall_at_10"])
         log.info("published %s", artifacts.publish(work / "report", output, manifest("inspect_scores", settings,
                                                                                      inputs, started)))
+
+
+def lds_of(artifacts: Artifacts, scores_name: str, scores_fingerprint: str) -> dict | None:
+    """lds.json when the LDS stage measured these very scores (not an earlier version of them)."""
+    record = artifacts.manifest(LDS_OUTPUT)
+    if record is None or record.get("inputs", {}).get(f"influence/scores_{scores_name}") is None:
+        return None
+    if record["inputs"][f"influence/scores_{scores_name}"] != scores_fingerprint:
+        log.warning("%s measured an earlier version of these scores; rerun python -m jobs lds to report their LDS",
+                    artifacts.url(LDS_OUTPUT))
+        return None
+    return json.loads(artifacts.read_bytes(f"{LDS_OUTPUT}/lds.json"))
 
 
 def write_report(report: dict, matrix: torch.Tensor, prompts: list[Prompt], settings: InspectScoresSettings,

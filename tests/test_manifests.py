@@ -42,6 +42,7 @@ STAGE_SETTINGS = {
     "compute_self_scores": settings.ComputeSelfScoresSettings,
     "inspect_scores": settings.InspectScoresSettings,
     "preview_data": settings.PreviewDataSettings,
+    "lds": settings.LdsSettings,
 }
 # Environment variables a manifest may set beside the stage's settings: where things are written,
 # how the object store is reached, threads. Anything else is a typo or a setting the stage lacks.
@@ -462,7 +463,7 @@ def test_cloud_overlay_trains_gpt_neo_125m_on_openwebtext_in_a_bucket():
         assert "FSSPEC_S3_ENDPOINT_URL" not in stage_env  # AWS S3 itself
         assert not any(value is None for value in stage_env.values())  # workload identity: no Secret
         gpus = stage_container(job)["resources"]["limits"].get("nvidia.com/gpu")
-        assert (gpus == 1) == (stage in ("train", "fit_factors", "compute_scores", "compute_self_scores")), stage
+        assert (gpus == 1) == (stage in ("train", "fit_factors", "compute_scores", "compute_self_scores", "lds")), stage
     (account,) = of_kind(objects, "ServiceAccount")
     assert "eks.amazonaws.com/role-arn" in account["metadata"].get("annotations", {})
     assert all(pod_spec(job)["serviceAccountName"] == account["metadata"]["name"] for job in jobs.values())

@@ -46,8 +46,10 @@ SHARDED_TARGETS = {
     "deploy-fit-factors-sharded": ["fit-factors-covariance", "fit-factors-eigendecomposition", "fit-factors-lambda",
                                    "fit-factors"],
     "deploy-compute-scores-sharded": ["compute-scores-shards", "compute-scores"],
+    "deploy-lds": ["lds-retrain", "lds"],
 }
-INDEXED = {"fit-factors-covariance", "fit-factors-lambda", "compute-scores-shards"}
+PARTITION_JOBS = {"fit-factors-covariance", "fit-factors-lambda", "compute-scores-shards"}  # a data partition each
+INDEXED = PARTITION_JOBS | {"lds-retrain"}  # lds-retrain: a pod per LDS subset
 MAX_INDEXED_COMPLETIONS = 100_000  # the Job API's limit when backoffLimitPerIndex is set
 PER_INDEX_ENV = ("SHARD_INDEX", "JOB_COMPLETION_INDEX")  # set by Kubernetes (or a user), never by a manifest
 
@@ -102,7 +104,8 @@ def test_the_sharded_steps_are_indexed_jobs_and_phases(overlay):
     jobs = jobs_by_name(objects)
     steps = {name for names in SHARDED_TARGETS.values() for name in names}
     assert steps <= set(jobs)
-    assert {name for name, job in jobs.items() if partial(job)} == steps - {"fit-factors", "compute-scores"}
+    assert {name for name, job in jobs.items() if partial(job)} == steps - {names[-1] for names in
+                                                                             SHARDED_TARGETS.values()}
     assert {name for name, job in jobs.items() if job["spec"].get("completionMode") == "Indexed"} == INDEXED
     # The last step is the stage's own Job, the one `make deploy-<stage>` runs alone.
     for names in SHARDED_TARGETS.values():
@@ -124,7 +127,7 @@ def test_indexed_jobs_run_a_pod_per_partition_their_pods_see(overlay, monkeypatc
     objects = kustomize(K8S / "base") if overlay == "base" else render(overlay)
     jobs = jobs_by_name(objects)
     expected = {"base": 1, "local": 2, "cloud": 8}[overlay]
-    for name in sorted(INDEXED):
+    for name in sorted(PARTITION_JOBS):
         job = jobs[name]
         count = partitions_seen(load_stage_settings(job, objects, monkeypatch))
         assert job["spec"]["completions"] == job["spec"]["parallelism"] == count == expected, name
@@ -146,9 +149,30 @@ def test_a_partition_count_set_in_an_overlay_sets_completions(tmp_path):
         text = text.replace(old, new)
     (cloud / "kustomization.yaml").write_text(text)
     jobs = jobs_by_name(kustomize(cloud))
-    completions = {name: (jobs[name]["spec"]["completions"], jobs[name]["spec"]["parallelism"]) for name in INDEXED}
+    completions = {name: (jobs[name]["spec"]["completions"], jobs[name]["spec"]["parallelism"])
+                   for name in PARTITION_JOBS}
     assert completions == {"fit-factors-covariance": (3, 3), "fit-factors-lambda": (8, 8),
                            "compute-scores-shards": (5, 5)}
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_lds_retrain_runs_a_pod_per_subset_the_stage_reads(overlay, monkeypatch, tmp_path):
+    """completions = LDS_SUBSETS as the lds stage reads it; every index is a subset and the next one
+    is refused; the aggregating lds Job takes none. Changing LDS_SUBSETS changes completions."""
+    objects = render(overlay)
+    jobs = jobs_by_name(objects)
+    job = jobs["lds-retrain"]
+    count = load_stage_settings(job, objects, monkeypatch).lds_subsets
+    assert job["spec"]["completions"] == count == 16
+    assert job["spec"]["parallelism"] == {"local": 2, "cloud": count}[overlay]  # CPU pods two at a time
+    assert load_stage_settings(job, objects, monkeypatch, JOB_COMPLETION_INDEX=str(count - 1)).subset == count - 1
+    with pytest.raises(ConfigError, match="out of range"):
+        load_stage_settings(job, objects, monkeypatch, JOB_COMPLETION_INDEX=str(count))
+    assert load_stage_settings(jobs["lds"], objects, monkeypatch).subset is None
+    copy = copy_k8s(tmp_path)
+    env_file = copy / "base" / "settings.env"
+    env_file.write_text(env_file.read_text().replace("LDS_SUBSETS=16", "LDS_SUBSETS=5"))
+    assert jobs_by_name(kustomize(copy / "overlays" / overlay))["lds-retrain"]["spec"]["completions"] == 5
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))

@@ -1,0 +1,176 @@
+"""The linear datamodeling score: subsets, correlations recomputed from what is published, the
+stage spread over processes, a killed subset, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import load_from_disk
+from rank_bm25 import BM25Okapi
+from safetensors.torch import load_file
+from scipy.stats import spearmanr
+
+from influence_core import lds
+from tests.conftest import ROOT, run_jobs, start_jobs
+
+LDS = {"LDS_SUBSETS": "4", "LDS_SEEDS": "2"}
+INPUTS = ("model", "data/train", "influence/factors_tiny_lm_factors", "influence/scores_prompt_scores")
+
+
+def copy_pipeline(source: Path, destination: Path) -> Path:
+    for relative in INPUTS:
+        shutil.copytree(source / relative, destination / relative)
+    return destination
+
+
+def measurements(artifacts: Path) -> dict[str, dict]:
+    return {path.parent.name: json.loads(path.read_text())
+            for path in sorted((artifacts / "lds" / "subsets").glob("*/measurements.json"))}
+
+
+@pytest.fixture(scope="module")
+def lds_run(small_pipeline, tmp_path_factory) -> Path:
+    """The lds stage run sequentially on a copy of the small pipeline's outputs."""
+    artifacts = copy_pipeline(small_pipeline, tmp_path_factory.mktemp("lds") / "artifacts")
+    result = run_jobs("lds", env={**LDS, "ARTIFACTS_URI": str(artifacts)})
+    assert result.returncode == 0, result.stderr[-4000:]
+    return artifacts
+
+
+# ---- in-process ----
+
+def test_subsets_are_seeded_and_the_same_however_many_are_drawn():
+    first = lds.draw_subset(100, 0.5, 0, 3)
+    assert first == lds.draw_subset(100, 0.5, 0, 3) == sorted(set(first)) and len(first) == 50
+    assert first != lds.draw_subset(100, 0.5, 1, 3) and first != lds.draw_subset(100, 0.5, 0, 4)
+    assert len(lds.draw_subset(10, 0.25, 0, 0)) == 2
+
+
+def test_scores_that_predict_the_measurements_exactly_score_one_and_reversed_minus_one():
+    rng = np.random.default_rng(0)
+    mask = lds.subset_mask([sorted(rng.choice(20, 10, replace=False)) for _ in range(12)], 20)
+    scores = torch.randn(3, 20, dtype=torch.float64)
+    measured = -(mask @ scores.T)  # a positive score lowers the measurement
+    assert lds.lds(scores, mask, measured) == pytest.approx([1.0] * 3)
+    assert lds.lds(-scores, mask, measured) == pytest.approx([-1.0] * 3)
+    chance = lds.random_baseline(20, mask, measured, draws=200, seed=0, label="random", task="t")
+    assert abs(chance["lds"]) < 2 * chance["stderr"] + 0.02 and chance["stderr"] < 0.05
+
+
+# ---- the stage ----
+
+def test_correlations_recomputed_from_the_published_files_agree(lds_run):
+    """Every LDS in lds.json follows from the published measurements and scores files alone."""
+    result = json.loads((lds_run / "reports/lds/lds.json").read_text())
+    subsets = measurements(lds_run)
+    assert len(subsets) == result["subsets"] == 4 and result["seeds"] == 2
+    examples = len(load_from_disk(str(lds_run / "data/train")))
+    prompts = json.loads((ROOT / "prompts.json").read_text())
+    assert [(p["prompt"], p["completion"]) for p in result["prompts"]] == [
+        (p["prompt"], p["completion"]) for p in prompts]
+    texts = load_from_disk(str(lds_run / "data/train"))["text"]
+    index = BM25Okapi([lds_words(text) for text in texts])
+    matrices = {
+        "prompt_scores": load_file(str(lds_run / "influence/scores_prompt_scores/pairwise_scores.safetensors")),
+        "identity": load_file(str(lds_run / "influence/scores_lds_identity/pairwise_scores.safetensors")),
+    }
+    matrices = {name: matrix["all_modules"].double().numpy() for name, matrix in matrices.items()}
+    matrices["bm25"] = np.stack([index.get_scores(lds_words(p["prompt"] + p["completion"])) for p in prompts])
+    for name, matrix in matrices.items():
+        for number in range(len(prompts)):
+            predicted, measured = [], []
+            for subset in subsets.values():
+                assert len(subset["examples"]) == examples // 2 and len(subset["measurements"]) == 2
+                predicted.append(-matrix[number, subset["examples"]].sum())
+                measured.append(np.mean([seed["language_modeling"][number] for seed in subset["measurements"]]))
+            expected = spearmanr(predicted, measured).statistic
+            assert result["methods"][name]["per_prompt"][number] == pytest.approx(expected, abs=1e-6), (name, number)
+        values = result["methods"][name]["per_prompt"]
+        assert result["methods"][name]["lds"] == pytest.approx(np.mean(values), abs=1e-9)
+        assert result["methods"][name]["stderr"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(len(values)))
+    assert abs(result["methods"]["random"]["lds"]) < 0.1
+    for name in ("lds.md", "lds.png", "lds_prompts.png"):
+        assert (lds_run / "reports/lds" / name).stat().st_size > 1000
+    assert 0 <= min(p["probability"] for p in result["prompts"]) <= max(p["probability"] for p in result["prompts"]) < 1
+
+
+def lds_words(text: str) -> list[str]:
+    from influence_core.evaluation import words
+
+    return words(text)
+
+
+def test_the_report_states_the_lds_and_each_completions_probability(lds_run):
+    result = run_jobs("inspect_scores", "--no-per_token_scores", env={"ARTIFACTS_URI": str(lds_run)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((lds_run / "reports/prompt_scores/report.json").read_text())
+    measured = json.loads((lds_run / "reports/lds/lds.json").read_text())
+    assert report["lds"]["lds"] == measured["methods"]["prompt_scores"]["lds"]
+    assert set(report["lds"]["baselines"]) == {"identity", "bm25", "random"}
+    for entry, prompt in zip(report["prompts"], measured["prompts"]):
+        assert entry["probability"] == pytest.approx(prompt["probability"], rel=1e-6)
+        assert entry["near_certain"] == (entry["probability"] >= 0.9)
+    markdown = (lds_run / "reports/prompt_scores/prompt_scores_report.md").read_text()
+    html = (lds_run / "reports/prompt_scores/report.html").read_text()
+    assert f"LDS {report['lds']['lds']:.2f} ± {report['lds']['stderr']:.2f}" in markdown
+    assert f"LDS {report['lds']['lds']:.2f} ± {report['lds']['stderr']:.2f}" in html
+    assert markdown.count("The model's probability of the completion") == len(report["prompts"])
+
+
+def test_subsets_spread_over_four_processes_then_aggregated_equal_the_sequential_run(lds_run, small_pipeline,
+                                                                                      tmp_path):
+    artifacts = copy_pipeline(small_pipeline, tmp_path / "artifacts")
+    env = {**LDS, "ARTIFACTS_URI": str(artifacts)}
+    processes = [start_jobs("lds", env={**env, "SUBSET_INDEX": str(index)}) for index in range(4)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode == 0, stderr[-3000:]
+    assert not (artifacts / "reports/lds").exists()  # a subset alone publishes only itself
+    assert measurements(artifacts) == measurements(lds_run)
+    aggregate = run_jobs("lds", env=env)
+    assert aggregate.returncode == 0, aggregate.stderr[-3000:]
+    assert "4 of 4 subsets already published" in aggregate.stderr and "retraining" not in aggregate.stderr
+    ours, sequential = (json.loads((a / "reports/lds/lds.json").read_text()) for a in (artifacts, lds_run))
+    assert ours["methods"] == sequential["methods"]
+
+
+def test_a_subset_killed_with_kill_9_reruns_alone(lds_run, small_pipeline, tmp_path):
+    artifacts = copy_pipeline(small_pipeline, tmp_path / "artifacts")
+    env = {**LDS, "ARTIFACTS_URI": str(artifacts)}
+    process = start_jobs("lds", env=env)
+    deadline = time.monotonic() + 300
+    while not (artifacts / "lds/subsets/00001/_SUCCESS").exists():  # subsets 0 and 1 done, 2 in progress
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (artifacts / "reports/lds").exists()
+    done = {name: (artifacts / "lds/subsets" / name / "_SUCCESS").stat().st_mtime_ns for name in ("00000", "00001")}
+    rerun = run_jobs("lds", env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "2 of 4 subsets already published" in rerun.stderr
+    retrained = {line.split("subset ")[1].split(" ")[0] for line in rerun.stderr.splitlines() if "retraining" in line}
+    assert retrained == {"2", "3"}
+    assert {name: (artifacts / "lds/subsets" / name / "_SUCCESS").stat().st_mtime_ns for name in done} == done
+    assert measurements(artifacts) == measurements(lds_run)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--subset_index", "4"], LDS, "out of range"),
+    (["--lds_fraction", "1"], {}, "LDS_FRACTION"),
+    (["--lds_scores", "no_such_scores"], {}, "run the compute_scores stage first"),
+    (["--prompts", str(ROOT / "prompts-hard.json")], {}, "other prompts than PROMPTS"),
+])
+def test_bad_input_is_refused_in_one_line(small_pipeline, tmp_path, args, env, message):
+    artifacts = copy_pipeline(small_pipeline, tmp_path / "artifacts")
+    result = run_jobs("lds", *args, env={**env, "ARTIFACTS_URI": str(artifacts)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (artifacts / "lds").exists() and not (artifacts / "reports/lds").exists()
