@@ -283,8 +283,20 @@ def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, 
     artifacts_uri = s3_bucket + "/" + rendered_uri.removeprefix("s3://").partition("/")[2]
     order = ["train", *make_steps("deploy-fit-factors-sharded", "local"), "inspect-factors",
              *make_steps("deploy-compute-scores-sharded", "local"), "compute-self-scores", "inspect-scores"]
-    assert {stage_of(jobs[name]) for name in order} == set(STAGE_SETTINGS) - {"preview_data"}
+    lds_order = [*make_steps("deploy-lds", "local"), "inspect-scores"]  # then the report states the LDS
+    assert {stage_of(jobs[name]) for name in order + lds_order} == set(STAGE_SETTINGS) - {"preview_data"}
     logs = {name: run_job(jobs[name], objects, tmp_path, s3_env, artifacts_uri) for name in order}
+    # The LDS Jobs with 2 subsets of 1 seed (as a user sets LDS_SUBSETS and LDS_SEEDS in settings.env):
+    # lds-retrain runs a pod per subset, lds correlates.
+    k8s = copy_k8s(tmp_path)
+    settings_env = k8s / "base" / "settings.env"
+    settings_env.write_text(settings_env.read_text().replace("LDS_SUBSETS=16", "LDS_SUBSETS=2")
+                            .replace("LDS_SEEDS=2", "LDS_SEEDS=1"))
+    lds_objects = kustomize(k8s / "overlays" / "local")
+    lds_jobs = jobs_by_name(lds_objects)
+    lds_logs = [run_job(lds_jobs[name], lds_objects, tmp_path / "lds", s3_env, artifacts_uri) for name in lds_order]
+    assert len(lds_logs[0]) == 2 and all("published subset" in log for log in lds_logs[0]), lds_logs[0]
+    assert "2 of 2 subsets already published" in lds_logs[1][0], lds_logs[1][0][-2000:]
 
     # Each pod of an Indexed Job computed its own partition, and the next step restored them.
     assert len(logs["fit-factors-covariance"]) == len(logs["compute-scores-shards"]) == 2
@@ -316,6 +328,8 @@ def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, 
         (p["prompt"], p["completion"]) for p in prompts]
     assert all(p["top_positive"] and p["top_negative"] for p in report["prompts"])
     assert report["self_influence"], "compute-self-scores ran before inspect-scores"
+    assert report["lds"]["subsets"] == 2 and set(report["lds"]["baselines"]) == {"identity", "bm25", "random"}
+    assert fs.exists(f"{artifacts_uri}/reports/lds/lds.md")
     assert fs.exists(f"{report_dir}/{env['SCORES_NAME']}_report.md")
     # The image's GIT_SHA (the build argument) is what the manifests record.
     assert json.loads(fs.cat_file(f"{report_dir}/_SUCCESS"))["git_sha"] == BUILD_SHA
