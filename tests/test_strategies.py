@@ -34,3 +34,32 @@ def test_strategy_end_to_end(small_pipeline, strategy, recorded):
     assert all(len(entry["top_positive"]) == 3 for entry in report["prompts"])
     assert all(math.isfinite(item["score"]) for entry in report["prompts"] for item in entry["top_positive"])
     assert 0.0 <= report["fact_recall_at_10"] <= 1.0
+
+
+def test_tracked_modules_choose_what_is_scored(small_pipeline):
+    """TRACKED_MODULES: the factors record the modules they cover and scoring tracks those; identity
+    scores are sums over modules, so MLP + attention = MLP + attention alone."""
+    from safetensors.torch import load_file
+
+    from influence_core.errors import ConfigError
+
+    common = ["--artifacts_uri", str(small_pipeline), "--factor_strategy", "identity"]
+    scores = {}
+    for name, pattern in (("mlp", None), ("attn", r"attn\.attention"), ("both", "mlp|attn")):
+        flags = ["--tracked_modules", pattern] if pattern else []
+        fit_factors.main(load_settings(FitFactorsSettings, [*common, "--factors_name", f"tracked_{name}", *flags]))
+        compute_scores.main(load_settings(ComputeScoresSettings, [
+            "--artifacts_uri", str(small_pipeline), "--factors_name", f"tracked_{name}",
+            "--scores_name", f"tracked_{name}"]))
+        factors = small_pipeline / "influence" / f"factors_tracked_{name}"
+        scores[name] = load_file(str(small_pipeline / "influence" / f"scores_tracked_{name}" /
+                                     "pairwise_scores.safetensors"))["all_modules"].double()
+        assert len(json.loads((factors / "tracked_modules.json").read_text())) == {"mlp": 8, "attn": 16,
+                                                                                    "both": 24}[name]
+    combined = scores["mlp"] + scores["attn"]
+    assert ((scores["both"] - combined).abs().max() / combined.abs().max()).item() < 1e-4
+    assert (scores["both"] - scores["mlp"]).abs().max() > 1e-3 * scores["mlp"].abs().max()
+    with pytest.raises(ConfigError, match=r"TRACKED_MODULES=nothing: matches none of the model's Linear modules "
+                                          r"\(transformer\.h\.0\.attn\.attention\.k_proj, "):
+        fit_factors.main(load_settings(FitFactorsSettings, [*common, "--factors_name", "tracked_none",
+                                                            "--tracked_modules", "nothing"]))
