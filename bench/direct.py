@@ -109,6 +109,7 @@ def scores(args: argparse.Namespace) -> dict:
     from influence_core.data import tokenize_prompts
     from influence_core.prompts import parse_prompts
     from influence_core.scores import length_sorted, restore_training_order
+    from influence_core.settings import DEFAULT_DAMPING
 
     factors_dir = Path(args.work) / "influence" / "factors_direct"
     factors_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +126,8 @@ def scores(args: argparse.Namespace) -> dict:
                                      train_dataset=train_examples,
                                      per_device_query_batch_size=args.query_batch_size or len(queries),
                                      per_device_train_batch_size=args.batch_size,
-                                     score_args=ScoreArguments(damping_factor=None), overwrite_output_dir=True)
+                                     score_args=ScoreArguments(damping_factor=DEFAULT_DAMPING),
+                                     overwrite_output_dir=True)
     seconds = time.perf_counter() - start
     path = Path(args.work) / "influence" / "scores_direct" / "pairwise_scores.safetensors"
     if order is not None:
