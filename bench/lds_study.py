@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from datasets import load_from_disk
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -59,31 +62,61 @@ def fitted_and_scored(name: str, fit: list[str], score: list[str], env: dict | N
             + jobs("compute_scores", "--factors_name", factors, "--scores_name", name, *score, env=env))
 
 
+def cost(artifacts: Path, *outputs: str) -> float:
+    """The seconds the outputs took when they were made (their _SUCCESS timings): true on reruns too."""
+    return sum(json.loads((artifacts / output / "_SUCCESS").read_text())["timings"]["seconds"] for output in outputs)
+
+
+def member(artifacts: Path, seed: int, epochs: float | None) -> tuple[Path, float]:
+    """An ensemble member: the demo's model trained with another training seed (and optionally fewer
+    epochs) on the same corpus and tokenizer, fitted and scored at the defaults. Returns its
+    influence directory and what it cost (train + fit + score seconds)."""
+    name = f"training_seed_{seed}" + (f"_epochs_{epochs:g}" if epochs else "")
+    root = artifacts / "study-members" / name
+    env = {"ARTIFACTS_URI": str(root), "TRAINING_SEED": str(seed), **({"NUM_TRAIN_EPOCHS": str(epochs)} if epochs
+                                                                      else {})}
+    jobs("train", env=env)
+    fitted_and_scored(DEFAULT, [], [], env=env)
+    tokens = [load_from_disk(str(path / "data/train"))["input_ids"] for path in (root, artifacts)]
+    assert tokens[0] == tokens[1], f"{name}: another corpus or tokenizer than the model's"
+    seconds = cost(root, "model", "influence/factors_tiny_lm_factors", f"influence/scores_{DEFAULT}")
+    print(f"ensemble member {name}: {seconds:.0f} s to train, fit and score", flush=True)
+    return root / "influence", seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=3, help="Largest ensemble (models with training seeds 0..)")
+    parser.add_argument("--cheap_epochs", type=float, default=5,
+                        help="Epochs of the cheaper members (the default model trains 10)")
     args = parser.parse_args()
-    artifacts = os.environ.setdefault("ARTIFACTS_URI", str(ROOT / "artifacts"))
+    artifacts = Path(os.environ.setdefault("ARTIFACTS_URI", str(ROOT / "artifacts")))
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     started = time.time()
-    seconds = {"train": jobs("train")}
+    jobs("train")
+    seconds = {}
     for name, (_, fit, score) in VARIANTS.items():
-        seconds[name] = fitted_and_scored(name, fit, score)
+        fitted_and_scored(name, fit, score)
+        factors = json.loads((artifacts / f"influence/scores_{name}/_SUCCESS").read_text())["settings"]["factors_name"]
+        seconds[name] = cost(artifacts, f"influence/factors_{factors}", f"influence/scores_{name}")
         print(f"{name}: fitted and scored in {seconds[name]:.0f} s", flush=True)
-    seconds["lds"] = jobs("lds", "--lds_scores", ",".join(VARIANTS))
-    print(f"lds: {seconds['lds']:.0f} s", flush=True)
-    result = json.loads(Path(artifacts, "reports/lds/lds.json").read_text())
+    jobs("lds", "--lds_scores", ",".join(VARIANTS))
+    seconds["lds"] = cost(artifacts, "reports/lds")
+    result = json.loads((artifacts / "reports/lds/lds.json").read_text())
 
-    # Ensembles: models trained with other training seeds on the same corpus and tokenizer.
-    members = [Path(artifacts) / "influence"]
-    for seed in range(1, args.members):
-        member = Path(artifacts) / "study-members" / f"training_seed_{seed}"
-        env = {"ARTIFACTS_URI": str(member), "TRAINING_SEED": str(seed)}
-        member_seconds = jobs("train", env=env) + fitted_and_scored(DEFAULT, [], [], env=env)
-        seconds[f"member_{seed}"] = member_seconds
-        print(f"ensemble member {seed}: trained, fitted and scored in {member_seconds:.0f} s", flush=True)
-        members.append(member / "influence")
-    ensembles = ensemble_lds(Path(artifacts), members, result)
+    # Ensembles: models trained with other training seeds on the same corpus and tokenizer, at full
+    # or at fewer epochs (the cheaper way), each averaged with the default model's scores.
+    seconds["model"] = cost(artifacts, "model")
+    groups = {}
+    for epochs in (None, args.cheap_epochs):
+        members = [member(artifacts, seed, epochs) for seed in range(1, args.members)]
+        for size in range(2, args.members + 1):
+            if epochs is None or size == args.members:
+                label = (f"{size} models (training seeds 0..{size - 1})" if epochs is None else
+                         f"{size} models, the other {size - 1} trained {epochs:g} epochs (seeds 1..{size - 1})")
+                groups[label] = [artifacts / "influence", *(path for path, _ in members[:size - 1])]
+                seconds[f"ensemble: {label}"] = sum(extra for _, extra in members[:size - 1])
+    ensembles = ensemble_lds(artifacts, groups, result)
 
     rows = [{"name": name, "variant": VARIANTS[name][0], **pick(result["methods"][name]),
              "paired": paired(result, name)} for name in VARIANTS]
@@ -110,9 +143,8 @@ def paired(result: dict, name: str) -> dict:
     return {"difference": difference, "stderr": stderr}
 
 
-def ensemble_lds(artifacts: Path, members: list[Path], result: dict) -> list[dict]:
-    """LDS of the mean of the first k members' default scores, k = 2.., against the published subsets."""
-    import torch
+def ensemble_lds(artifacts: Path, groups: dict[str, list[Path]], result: dict) -> list[dict]:
+    """LDS of each group's mean default scores against the published subsets."""
     from safetensors.torch import load_file
 
     from influence_core import lds
@@ -120,24 +152,27 @@ def ensemble_lds(artifacts: Path, members: list[Path], result: dict) -> list[dic
     published = sorted((artifacts / "lds" / "subsets").glob("*/measurements.json"))
     subsets = [subset for subset in (json.loads(path.read_text()) for path in published)
                if subset["subset"] < result["subsets"]]
-    scores = [load_file(str(member / f"scores_{DEFAULT}" / "pairwise_scores.safetensors"))["all_modules"]
-              for member in members]
-    examples = scores[0].shape[1]
+
+    def scores(influence: Path) -> torch.Tensor:
+        return load_file(str(influence / f"scores_{DEFAULT}" / "pairwise_scores.safetensors"))["all_modules"]
+
+    single = scores(artifacts / "influence")
+    examples = single.shape[1]
     mask = lds.subset_mask([subset["examples"] for subset in subsets], examples)
     measured = torch.tensor([[sum(seed["language_modeling"][p] for seed in subset["measurements"]) /
-                              len(subset["measurements"]) for p in range(scores[0].shape[0])] for subset in subsets],
+                              len(subset["measurements"]) for p in range(single.shape[0])] for subset in subsets],
                             dtype=torch.float64)
     # The single model again from the same files: it must equal what the stage reported.
-    check = lds.lds(scores[0], mask, measured)
+    check = lds.lds(single, mask, measured)
     assert max(abs(a - b) for a, b in zip(check, result["methods"][DEFAULT]["per_prompt"])) < 1e-9
     rows = []
-    for size in range(2, len(scores) + 1):
-        per_prompt = lds.lds(sum(scores[:size]) / size, mask, measured)
+    for label, members in groups.items():
+        per_prompt = lds.lds(sum(scores(path) for path in members) / len(members), mask, measured)
         mean, stderr = lds.mean_and_stderr(per_prompt)
         difference, paired_stderr = lds.paired_difference(per_prompt, check)
-        rows.append({"name": f"study_ensemble_{size}", "variant": f"ensemble: the defaults' scores averaged over "
-                     f"{size} models (training seeds 0..{size - 1})", "lds": mean, "stderr": stderr,
-                     "per_prompt": per_prompt, "paired": {"difference": difference, "stderr": paired_stderr}})
+        rows.append({"name": f"ensemble: {label}", "variant": f"ensemble: the defaults' scores averaged over {label}",
+                     "lds": mean, "stderr": stderr, "per_prompt": per_prompt,
+                     "paired": {"difference": difference, "stderr": paired_stderr}})
     return rows
 
 
@@ -156,7 +191,8 @@ def render(study: dict) -> str:
         difference = "" if row["name"] == DEFAULT else (
             f"{row['paired']['difference']:+.3f} ± {row['paired']['stderr']:.3f}")
         lines.append(f"| {row['variant']} | {row['lds']:.3f} | {row['stderr']:.3f} | {difference} |")
-    lines += ["", "Seconds (fit factors + compute scores per variant; train + fit + score per ensemble member):", ""]
+    lines += ["", "Seconds, from the outputs' _SUCCESS timings (fit factors + compute scores per variant; the "
+              "correlations; the default model's training; train + fit + score of an ensemble's extra members):", ""]
     lines += [f"- {name}: {value:.0f}" for name, value in study["seconds"].items()]
     lines += ["", f"Total: {study['total_seconds'] / 60:.1f} minutes."]
     return "\n".join(lines) + "\n"
