@@ -22,6 +22,7 @@ from pathlib import Path
 
 from influence_core.errors import ConfigError
 from influence_core.prompts import Prompt, parse_prompts
+from influence_core.runtime import world_size
 from influence_core.settings import (
     ComputeScoresSettings,
     FitFactorsSettings,
@@ -47,6 +48,9 @@ def subset_output(index: int) -> str:
 
 
 def main(settings: LdsSettings) -> None:
+    if world_size() > 1:  # each process would retrain the same subsets
+        raise ConfigError("lds runs as one process: start it with --nproc-per-node=1 and spread the subsets over "
+                          "processes or pods with SUBSET_INDEX (the lds-retrain Indexed Job)")
     started = time.time()
     prompts = parse_prompts(read_uri(settings.prompts, "PROMPTS"), settings.prompts)
     artifacts = open_artifacts(settings.artifacts_uri)

@@ -167,6 +167,7 @@ def test_a_subset_killed_with_kill_9_reruns_alone(lds_run, small_pipeline, tmp_p
     (["--lds_fraction", "1"], {}, "LDS_FRACTION"),
     (["--lds_scores", "no_such_scores"], {}, "run the compute_scores stage first"),
     (["--prompts", str(ROOT / "prompts-hard.json")], {}, "other prompts than PROMPTS"),
+    ([], {"WORLD_SIZE": "2"}, "lds runs as one process"),
 ])
 def test_bad_input_is_refused_in_one_line(small_pipeline, tmp_path, args, env, message):
     artifacts = copy_pipeline(small_pipeline, tmp_path / "artifacts")
