@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from influence_core.demo_corpus import FACTS, build_demo_corpus
+from influence_core.demo_corpus import FACTS, HARD_FACTS, build_demo_corpus
+from influence_core.evaluation import words
 from tests.conftest import ROOT
 
 
@@ -37,3 +38,20 @@ def test_shipped_prompts_ask_every_fact():
     assert {(fact.prompt, fact.completion) for fact in FACTS} <= pairs
     assert len(prompts) > len(FACTS)
     assert any(not p["prompt"].isascii() for p in prompts)
+
+
+def test_demo_hard_puts_the_completion_words_where_the_fact_is_not_stated():
+    """demo-hard: every completion word also occurs in at least 20 documents that do not state the
+    fact, and the prompt's relation holds for other subjects, so word overlap points elsewhere."""
+    corpus = build_demo_corpus(600, corpus="demo-hard")
+    assert corpus == build_demo_corpus(600, corpus="demo-hard")
+    prompts = json.loads((ROOT / "prompts-hard.json").read_text())
+    assert {(fact.prompt, fact.completion) for fact in HARD_FACTS} <= {(p["prompt"], p["completion"]) for p in prompts}
+    for fact, planted in zip(HARD_FACTS, corpus.facts):
+        stating = [i for i, text in enumerate(corpus.texts) if any(s in text for s in fact.statements)]
+        assert sorted(planted["documents"]) == stating and 4 <= len(stating) <= 8
+        for word in words(fact.completion):
+            elsewhere = [i for i, text in enumerate(corpus.texts) if word in words(text) and i not in stating]
+            assert len(elsewhere) >= 20, (fact.completion, word, len(elsewhere))
+        assert sum(any(r in text for r in fact.relatives) for text in corpus.texts) >= len(fact.relatives)
+    assert build_demo_corpus(600).texts != corpus.texts
