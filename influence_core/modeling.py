@@ -1,4 +1,4 @@
-"""GPT-Neo model presets and loading."""
+"""Models: GPT-Neo presets trained from scratch, and loading any saved causal LM for analysis."""
 
 from __future__ import annotations
 
@@ -6,7 +6,18 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import GPTNeoConfig, GPTNeoForCausalLM, PreTrainedTokenizerBase
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GPTNeoConfig,
+    GPTNeoForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.pytorch_utils import Conv1D
+
+from influence_core.errors import ConfigError
 
 # Named sizes. "tiny" trains on a laptop CPU in about a minute; "gpt-neo-125m" is the architecture
 # of EleutherAI/gpt-neo-125M (12 layers, hidden 768, 12 heads, alternating global/local attention).
@@ -36,21 +47,50 @@ def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, max_length: int
     return GPTNeoForCausalLM(config)
 
 
-def load_model(model_dir: str | Path) -> GPTNeoForCausalLM:
-    """Load a saved model (safetensors only) in float32 and eval mode."""
-    model = GPTNeoForCausalLM.from_pretrained(model_dir, use_safetensors=True, dtype=torch.float32)
-    return model.eval()
+# The modules Kronfluence tracks unless TRACKED_MODULES says otherwise: the MLP projections of
+# every block, by architecture (config.model_type), as a pattern over module names.
+MLP_PROJECTIONS = {
+    "gpt_neo": r"\.mlp\.c_(fc|proj)$",
+    "gpt2": r"\.mlp\.c_(fc|proj)$",  # Conv1D in transformers; analysed as Linear (with_linear_layers)
+    "gpt_neox": r"\.mlp\.dense_(h_to_4h|4h_to_h)$",  # Pythia
+    "llama": r"\.mlp\.(gate|up|down)_proj$",
+    "mistral": r"\.mlp\.(gate|up|down)_proj$",
+    "qwen2": r"\.mlp\.(gate|up|down)_proj$",
+}
 
 
-def _skeleton(model_dir: str | Path) -> GPTNeoForCausalLM:
-    """The saved model's modules without its weights (on the meta device: nothing is allocated)."""
+def load_model(model_dir: str | Path) -> PreTrainedModel:
+    """Load a saved causal LM (safetensors only, never remote code) in float32 and eval mode, its
+    Conv1D layers (GPT-2) as equivalent Linear layers."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, dtype=torch.float32)
+    return with_linear_layers(model).eval()
+
+
+def with_linear_layers(model: PreTrainedModel) -> PreTrainedModel:
+    """Replace transformers' Conv1D layers (GPT-2's projections: y = x W + b, W stored in x out) by
+    nn.Linear layers computing the same (W transposed): Kronfluence tracks Linear and Conv2d only."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Conv1D):
+            inputs, outputs = module.weight.shape
+            linear = nn.Linear(inputs, outputs, device=module.weight.device, dtype=module.weight.dtype)
+            with torch.no_grad():
+                linear.weight.copy_(module.weight.T)
+                linear.bias.copy_(module.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, linear)
+    return model
+
+
+def _skeleton(model_dir: str | Path) -> PreTrainedModel:
+    """The saved model's modules, as analysed, without its weights (on the meta device: nothing is
+    allocated)."""
     with torch.device("meta"):
-        return GPTNeoForCausalLM(GPTNeoConfig.from_pretrained(model_dir))
+        return with_linear_layers(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)))
 
 
 def linear_module_names(model_dir: str | Path) -> list[str]:
     """The names of the model's Linear modules, read from its config (no weights are loaded)."""
-    return [name for name, module in _skeleton(model_dir).named_modules() if isinstance(module, torch.nn.Linear)]
+    return [name for name, module in _skeleton(model_dir).named_modules() if isinstance(module, nn.Linear)]
 
 
 def weight_count(model_dir: str | Path, names: list[str]) -> int:
@@ -60,14 +100,34 @@ def weight_count(model_dir: str | Path, names: list[str]) -> int:
 
 
 def tracked_module_names(model_dir: str | Path, pattern: str | None = None) -> list[str]:
-    """The modules Kronfluence tracks: the MLP projections of every block, or with `pattern` every
-    Linear module whose name it matches (re.search, e.g. "mlp|attn")."""
-    if pattern is None:
-        return mlp_module_names(GPTNeoConfig.from_pretrained(model_dir).num_layers)
-    return [name for name in linear_module_names(model_dir) if re.search(pattern, name)]
+    """The modules Kronfluence tracks: the MLP projections of every block (MLP_PROJECTIONS), or with
+    `pattern` every Linear module whose name it matches (re.search, e.g. "mlp|attn"). Empty for an
+    architecture without a known default."""
+    pattern = pattern or MLP_PROJECTIONS.get(AutoConfig.from_pretrained(model_dir).model_type)
+    return [name for name in linear_module_names(model_dir) if pattern and re.search(pattern, name)]
+
+
+def checked_tracked_modules(model_dir: str | Path, pattern: str | None) -> list[str]:
+    """tracked_module_names, or one line saying why there are none and which Linear modules there are."""
+    names = tracked_module_names(model_dir, pattern)
+    if names:
+        return names
+    linear = ", ".join(linear_module_names(model_dir))
+    if pattern:
+        raise ConfigError(f"TRACKED_MODULES={pattern}: matches none of the model's Linear modules ({linear})")
+    model_type = AutoConfig.from_pretrained(model_dir).model_type
+    raise ConfigError(f"the model's architecture ({model_type}) has no known modules to track: set TRACKED_MODULES, "
+                      f"a regular expression over its Linear modules ({linear})")
+
+
+def block_of(module_name: str) -> int | None:
+    """The block a module belongs to: the first number in its name (transformer.h.3.mlp.c_fc: 3;
+    model.layers.3.mlp.up_proj: 3)."""
+    found = re.search(r"\.(\d+)\.", module_name)
+    return int(found.group(1)) if found else None
 
 
 def mlp_module_names(num_layers: int, layers: list[int] | None = None) -> list[str]:
-    """The MLP projections Kronfluence tracks: c_fc and c_proj of each (or the given) block."""
+    """GPT-Neo's MLP projections: c_fc and c_proj of each (or the given) block."""
     layers = range(num_layers) if layers is None else layers
     return [f"transformer.h.{i}.mlp.{name}" for i in layers for name in ("c_fc", "c_proj")]

@@ -98,7 +98,7 @@ def per_token_scores(model_dir: Path, train_dir: Path, factors_name: str, task_n
 
 def tracked_weights(model_dir: Path, work_dir: Path, factors_name: str) -> int:
     """Weights of the modules Kronfluence tracks (those the factors cover)."""
-    names = tracked_modules(factors_dir(work_dir, factors_name), AutoConfig.from_pretrained(model_dir).num_layers)
+    names = tracked_modules(factors_dir(work_dir, factors_name), model_dir)
     return weight_count(model_dir, names)
 
 

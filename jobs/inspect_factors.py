@@ -17,6 +17,7 @@ from influence_core.storage import work_dir
 from jobs.common import already_done, manifest, open_artifacts, parse
 
 log = logging.getLogger("jobs.inspect_factors")
+BLOCK_COUNT_KEYS = ("num_hidden_layers", "num_layers", "n_layer")  # config.json's name for it, by architecture
 
 
 def main(settings: InspectFactorsSettings) -> None:
@@ -26,7 +27,8 @@ def main(settings: InspectFactorsSettings) -> None:
     artifacts = open_artifacts(settings.artifacts_uri)
     factors = f"influence/factors_{settings.factors_name}"
     inputs = artifacts.require("model", factors)
-    num_layers = json.loads(artifacts.read_bytes("model/config.json"))["num_layers"]
+    config = json.loads(artifacts.read_bytes("model/config.json"))  # the weights are not needed
+    num_layers = next(config[key] for key in BLOCK_COUNT_KEYS if key in config)
     layer = num_layers - 1 if settings.layer_num is None else settings.layer_num
     if layer >= num_layers:
         raise ConfigError(f"invalid setting LAYER_NUM (--layer_num): the model has layers 0..{num_layers - 1}, "
@@ -37,13 +39,15 @@ def main(settings: InspectFactorsSettings) -> None:
         return
 
     from influence_core.factors import tracked_modules
+    from influence_core.modeling import block_of
     from influence_core.reports import factor_summary, plot_factors
 
     strategy = artifacts.manifest(factors)["settings"].get("factor_strategy")
     with work_dir() as work:
         factors_dir = artifacts.fetch(factors, work / "factors")
-        tracked = tracked_modules(factors_dir, num_layers)
-        block = [name for name in tracked if name.startswith(f"transformer.h.{layer}.")]
+        (work / "config").mkdir()
+        (work / "config" / "config.json").write_text(json.dumps(config))
+        block = [name for name in tracked_modules(factors_dir, work / "config") if block_of(name) == layer]
         plots = plot_factors(factors_dir, block, work / "plots", strategy)
         if not plots:
             log.warning("the %r factors hold no lambda matrices or eigenvalues (identity strategy?): "
