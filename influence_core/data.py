@@ -80,22 +80,35 @@ def _read_texts(stream, dataset: str, text_column: str, limit: int) -> list[str]
 
 
 def tokenize_corpus(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
-    """One training example per document: its tokens plus end-of-text, cut at max_length."""
+    """One training example per document: its tokens (after a BOS token where the tokenizer adds
+    one) plus end-of-text, cut at max_length."""
 
     def encode(batch: dict) -> dict:
-        ids = [(row + [tokenizer.eos_token_id])[:max_length] for row in tokenizer(batch["text"])["input_ids"]]
+        ids = [(row + ([] if row[-1:] == [tokenizer.eos_token_id] else [tokenizer.eos_token_id]))[:max_length]
+               for row in tokenizer(batch["text"])["input_ids"]]
         return {"input_ids": ids, "attention_mask": [[1] * len(row) for row in ids]}
 
     return Dataset.from_dict({"text": list(texts)}).map(encode, batched=True)
 
 
 def tokenize_prompts(prompts: Sequence[Prompt], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
-    """Query examples: prompt tokens are labelled -100, so only the completion is measured."""
+    """Query examples: a BOS token where the tokenizer adds one (at the start only), the prompt's
+    tokens, then the completion's (no special tokens), labelled -100 but for the completion's, so
+    only the completion is measured. The completion must tokenize as it does after the prompt."""
     rows = {"input_ids": [], "attention_mask": [], "labels": []}
     for number, item in enumerate(prompts):
-        prompt_ids = tokenizer(item.prompt)["input_ids"]
-        completion_ids = tokenizer(item.completion)["input_ids"]
+        prompt_ids = _bos(tokenizer) + tokenizer(item.prompt, add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(item.completion, add_special_tokens=False)["input_ids"]
+        together = _bos(tokenizer) + tokenizer(item.prompt + item.completion, add_special_tokens=False)["input_ids"]
         ids = prompt_ids + completion_ids
+        if together != ids:
+            where = next((i for i, (a, b) in enumerate(zip(together, ids)) if a != b), min(len(together), len(ids)))
+            raise ConfigError(
+                f"PROMPTS: entry {number} ({item.prompt!r} + {item.completion!r}) tokenizes differently as one text "
+                f"than as prompt and completion apart, from token {where}: "
+                f"{tokenizer.convert_ids_to_tokens(together[where:where + 3])} against "
+                f"{tokenizer.convert_ids_to_tokens(ids[where:where + 3])}; start the completion with the space that "
+                "separates it from the prompt, and end the prompt without one")
         if len(ids) > max_length:
             raise ConfigError(
                 f"PROMPTS: entry {number} has {len(ids)} tokens, more than the model's max length {max_length}"
@@ -104,6 +117,13 @@ def tokenize_prompts(prompts: Sequence[Prompt], tokenizer: PreTrainedTokenizerBa
         rows["attention_mask"].append([1] * len(ids))
         rows["labels"].append([-100] * len(prompt_ids) + completion_ids)
     return Dataset.from_dict(rows)
+
+
+def _bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """[BOS] when the tokenizer puts one before a text, else []."""
+    ids = tokenizer("a")["input_ids"]
+    return ids[:1] if tokenizer.bos_token_id is not None and ids[:1] == [tokenizer.bos_token_id] and len(ids) > len(
+        tokenizer("a", add_special_tokens=False)["input_ids"]) else []
 
 
 class PadCollator:

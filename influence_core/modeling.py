@@ -10,6 +10,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoTokenizer,
     GPTNeoConfig,
     GPTNeoForCausalLM,
     PreTrainedModel,
@@ -18,6 +19,7 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from influence_core.errors import ConfigError
+from influence_core.storage import download_directory, read_uri
 
 # Named sizes. "tiny" trains on a laptop CPU in about a minute; "gpt-neo-125m" is the architecture
 # of EleutherAI/gpt-neo-125M (12 layers, hidden 768, 12 heads, alternating global/local attention).
@@ -57,6 +59,61 @@ MLP_PROJECTIONS = {
     "mistral": r"\.mlp\.(gate|up|down)_proj$",
     "qwen2": r"\.mlp\.(gate|up|down)_proj$",
 }
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # save_pretrained's, one file or shards
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]  # config, weights, tokenizer files
+
+
+def resolve_model(model: str, tracked_modules: str | None, work_dir: Path) -> Path:
+    """MODEL as a local directory: itself, or downloaded from an fsspec URL or the Hugging Face Hub.
+    Checked before the weights are read or downloaded: it must hold a config and safetensors
+    weights, and its architecture modules to track (or TRACKED_MODULES must match some)."""
+    if "://" in model:  # a bucket: the config first, the weights only once it passes
+        config_dir = work_dir / "source-config"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        (config_dir / "config.json").write_bytes(read_uri(f"{model.rstrip('/')}/config.json", "MODEL"))
+        checked_tracked_modules(config_dir, tracked_modules)
+        local = download_directory(model, work_dir / "source-model")
+    elif Path(model).exists() or model.startswith((".", "/", "~")):
+        local = Path(model).expanduser()
+        if not local.is_dir():
+            raise ConfigError(f"MODEL={model}: {'is not a directory' if local.exists() else 'does not exist'}; "
+                              "expected a directory made by save_pretrained, a Hugging Face model name or a URL")
+    else:
+        local = _from_hub(model, work_dir)
+    if not (local / "config.json").is_file():
+        raise ConfigError(f"MODEL={model}: no config.json there: not a saved model (save_pretrained writes one)")
+    if not any((local / name).is_file() for name in WEIGHT_FILES):
+        raise ConfigError(f"MODEL={model}: no safetensors weights there ({' or '.join(WEIGHT_FILES)}); only "
+                          "safetensors are loaded: save_pretrained(..., safe_serialization=True) writes them")
+    checked_tracked_modules(local, tracked_modules)
+    return local
+
+
+def _from_hub(name: str, work_dir: Path) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_FILES, cache_dir=work_dir / "hub"))
+    except Exception as error:  # any failure to fetch a user's model name is bad input, said in one line
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"MODEL={name}: not a local directory, and not fetched from the Hugging Face Hub "
+                          f"({reason})") from None
+
+
+def pretrained_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    """The model's own tokenizer; padding uses its end-of-text token when it has no pad token (no
+    token is added: the model's embeddings stay as they are, and padding is masked anyway)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_pretrained(model_dir: Path, dtype: str) -> PreTrainedModel:
+    """MODEL for fine-tuning or publishing, in `dtype`, as transformers builds it (Conv1D stays)."""
+    return AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, dtype=getattr(torch, dtype))
 
 
 def load_model(model_dir: str | Path) -> PreTrainedModel:

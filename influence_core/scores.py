@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoTokenizer
 
 from influence_core.data import tokenize_prompts
+from influence_core.errors import ConfigError
 from influence_core.factors import ANALYSIS_NAME, build_analyzer, data_partitions, load_training_examples
 from influence_core.prompts import Prompt
 from influence_core.settings import ComputeScoresSettings, kronfluence_damping
@@ -63,9 +64,21 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
         )
         aggregated = local / "pairwise_scores.safetensors"
         if aggregated.exists():  # every partition is in and Kronfluence has aggregated them
+            check_one_row_per_prompt(aggregated, len(prompts))
             restore_training_order(aggregated, order)  # before the step is staged: uploaded once
         after_step()
     return local
+
+
+def check_one_row_per_prompt(path: Path, prompts: int) -> None:
+    """Kronfluence takes a tracked module's first input dimension for the batch: a module whose
+    input is flattened over the batch and the tokens (OPT's fc1 and fc2) gives a row per token."""
+    with safe_open(str(path), "pt") as scores_file:
+        rows = scores_file.get_slice("all_modules").get_shape()[0]
+    if rows != prompts:
+        raise ConfigError(f"TRACKED_MODULES: a tracked module sees the tokens of all examples as one batch (its "
+                          f"input is flattened), so the scores have {rows} rows for {prompts} prompts; track "
+                          "modules whose input keeps the example dimension")
 
 
 def length_sorted(examples: Dataset, partitions: int = 1) -> tuple[Dataset, list[int]]:

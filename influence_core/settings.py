@@ -93,7 +93,24 @@ class CorpusSettings(CommonSettings):
         return self
 
 
-class TrainSettings(CorpusSettings):
+class TrackedModulesSettings(CommonSettings):
+    tracked_modules: Annotated[str | None, AfterValidator(_regular_expression)] = Field(
+        None, description="Regular expression (re.search) over the model's Linear module names to track, e.g. "
+                          "'mlp|attn'; default the MLP projections of every block (GPT-Neo, GPT-2, GPT-NeoX, "
+                          "Llama, Mistral, Qwen2)")
+
+
+class ModelSettings(TrackedModulesSettings):
+    """A model of your own (README, "Analyse your own model")."""
+
+    model: str | None = Field(None, description="A Hugging Face model name, a local directory or an fsspec URL of "
+                                                "a saved causal LM (safetensors): train fine-tunes it, import_model "
+                                                "publishes it as it is; unset: train GPT-Neo from scratch")
+    model_dtype: Literal["float32", "bfloat16"] = Field("float32", description="The dtype MODEL is loaded, "
+                                                                               "fine-tuned and saved in")
+
+
+class TrainSettings(CorpusSettings, ModelSettings):
     max_length: Annotated[int, Field(ge=16, le=8192)] = 128
     model_preset: Literal["tiny", "small", "gpt-neo-125m"] = "tiny"
     tokenizer_name: str | None = Field(None, description="Pretrained tokenizer; default trains byte-level BPE")
@@ -139,12 +156,9 @@ class ShardSettings(CommonSettings):
         return self.shard_index if self.shard_index is not None else self.job_completion_index
 
 
-class FitFactorsSettings(ShardSettings):
+class FitFactorsSettings(ShardSettings, TrackedModulesSettings):
     factors_name: Name = "tiny_lm_factors"
     factor_strategy: Strategy = Field("ekfac", description=f"One of {', '.join(STRATEGIES)} (or diagfisher)")
-    tracked_modules: Annotated[str | None, AfterValidator(_regular_expression)] = Field(
-        None, description="Regular expression (re.search) over the model's Linear module names to track, e.g. "
-                          "'mlp|attn'; default the MLP projections (c_fc, c_proj) of every block")
     factor_batch_size: PositiveInt = 16
     covariance_data_partitions: PositiveInt = 1
     lambda_data_partitions: PositiveInt = 1
@@ -171,6 +185,19 @@ class FitFactorsSettings(ShardSettings):
         if self.shard >= partitions:
             raise ValueError(f"shard {self.shard} is out of range: the {self.factor_phase} phase has "
                              f"{partitions} data partitions (0..{partitions - 1})")
+        return self
+
+
+class ImportModelSettings(TrainSettings):
+    """MODEL published as it is to model/, with the corpus tokenized by its tokenizer in data/train/,
+    so every later stage runs unchanged. Of the train stage's settings it reads the corpus's,
+    MAX_LENGTH, MODEL, MODEL_DTYPE and TRACKED_MODULES."""
+
+    @model_validator(mode="after")
+    def _model_is_set(self) -> ImportModelSettings:
+        if not self.model:
+            raise ValueError("import_model needs MODEL: a Hugging Face model name, a local directory or an fsspec URL "
+                             "of a saved causal LM")
         return self
 
 

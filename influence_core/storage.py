@@ -313,6 +313,14 @@ def read_uri(uri: str, setting: str) -> bytes:
         raise ConfigError(f"{setting}={redact(uri)}: is a directory, expected a file") from None
 
 
+def download_directory(uri: str, destination: Path) -> Path:
+    """Copy every file below a directory URL (any fsspec URL) to `destination`."""
+    source = Artifacts(uri)
+    destination.mkdir(parents=True, exist_ok=True)
+    source._download("", destination)
+    return destination
+
+
 def describe_failure(error: BaseException) -> StorageError | None:
     """A one-line StorageError for failures of the object store (unreachable endpoint, missing
     bucket or credentials, access denied), or None for any other error."""

@@ -9,7 +9,7 @@ from influence_core.errors import ConfigError, StorageError
 from influence_core.runtime import handle_sigterm
 
 STAGES = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "inspect_scores",
-          "preview_data", "pipeline", "fetch_report", "evaluate", "lds")
+          "preview_data", "pipeline", "fetch_report", "evaluate", "lds", "import_model")
 
 
 def main(argv: list[str] | None = None) -> int:
