@@ -86,7 +86,7 @@ OVERLAY ?= local
 STAGE ?=
 ARGS ?=
 DOCKER_RUN_FLAGS ?=
-K8S_STAGES := train fit-factors inspect-factors compute-scores compute-self-scores inspect-scores preview-data lds
+K8S_STAGES := train import-model fit-factors inspect-factors compute-scores compute-self-scores inspect-scores preview-data lds
 # fit-factors and compute-scores spread over pods (README, "Spread over pods"): their Jobs in the
 # order they run. Indexed Jobs compute a data partition per pod; the stage's own Job aggregates.
 K8S_FIT_FACTORS_SHARDED := fit-factors-covariance fit-factors-eigendecomposition fit-factors-lambda fit-factors
@@ -154,8 +154,8 @@ define deploy_job
 endef
 
 ## deploy-<stage> [OVERLAY=local|cloud]: run one stage as a Job and wait for it; stages:
-## train fit-factors inspect-factors compute-scores compute-self-scores inspect-scores
-## preview-data. A new deploy replaces the stage's old Job (the stage itself skips outputs that
+## train import-model fit-factors inspect-factors compute-scores compute-self-scores inspect-scores
+## preview-data lds. A new deploy replaces the stage's old Job (the stage itself skips outputs that
 ## are already complete). The steps of the sharded targets below deploy the same way.
 deploy-%: $(if $(filter local,$(OVERLAY)),deploy-local-storage)
 	$(if $(filter $*,$(K8S_JOBS)),,$(error unknown stage or Job '$*': one of $(K8S_JOBS)))

@@ -97,3 +97,26 @@ def test_launcher_exit_codes():
     assert launcher.exit_code(2) == 2  # the stages' bad-input code, kept
     assert launcher.exit_code(-9) == 137  # SIGKILL (out of memory), as a shell reports it
     assert launcher.exit_code(0) == 1  # a failure never reads as success
+
+
+def test_the_import_model_job_publishes_a_model_of_your_own(s3_env, s3_bucket, tmp_path):
+    """The import-model Job's pod with MODEL set (as the overlay's configMapGenerator would):
+    model/ and data/train/ land in the bucket for the later stages."""
+    import json
+
+    import fsspec
+
+    from tests.families import save_tiny_model
+
+    objects = render("local")
+    job = stage_jobs(objects)["import_model"]
+    argv, env = pod_process(job, objects, tmp_path / "pod", s3_env, f"{s3_bucket}/run")
+    env["MODEL"] = str(save_tiny_model("gpt2", tmp_path / "gpt2"))
+    result = run_pod(argv, env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    fs = fsspec.filesystem("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"], key=s3_env["AWS_ACCESS_KEY_ID"],
+                           secret=s3_env["AWS_SECRET_ACCESS_KEY"])
+    for output in ("model", "data/train"):
+        manifest = json.loads(fs.cat_file(f"{s3_bucket}/run/{output}/_SUCCESS"))
+        assert manifest["stage"] == "import_model" and manifest["settings"]["model"] == env["MODEL"]
+    assert json.loads(fs.cat_file(f"{s3_bucket}/run/model/config.json"))["model_type"] == "gpt2"

@@ -43,7 +43,10 @@ STAGE_SETTINGS = {
     "inspect_scores": settings.InspectScoresSettings,
     "preview_data": settings.PreviewDataSettings,
     "lds": settings.LdsSettings,
+    "import_model": settings.ImportModelSettings,  # instead of train, for a model of your own
 }
+# Variables a Job reads from optional ConfigMap keys (a model of your own): unset unless an overlay sets them.
+OPTIONAL_KEYS = {"MODEL", "MODEL_DTYPE", "TRACKED_MODULES"}
 # Environment variables a manifest may set beside the stage's settings: where things are written,
 # how the object store is reached, threads. Anything else is a typo or a setting the stage lacks.
 INFRA_ENV = {
@@ -99,6 +102,7 @@ def uncomment(path: Path, commented: str) -> None:
 
 
 SECRET_OPTION = "# components:\n#   - ../../components/s3-credentials-secret\n"
+MODEL_OPTION = "      # - MODEL=EleutherAI/pythia-160m\n      # - MODEL_DTYPE=bfloat16\n"
 KUEUE_OPTION = ("  # - path: kueue-queue.yaml\n"
                 "  #   target:\n"
                 "  #     kind: Job\n"
@@ -106,10 +110,11 @@ KUEUE_OPTION = ("  # - path: kueue-queue.yaml\n"
 
 
 def cloud_with_options(tmp_path: Path) -> list[dict]:
-    """The cloud overlay with its commented options on: the credentials Secret and Kueue."""
+    """The cloud overlay with its commented options on: the credentials Secret, Kueue, a pretrained model."""
     cloud = copy_k8s(tmp_path) / "overlays" / "cloud"
     uncomment(cloud / "kustomization.yaml", SECRET_OPTION)
     uncomment(cloud / "kustomization.yaml", KUEUE_OPTION)
+    uncomment(cloud / "kustomization.yaml", MODEL_OPTION)
     return kustomize(cloud)
 
 
@@ -184,7 +189,10 @@ def resolved_env(container: dict, objects) -> dict[str, str | None]:
             env[entry["name"]] = entry["value"]
         elif "configMapKeyRef" in entry["valueFrom"]:
             ref = entry["valueFrom"]["configMapKeyRef"]
-            env[entry["name"]] = maps[ref["name"]][ref["key"]]
+            if ref["key"] in maps[ref["name"]]:
+                env[entry["name"]] = maps[ref["name"]][ref["key"]]
+            else:  # an optional key the overlay does not set: the kubelet leaves the variable unset
+                assert ref.get("optional") is True and ref["key"] in OPTIONAL_KEYS, entry
         elif "secretKeyRef" in entry["valueFrom"]:
             env[entry["name"]] = None
         else:
@@ -254,6 +262,8 @@ def test_cloud_overlay_options_render_and_validate(tmp_path):
     result = subprocess.run([tool("kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, str(rendered)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    model = {stage: resolved_env(stage_container(job), objects).get("MODEL") for stage, job in all_stage_jobs(objects)}
+    assert model["import_model"] == model["train"] == "EleutherAI/pythia-160m"
     for _, job in all_stage_jobs(objects):
         assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
         refs = [entry["valueFrom"]["secretKeyRef"] for entry in stage_container(job)["env"]
@@ -301,6 +311,8 @@ def test_settings_values_are_valid_for_each_stage(overlay, monkeypatch):
                 monkeypatch.delenv(name)
         env = {name: value for name, value in resolved_env(stage_container(job), objects).items()
                if name.lower() in fields}
+        if stage == "import_model":  # deployed once MODEL is set in the overlay (README)
+            env.setdefault("MODEL", "EleutherAI/pythia-160m")
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         loaded = settings.load_settings(STAGE_SETTINGS[stage], [])
@@ -318,7 +330,9 @@ def test_config_and_secret_references_resolve(overlay):
             for entry in container.get("env", []):
                 ref = entry.get("valueFrom", {})
                 if "configMapKeyRef" in ref:
-                    assert ref["configMapKeyRef"]["key"] in maps[ref["configMapKeyRef"]["name"]], entry
+                    key = ref["configMapKeyRef"]["key"]
+                    assert key in maps[ref["configMapKeyRef"]["name"]] or (
+                        ref["configMapKeyRef"].get("optional") is True and key in OPTIONAL_KEYS), entry
                 if "secretKeyRef" in ref:
                     assert ref["secretKeyRef"]["name"] == SECRET_NAME, entry
                     assert ref["secretKeyRef"]["key"] in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), entry
