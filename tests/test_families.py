@@ -16,15 +16,16 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from influence_core.errors import ConfigError
-from influence_core.modeling import MLP_PROJECTIONS, load_model, tracked_module_names
+from influence_core.modeling import MLP_PROJECTIONS, block_of, load_model, tracked_module_names
 from influence_core.settings import (
     ComputeScoresSettings,
     FitFactorsSettings,
     ImportModelSettings,
+    InspectFactorsSettings,
     InspectScoresSettings,
     load_settings,
 )
-from jobs import compute_scores, fit_factors, import_model, inspect_scores
+from jobs import compute_scores, fit_factors, import_model, inspect_factors, inspect_scores
 from tests.conftest import ROOT, run_jobs
 from tests.families import ADDS_BOS, CONFIGS, save_tiny_model
 
@@ -102,6 +103,12 @@ def test_a_model_of_each_family_is_imported_scored_exactly_and_reported(family, 
 
     # The whole analysis at the defaults (EK-FAC), and a report naming its top examples.
     fit_factors.main(load_settings(FitFactorsSettings, common))
+    inspect_factors.main(load_settings(InspectFactorsSettings, [*common, "--layer_num", "1"]))  # block 1 of 2
+    plots = artifacts / "reports/factors_tiny_lm_factors"
+    block = [name.removeprefix("transformer.") for name in tracked if block_of(name) == 1]
+    assert block and all((plots / f"lambda_matrix_{name}.png").exists() for name in block)
+    summary = json.loads((plots / "summary.json").read_text())
+    assert set(summary["modules"]) == {name.removeprefix("transformer.") for name in tracked}
     compute_scores.main(load_settings(ComputeScoresSettings, [*common, "--prompts", str(prompts)]))
     inspect_scores.main(load_settings(InspectScoresSettings, [*common, "--num_influential", "3"]))
     report = json.loads((artifacts / "reports/prompt_scores/report.json").read_text())
