@@ -121,12 +121,16 @@ def test_a_model_of_each_family_is_imported_scored_exactly_and_reported(family, 
 
 
 def test_a_model_fine_tuned_on_the_demo_corpus_finds_the_planted_facts(tmp_path):
-    """A GPT-2 saved to a local directory, fine-tuned with MODEL set, then analysed (the pipeline)."""
+    """A GPT-2 saved to a local directory, fine-tuned with MODEL set (python -m jobs train), then
+    analysed by the stages."""
     source = save_tiny_model("gpt2", tmp_path / "gpt2", documents=600, n_embd=128, n_layer=4, n_head=4, n_inner=512)
-    result = run_jobs("pipeline", "--model", str(source), "--no-per_token_scores",
-                      env={"ARTIFACTS_URI": str(tmp_path / "artifacts")})
+    common = ["--artifacts_uri", str(tmp_path / "artifacts")]
+    result = run_jobs("train", "--model", str(source), env={"ARTIFACTS_URI": str(tmp_path / "artifacts")})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training " + str(source) in result.stderr
+    fit_factors.main(load_settings(FitFactorsSettings, common))
+    compute_scores.main(load_settings(ComputeScoresSettings, common))
+    inspect_scores.main(load_settings(InspectScoresSettings, [*common, "--no-per_token_scores"]))
     report = json.loads((tmp_path / "artifacts/reports/prompt_scores/report.json").read_text())
     assert report["fact_recall_at_10"] >= 0.8, [entry.get("recall_at_10") for entry in report["prompts"]]
     config = json.loads((tmp_path / "artifacts/model/config.json").read_text())

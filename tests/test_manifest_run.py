@@ -100,22 +100,25 @@ def test_launcher_exit_codes():
 
 
 def test_the_import_model_job_publishes_a_model_of_your_own(s3_env, s3_bucket, tmp_path):
-    """The import-model Job's pod with MODEL set (as the overlay's configMapGenerator would):
-    model/ and data/train/ land in the bucket for the later stages."""
+    """The import-model Job's pod with MODEL set (as the overlay's configMapGenerator would) to a
+    model in a bucket: model/ and data/train/ land in the artifacts for the later stages."""
     import json
 
     import fsspec
 
     from tests.families import save_tiny_model
 
+    fs = fsspec.filesystem("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"], key=s3_env["AWS_ACCESS_KEY_ID"],
+                           secret=s3_env["AWS_SECRET_ACCESS_KEY"])
+    source = save_tiny_model("gpt2", tmp_path / "gpt2")
+    fs.put([str(path) for path in source.iterdir()], [f"{s3_bucket}/models/gpt2/{path.name}"
+                                                      for path in source.iterdir()])
     objects = render("local")
     job = stage_jobs(objects)["import_model"]
     argv, env = pod_process(job, objects, tmp_path / "pod", s3_env, f"{s3_bucket}/run")
-    env["MODEL"] = str(save_tiny_model("gpt2", tmp_path / "gpt2"))
+    env["MODEL"] = f"{s3_bucket}/models/gpt2"
     result = run_pod(argv, env)
     assert result.returncode == 0, result.stderr[-3000:]
-    fs = fsspec.filesystem("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"], key=s3_env["AWS_ACCESS_KEY_ID"],
-                           secret=s3_env["AWS_SECRET_ACCESS_KEY"])
     for output in ("model", "data/train"):
         manifest = json.loads(fs.cat_file(f"{s3_bucket}/run/{output}/_SUCCESS"))
         assert manifest["stage"] == "import_model" and manifest["settings"]["model"] == env["MODEL"]
