@@ -96,10 +96,11 @@ def tokenize_prompts(prompts: Sequence[Prompt], tokenizer: PreTrainedTokenizerBa
     tokens, then the completion's (no special tokens), labelled -100 but for the completion's, so
     only the completion is measured. The completion must tokenize as it does after the prompt."""
     rows = {"input_ids": [], "attention_mask": [], "labels": []}
+    bos = _bos(tokenizer)
     for number, item in enumerate(prompts):
-        prompt_ids = _bos(tokenizer) + tokenizer(item.prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = bos + tokenizer(item.prompt, add_special_tokens=False)["input_ids"]
         completion_ids = tokenizer(item.completion, add_special_tokens=False)["input_ids"]
-        together = _bos(tokenizer) + tokenizer(item.prompt + item.completion, add_special_tokens=False)["input_ids"]
+        together = bos + tokenizer(item.prompt + item.completion, add_special_tokens=False)["input_ids"]
         ids = prompt_ids + completion_ids
         if together != ids:
             where = next((i for i, (a, b) in enumerate(zip(together, ids)) if a != b), min(len(together), len(ids)))

@@ -105,9 +105,6 @@ def paired_difference(first: Sequence[float], second: Sequence[float]) -> tuple[
     return mean_and_stderr([a - b for a, b in zip(first, second)])
 
 
-NEAR_CERTAIN = 0.9  # a completion the model already gives at least this probability: its scores are weak
-
-
 def summarize(scores: dict[str, torch.Tensor], tasks: dict[str, str], labels: dict[str, str],
               baselines: set[str], mask: torch.Tensor, measured: dict[str, torch.Tensor]) -> dict[str, dict]:
     """Per method: its LDS (mean over prompts), standard error and per-prompt correlations, each
@@ -135,6 +132,8 @@ def random_baseline(num_examples: int, mask: torch.Tensor, measured: torch.Tenso
 
 def render_markdown(result: dict) -> str:
     """lds.md: the table of methods, the paired comparisons, and per prompt correlations."""
+    from influence_core.reports import NEAR_CERTAIN
+
     methods = result["methods"]
     lines = [
         "# Linear datamodeling score (LDS)",

@@ -136,7 +136,6 @@ class TrainSettings(CorpusSettings, ModelSettings):
                              f"got {self.micro_batches}")
         return self
 
-
     @property
     def model_seed(self) -> int:
         return self.seed if self.training_seed is None else self.training_seed

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from scipy.stats import spearmanr
 
 from influence_core import lds
+from influence_core.evaluation import words
 from tests.conftest import ROOT, run_jobs, start_jobs
 
 LDS = {"LDS_SUBSETS": "4", "LDS_SEEDS": "2"}
@@ -76,13 +77,13 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
     assert [(p["prompt"], p["completion"]) for p in result["prompts"]] == [
         (p["prompt"], p["completion"]) for p in prompts]
     texts = load_from_disk(str(lds_run / "data/train"))["text"]
-    index = BM25Okapi([lds_words(text) for text in texts])
+    index = BM25Okapi([words(text) for text in texts])
     matrices = {
         "prompt_scores": load_file(str(lds_run / "influence/scores_prompt_scores/pairwise_scores.safetensors")),
         "identity": load_file(str(lds_run / "influence/scores_lds_identity/pairwise_scores.safetensors")),
     }
     matrices = {name: matrix["all_modules"].double().numpy() for name, matrix in matrices.items()}
-    matrices["bm25"] = np.stack([index.get_scores(lds_words(p["prompt"] + p["completion"])) for p in prompts])
+    matrices["bm25"] = np.stack([index.get_scores(words(p["prompt"] + p["completion"])) for p in prompts])
     for name, matrix in matrices.items():
         for number in range(len(prompts)):
             predicted, measured = [], []
@@ -99,12 +100,6 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
     for name in ("lds.md", "lds.png", "lds_prompts.png"):
         assert (lds_run / "reports/lds" / name).stat().st_size > 1000
     assert 0 <= min(p["probability"] for p in result["prompts"]) <= max(p["probability"] for p in result["prompts"]) < 1
-
-
-def lds_words(text: str) -> list[str]:
-    from influence_core.evaluation import words
-
-    return words(text)
 
 
 def test_the_report_states_the_lds_and_each_completions_probability(lds_run):
