@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 
 from influence_core.data import PadCollator
 from influence_core.errors import ConfigError
-from influence_core.modeling import checked_tracked_modules, load_model, tracked_module_names
+from influence_core.modeling import checked_tracked_modules, load_model, mlp_module_names
 from influence_core.settings import FitFactorsSettings
 from influence_core.tasks import TASKS
 
@@ -33,7 +33,8 @@ def build_analyzer(model_dir: Path, work_dir: Path, factors_name: str, task_name
     each batch to its longest example, tracking the modules the factors <factors_name> cover."""
     model = load_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    task = TASKS[task_name](tracked_modules(factors_dir(work_dir, factors_name), model_dir), seed=seed)
+    task = TASKS[task_name](tracked_modules(factors_dir(work_dir, factors_name), model.config.num_hidden_layers),
+                            seed=seed)
     analyzer = Analyzer(
         analysis_name=ANALYSIS_NAME,
         model=prepare_model(model, task),
@@ -47,10 +48,11 @@ def build_analyzer(model_dir: Path, work_dir: Path, factors_name: str, task_name
     return analyzer
 
 
-def tracked_modules(local_factors_dir: Path, model_dir: Path) -> list[str]:
-    """The modules fitted factors cover (factors without the record: the model's default)."""
+def tracked_modules(local_factors_dir: Path, num_layers: int) -> list[str]:
+    """The modules fitted factors cover. Factors without the record were fitted before it existed,
+    when only GPT-Neo's MLP projections were tracked."""
     record = local_factors_dir / TRACKED_MODULES_FILE
-    return json.loads(record.read_text()) if record.exists() else tracked_module_names(model_dir)
+    return json.loads(record.read_text()) if record.exists() else mlp_module_names(num_layers)
 
 
 def record_tracked_modules(model_dir: Path, settings: FitFactorsSettings, local_factors_dir: Path) -> list[str]:

@@ -79,7 +79,8 @@ def per_token_scores(model_dir: Path, train_dir: Path, factors_name: str, task_n
     args = dataclasses.replace(score_args, compute_per_token_scores=True, compute_per_module_scores=False,
                                data_partitions=1, module_partitions=1)
     results: list[dict[int, list[float]]] = [{} for _ in prompts]
-    for group in group_prompts(examples, lengths, tracked_weights(model_dir, work_dir, factors_name)):
+    tracked = tracked_modules(factors_dir(work_dir, factors_name), config.num_hidden_layers)
+    for group in group_prompts(examples, lengths, weight_count(model_dir, tracked)):
         union = sorted({index for number in group for index in examples[number]})
         longest = max(lengths[index] for index in union)
         analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=TrainingPaddedTo(tokenizer.pad_token_id, longest)))
@@ -94,12 +95,6 @@ def per_token_scores(model_dir: Path, train_dir: Path, factors_name: str, task_n
             for index in examples[number]:
                 results[number][index] = scores[row, union.index(index), : lengths[index]].tolist()
     return results
-
-
-def tracked_weights(model_dir: Path, work_dir: Path, factors_name: str) -> int:
-    """Weights of the modules Kronfluence tracks (those the factors cover)."""
-    names = tracked_modules(factors_dir(work_dir, factors_name), model_dir)
-    return weight_count(model_dir, names)
 
 
 def group_prompts(examples: list[list[int]], lengths: dict[int, int], weights: int,

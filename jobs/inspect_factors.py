@@ -45,9 +45,7 @@ def main(settings: InspectFactorsSettings) -> None:
     strategy = artifacts.manifest(factors)["settings"].get("factor_strategy")
     with work_dir() as work:
         factors_dir = artifacts.fetch(factors, work / "factors")
-        (work / "config").mkdir()
-        (work / "config" / "config.json").write_text(json.dumps(config))
-        block = [name for name in tracked_modules(factors_dir, work / "config") if block_of(name) == layer]
+        block = [name for name in tracked_modules(factors_dir, num_layers) if block_of(name) == layer]
         plots = plot_factors(factors_dir, block, work / "plots", strategy)
         if not plots:
             log.warning("the %r factors hold no lambda matrices or eigenvalues (identity strategy?): "

@@ -39,8 +39,8 @@ def main(settings: InspectScoresSettings) -> None:
     factors = f"influence/factors_{factors_name}"
     if settings.per_token_scores:  # recomputed for the shown examples: needs what the scores came from
         inputs.update(artifacts.require(factors))
-    lds = lds_of(artifacts, settings.scores_name, inputs[scores])
-    if lds is not None:
+    measured = lds_measured(artifacts, settings.scores_name, inputs[scores])
+    if measured:
         inputs.update(artifacts.require(LDS_OUTPUT))
     self_scores = f"influence/self_scores_{factors_name}"
     if artifacts.manifest(self_scores) is not None:  # optional: listed when compute_self_scores has run
@@ -72,8 +72,8 @@ def main(settings: InspectScoresSettings) -> None:
         model_dir = artifacts.fetch("model", work / "model")
         attach_probabilities(report, completion_probabilities(load_model(model_dir),
                                                               AutoTokenizer.from_pretrained(model_dir), prompts))
-        if lds is not None:
-            attach_lds(report, lds, settings.scores_name)
+        if measured:
+            attach_lds(report, json.loads(artifacts.read_bytes(f"{LDS_OUTPUT}/lds.json")), settings.scores_name)
 
         if settings.per_token_scores:
             from influence_core.factors import factors_dir
@@ -98,16 +98,13 @@ def main(settings: InspectScoresSettings) -> None:
                                                                                      inputs, started)))
 
 
-def lds_of(artifacts: Artifacts, scores_name: str, scores_fingerprint: str) -> dict | None:
-    """lds.json when the LDS stage measured these very scores (not an earlier version of them)."""
-    record = artifacts.manifest(LDS_OUTPUT)
-    if record is None or record.get("inputs", {}).get(f"influence/scores_{scores_name}") is None:
-        return None
-    if record["inputs"][f"influence/scores_{scores_name}"] != scores_fingerprint:
+def lds_measured(artifacts: Artifacts, scores_name: str, scores_fingerprint: str) -> bool:
+    """Whether the LDS stage measured these very scores (not an earlier version of them)."""
+    recorded = ((artifacts.manifest(LDS_OUTPUT) or {}).get("inputs") or {}).get(f"influence/scores_{scores_name}")
+    if recorded is not None and recorded != scores_fingerprint:
         log.warning("%s measured an earlier version of these scores; rerun python -m jobs lds to report their LDS",
                     artifacts.url(LDS_OUTPUT))
-        return None
-    return json.loads(artifacts.read_bytes(f"{LDS_OUTPUT}/lds.json"))
+    return recorded == scores_fingerprint
 
 
 def write_report(report: dict, matrix: torch.Tensor, prompts: list[Prompt], settings: InspectScoresSettings,
