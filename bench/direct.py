@@ -106,9 +106,9 @@ def scores(args: argparse.Namespace) -> dict:
     from kronfluence.arguments import ScoreArguments
     from safetensors.torch import load_file
 
+    from influence_core.corpus_order import length_sorted, restore_training_order
     from influence_core.data import tokenize_prompts
     from influence_core.prompts import parse_prompts
-    from influence_core.scores import length_sorted, restore_training_order
     from influence_core.settings import DEFAULT_DAMPING
 
     factors_dir = Path(args.work) / "influence" / "factors_direct"

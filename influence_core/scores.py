@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from datasets import Dataset
 from kronfluence.arguments import ScoreArguments
-from kronfluence.utils.dataset import make_indices_partition
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoTokenizer
 
+from influence_core.corpus_order import length_sorted, restore_on_main_process
 from influence_core.data import tokenize_prompts
 from influence_core.errors import ConfigError
 from influence_core.factors import ANALYSIS_NAME, build_analyzer, data_partitions, load_training_examples
 from influence_core.prompts import Prompt
+from influence_core.runtime import is_main_process
 from influence_core.settings import ComputeScoresSettings, kronfluence_damping
 
 log = logging.getLogger(__name__)
@@ -65,8 +63,13 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
         aggregated = local / "pairwise_scores.safetensors"
         if aggregated.exists():  # every partition is in and Kronfluence has aggregated them
             check_one_row_per_prompt(aggregated, len(prompts))
-            restore_training_order(aggregated, order)  # before the step is staged: uploaded once
+            restore_on_main_process(aggregated, order)  # before the step is staged: uploaded once
         after_step()
+    if aggregated.exists() and is_main_process():
+        # The partitions' files hold length-sorted columns; only the aggregate, in corpus order, is
+        # published (a rerun restores them from the staged steps, which are never published).
+        for partition_file in local.glob("pairwise_scores_*partition*.safetensors"):
+            partition_file.unlink()
     return local
 
 
@@ -79,40 +82,6 @@ def check_one_row_per_prompt(path: Path, prompts: int) -> None:
         raise ConfigError(f"TRACKED_MODULES: a tracked module sees the tokens of all examples as one batch (its "
                           f"input is flattened), so the scores have {rows} rows for {prompts} prompts; track "
                           "modules whose input keeps the example dimension")
-
-
-def length_sorted(examples: Dataset, partitions: int = 1) -> tuple[Dataset, list[int]]:
-    """The training examples sorted by length, longest first, within each of Kronfluence's data
-    partitions (a partition keeps its examples), and the order: position -> example index.
-
-    A training example's score depends on that example alone, so batching similar lengths together
-    changes only float rounding, while the batches, padded to their longest, hold far less padding
-    (about 40% less time on the demo corpus). restore_training_order puts the scores back."""
-    lengths = [len(ids) for ids in examples["input_ids"]]
-    order = [index for start, end in make_indices_partition(len(lengths), partitions)
-             for index in sorted(range(start, end), key=lambda i: -lengths[i])]
-    return examples.select(order), order
-
-
-IN_TRAINING_ORDER = {"training_examples": "in corpus order"}  # marks a file restore_training_order rewrote
-
-
-def restore_training_order(path: Path, order: list[int]) -> None:
-    """Rewrite a Kronfluence scores file computed on length_sorted examples so that score j is
-    training example j's again. Idempotent (the rewritten file is marked) and atomic, so a stage
-    killed here and rerun neither leaves a half-written file nor permutes twice."""
-    with safe_open(str(path), "pt") as scores_file:
-        metadata = scores_file.metadata() or {}
-    if metadata.items() >= IN_TRAINING_ORDER.items():
-        return
-    position = torch.empty(len(order), dtype=torch.long)
-    position[torch.tensor(order)] = torch.arange(len(order))
-    # Pairwise scores are prompts x examples (x tokens); self-scores one per example.
-    restored = {name: scores.index_select(0 if scores.ndim == 1 else 1, position).contiguous()
-                for name, scores in load_file(str(path)).items()}
-    partial = path.with_name(path.name + ".partial")
-    save_file(restored, str(partial), metadata={**metadata, **IN_TRAINING_ORDER})
-    os.replace(partial, path)
 
 
 def scores_dir(work_dir: Path, scores_name: str) -> Path:

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from kronfluence.arguments import ScoreArguments
 
+from influence_core.corpus_order import length_sorted, restore_training_order
 from influence_core.factors import ANALYSIS_NAME, build_analyzer, load_training_examples
-from influence_core.scores import length_sorted, restore_training_order
 from influence_core.settings import ComputeSelfScoresSettings, kronfluence_damping
 
 

@@ -73,6 +73,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _fingerprint(manifest: dict) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 class Artifacts:
     def __init__(self, uri: str) -> None:
         self.uri = uri.rstrip("/")
@@ -121,7 +125,7 @@ class Artifacts:
                     f"(python -m jobs {stage}) with the same ARTIFACTS_URI"
                 )
             manifests[relative] = manifest
-            fingerprints[relative] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+            fingerprints[relative] = _fingerprint(manifest)
         for relative, manifest in manifests.items():
             for upstream, recorded in (manifest.get("inputs") or {}).items():
                 if upstream in fingerprints and recorded != fingerprints[upstream]:
@@ -131,6 +135,10 @@ class Artifacts:
                     )
         return fingerprints
 
+    def fingerprint(self, relative: str) -> str:
+        """What a stage records of a complete input: the digest of its `_SUCCESS` manifest."""
+        return _fingerprint(self.manifest(relative))
+
     def is_up_to_date(self, relative: str, stage: str, settings: dict, inputs: dict[str, str]) -> bool:
         """True when `relative` is complete and was made by `stage` from these settings and inputs."""
         manifest = self.manifest(relative)
@@ -139,14 +147,15 @@ class Artifacts:
         )
 
     def fetch(self, relative: str, destination: Path) -> Path:
-        """Make a complete artifact directory available at `destination` (a link when local), and
-        check every file against the sizes and checksums its `_SUCCESS` recorded."""
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        if self.is_local:
-            destination.symlink_to(Path(self.path(relative)).resolve(), target_is_directory=True)
-        else:
-            self._download(relative, destination)
-        recorded = (self.manifest(relative) or {}).get("files", {})
+        """Copy a complete artifact directory to `destination` and check every file against the
+        sizes and checksums its `_SUCCESS` recorded. A copy, also from a local path: a stage that
+        writes into its input must not change an artifact already marked complete."""
+        recorded = (self.manifest(relative) or {}).get("files")
+        if recorded is None:
+            raise ConfigError(f"input {self.url(relative)}: its {SUCCESS} lists no files to verify: rerun the "
+                              f"{producer_of(relative)} stage with FORCE=true")
+        destination.mkdir(parents=True, exist_ok=True)
+        self._download(relative, destination)
         for name, (size, digest) in recorded.items():
             path = destination / name
             if not path.is_file() or path.stat().st_size != size or _sha256(path) != digest:

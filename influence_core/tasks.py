@@ -27,16 +27,19 @@ def _shifted_logits_and_labels(batch: BatchType, model: nn.Module) -> tuple[torc
 
 
 def _sample_labels(logits: torch.Tensor, batch: BatchType, seed: int) -> torch.Tensor:
-    """Labels drawn from the model's predictions, with one random stream per example, seeded by
-    its tokens: the draws, and so the fitted factors, do not depend on batch size, data
-    partitioning or a resumed run."""
-    probabilities = F.softmax(logits.detach(), dim=-1).view(len(batch["input_ids"]), -1, logits.size(-1))
-    rows = []
-    for row_probabilities, ids, mask in zip(probabilities, batch["input_ids"], batch["attention_mask"]):
+    """Labels drawn from the model's predictions at each example's own labelled positions (-100
+    elsewhere), with one random stream per example, seeded by its tokens: the draws, and so the
+    fitted factors, do not depend on batch size, padding, data partitioning or a resumed run."""
+    labels = batch["labels"][..., 1:]
+    logits = logits.detach().view(*labels.shape, logits.size(-1))
+    sampled = torch.full_like(labels, -100)
+    for row, (ids, mask) in enumerate(zip(batch["input_ids"], batch["attention_mask"])):
+        keep = labels[row] != -100  # padded positions never reach the random stream
         key = hashlib.blake2b(ids[mask.bool()].cpu().numpy().tobytes(), digest_size=7).digest()
         generator = torch.Generator(device=logits.device).manual_seed(int.from_bytes(key, "big") + seed)
-        rows.append(torch.multinomial(row_probabilities, num_samples=1, generator=generator).flatten())
-    return torch.cat(rows)
+        probabilities = F.softmax(logits[row, keep], dim=-1)
+        sampled[row, keep] = torch.multinomial(probabilities, num_samples=1, generator=generator).flatten()
+    return sampled.reshape(-1)
 
 
 class LanguageModelingTask(Task):
@@ -51,7 +54,7 @@ class LanguageModelingTask(Task):
         logits, labels = _shifted_logits_and_labels(batch, model)
         if sample:  # the true Fisher (Kronfluence's default) uses labels sampled from the model
             with torch.no_grad():
-                labels = torch.where(labels == -100, labels, _sample_labels(logits, batch, self.seed))
+                labels = _sample_labels(logits, batch, self.seed)
         return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
 
     def compute_measurement(self, batch: BatchType, model: nn.Module) -> torch.Tensor:

@@ -33,18 +33,20 @@ def main(settings: InspectScoresSettings) -> None:
     started = time.time()
     artifacts = open_artifacts(settings.artifacts_uri)
     scores = f"influence/scores_{settings.scores_name}"
-    inputs = artifacts.require(scores, "data/train", "model")  # the model: each completion's probability
-    scored_with = artifacts.manifest(scores)
-    factors_name = scored_with["settings"]["factors_name"]
-    factors = f"influence/factors_{factors_name}"
+    scored_with = artifacts.manifest(scores) or {"settings": {}}  # missing: the require below says so
+    factors_name = scored_with["settings"].get("factors_name", "")
+    factors, self_scores = f"influence/factors_{factors_name}", f"influence/self_scores_{factors_name}"
+    needed = [scores, "data/train", "model"]  # the model: each completion's probability
     if settings.per_token_scores:  # recomputed for the shown examples: needs what the scores came from
-        inputs.update(artifacts.require(factors))
-    measured = lds_measured(artifacts, settings.scores_name, inputs[scores])
-    if measured:
-        inputs.update(artifacts.require(LDS_OUTPUT))
-    self_scores = f"influence/self_scores_{factors_name}"
+        needed.append(factors)
+    if lds_measured(artifacts, scores):
+        needed.append(LDS_OUTPUT)
     if artifacts.manifest(self_scores) is not None:  # optional: listed when compute_self_scores has run
-        inputs.update(artifacts.require(self_scores))
+        needed.append(self_scores)
+    # One call, so each input is checked against the others: factors fitted again under the same
+    # name no longer made the scores, and per-token scores from them would not split the totals.
+    inputs = artifacts.require(*needed)
+    measured = LDS_OUTPUT in inputs
     output = f"reports/{settings.scores_name}"
     if already_done(artifacts, [output], "inspect_scores", settings, inputs):
         return
@@ -98,13 +100,16 @@ def main(settings: InspectScoresSettings) -> None:
                                                                                      inputs, started)))
 
 
-def lds_measured(artifacts: Artifacts, scores_name: str, scores_fingerprint: str) -> bool:
+def lds_measured(artifacts: Artifacts, scores: str) -> bool:
     """Whether the LDS stage measured these very scores (not an earlier version of them)."""
-    recorded = ((artifacts.manifest(LDS_OUTPUT) or {}).get("inputs") or {}).get(f"influence/scores_{scores_name}")
-    if recorded is not None and recorded != scores_fingerprint:
+    recorded = ((artifacts.manifest(LDS_OUTPUT) or {}).get("inputs") or {}).get(scores)
+    if recorded is None or artifacts.manifest(scores) is None:
+        return False
+    if recorded != artifacts.fingerprint(scores):
         log.warning("%s measured an earlier version of these scores; rerun python -m jobs lds to report their LDS",
                     artifacts.url(LDS_OUTPUT))
-    return recorded == scores_fingerprint
+        return False
+    return True
 
 
 def write_report(report: dict, matrix: torch.Tensor, prompts: list[Prompt], settings: InspectScoresSettings,

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SMALL
 
 PROBE = (
     "import sys; from jobs.__main__ import main; code = main(sys.argv[1:]); "
@@ -198,3 +198,20 @@ def test_prompt_longer_than_the_context(demo_run, tmp_path):
     assert result.returncode == 2 and "more than the model's max length 128" in result.stderr, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (demo_run / "influence/scores_too_long/_SUCCESS").exists()
+
+
+def test_a_report_on_scores_of_factors_fitted_again_is_refused(small_pipeline, tmp_path):
+    """Factors re-fitted under the same name (FORCE=true) no longer made the scores: per-token
+    scores computed with them would not split the published totals."""
+    from influence_core.settings import FitFactorsSettings, load_settings
+    from jobs import fit_factors
+
+    factors, scores = "influence/factors_tiny_lm_factors", "influence/scores_prompt_scores"
+    artifacts = copy_artifacts(small_pipeline, tmp_path / "artifacts", "model", "data/train", factors, scores)
+    flags = [f"--{key.lower()}={value}" for key, value in SMALL.items() if key in FitFactorsSettings.model_fields
+             or key.lower() in FitFactorsSettings.model_fields]
+    fit_factors.main(load_settings(FitFactorsSettings, [*flags, "--artifacts_uri", str(artifacts), "--force"]))
+    result = run_probe(["inspect_scores"], {"ARTIFACTS_URI": str(artifacts)}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{scores} was made from another {artifacts}/{factors}" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -55,3 +55,17 @@ def test_file_corpus(tmp_path):
     assert load_corpus(str(path), num_examples=2).texts == ["first doc", "second doc"]
     with pytest.raises(ConfigError, match="TEXT_COLUMN=body"):
         load_corpus(str(path), num_examples=2, text_column="body")
+
+
+def test_a_tokenizer_that_adds_bos_puts_it_before_the_prompt_only():
+    """A Llama-like tokenizer adds BOS before every text: the query is BOS, prompt, completion, as
+    the text prompt + completion tokenizes, with no BOS measured inside it."""
+    from tests.families import tokenizer_for
+
+    tokenizer = tokenizer_for("llama", load_corpus("demo", 120).texts)
+    item = Prompt(prompt="The capital of Velmora is", completion=" Quistador")
+    query = tokenize_prompts([item], tokenizer, 64)
+    ids, labels = query["input_ids"][0], query["labels"][0]
+    assert ids == tokenizer(item.prompt + item.completion)["input_ids"] and ids.count(tokenizer.bos_token_id) == 1
+    completion = tokenizer(item.completion, add_special_tokens=False)["input_ids"]
+    assert labels == [-100] * (len(ids) - len(completion)) + completion

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+from influence_core.corpus_order import IN_TRAINING_ORDER
 from tests.conftest import ROOT, run_jobs, start_jobs
 
 PARTITIONS = 4  # four workers at once, as four pods of an Indexed Job
@@ -73,6 +75,12 @@ def test_sharded_scores_equal_unpartitioned(factored):
     partition_files = sorted((factored / "influence/scores_sharded").rglob("pairwise_scores_data_partition*"))
     assert len(partition_files) == PARTITIONS
     ok(*args, artifacts=factored)
+    # Every published score file is in corpus order (the partitions' files, length-sorted, are not published).
+    published = sorted((factored / "influence/scores_sharded").rglob("*.safetensors"))
+    assert [path.name for path in published] == ["pairwise_scores.safetensors"]
+    for path in published:
+        with safe_open(str(path), "pt") as scores_file:
+            assert scores_file.metadata().items() >= IN_TRAINING_ORDER.items(), path
     sharded = load_file(str(factored / "influence/scores_sharded/pairwise_scores.safetensors"))["all_modules"]
     whole = load_file(str(factored / "influence/scores_whole/pairwise_scores.safetensors"))["all_modules"]
     assert sharded.shape == whole.shape

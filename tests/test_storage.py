@@ -29,12 +29,28 @@ def test_publish_replaces_and_marks_complete_last(tmp_path):
     assert not store.is_up_to_date("out/x", "s", {"k": 2}, {})
 
 
-def test_fetch_links_local_directories(tmp_path):
+def test_a_fetched_input_is_a_copy_that_cannot_change_the_published_artifact(tmp_path):
     store = Artifacts(str(tmp_path / "artifacts"))
-    (tmp_path / "artifacts/model").mkdir(parents=True)
-    (tmp_path / "artifacts/model/config.json").write_text("{}")
+    source = tmp_path / "made"
+    source.mkdir()
+    (source / "config.json").write_text("{}")
+    store.publish(source, "model", {"stage": "train"})
     local = store.fetch("model", tmp_path / "work" / "model")
     assert json.loads((local / "config.json").read_text()) == {}
+    (local / "config.json").write_text('{"changed": true}')  # a stage writing into its input
+    (local / "extra.txt").write_text("x")
+    assert (tmp_path / "artifacts/model/config.json").read_text() == "{}"
+    assert not (tmp_path / "artifacts/model/extra.txt").exists()
+    store.fetch("model", tmp_path / "again" / "model")  # still verifies against its _SUCCESS
+
+
+def test_an_output_whose_manifest_lists_no_files_is_refused(tmp_path):
+    store = Artifacts(str(tmp_path))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "model" / SUCCESS).write_text(json.dumps({"stage": "train"}))  # no "files": nothing to verify
+    with pytest.raises(ConfigError, match="lists no files.*rerun the train stage with FORCE=true"):
+        store.fetch("model", tmp_path / "work" / "model")
 
 
 def test_incomplete_output_is_not_an_input(tmp_path):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from datasets import Dataset
 from transformers import GPTNeoConfig, GPTNeoForCausalLM
 
+from influence_core.data import PadCollator
 from influence_core.modeling import mlp_module_names, tracked_module_names
 from influence_core.tasks import (
     LanguageModelingTask,
@@ -106,3 +110,54 @@ def test_sampled_labels_do_not_depend_on_the_batch(model, batch):
     assert together == pytest.approx(apart, rel=1e-5)
     assert LanguageModelingTask(mlp_module_names(2), seed=8).compute_train_loss(batch, model, sample=True).item() != (
         pytest.approx(together, rel=1e-6))
+
+
+class NanAtPadding(torch.nn.Module):
+    """The model, with NaN logits where the attention mask is 0, as attention kernels may give a
+    position that attends to nothing: the true-Fisher draws must not read padded positions."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        output.logits = output.logits.masked_fill(attention_mask[..., None] == 0, float("nan"))
+        return output
+
+
+def padded(example: dict, length: int) -> dict:
+    """One training example (input_ids, attention_mask) as PadCollator pads it to `length`."""
+    return PadCollator(pad_token_id=0, pad_to=length)([example])
+
+
+def test_sampled_labels_are_drawn_over_each_example_s_own_positions_only(model):
+    task = LanguageModelingTask(mlp_module_names(2), seed=7)
+    example = {"input_ids": [8, 9, 10, 11], "attention_mask": [1, 1, 1, 1]}
+    losses = [task.compute_train_loss(padded(example, length), NanAtPadding(model), sample=True).item()
+              for length in (4, 6, 15)]
+    assert all(loss == pytest.approx(losses[0], rel=1e-6) for loss in losses), losses
+
+
+def test_the_same_example_padded_to_other_lengths_gives_the_same_factors(model, tmp_path):
+    """Covariance factors (where the sampled labels enter) of [short, long] in one batch (short
+    padded) and in batches of one (not padded)."""
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments
+    from kronfluence.utils.dataset import DataLoaderKwargs
+
+    examples = Dataset.from_dict({"input_ids": [[3, 4, 5], [6, 7, 8, 9, 10, 11, 12, 13, 14, 15]]}).map(
+        lambda row: {"attention_mask": [1] * len(row["input_ids"])})
+    factors = []
+    for batch_size in (2, 1):
+        task = LanguageModelingTask(mlp_module_names(2), seed=3)
+        analyzer = Analyzer(analysis_name="padding", model=prepare_model(copy.deepcopy(model), task), task=task,
+                            output_dir=str(tmp_path / str(batch_size)), disable_model_save=True, disable_tqdm=True)
+        analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=PadCollator(0)))
+        analyzer.fit_all_factors("f", examples, per_device_batch_size=batch_size,
+                                 factor_args=FactorArguments(strategy="kfac"))
+        factors.append(analyzer.load_covariance_matrices("f"))
+    assert {"activation_covariance", "gradient_covariance"} <= factors[0].keys()
+    for name in ("activation_covariance", "gradient_covariance"):
+        for module, matrix in factors[0][name].items():
+            assert torch.allclose(matrix, factors[1][name][module], rtol=1e-4, atol=1e-7), (name, module)
