@@ -3,6 +3,10 @@ same fields as CLI flags with the original scripts' names (`--factors_name`, `--
 
 Field names are the flag names; upper-cased they are the environment variable names (no prefix).
 Validation happens here, before any model loads: a bad value is one line and exit code 2.
+
+Settings are grouped by what they configure (the corpus, the model, an Indexed Job's index, the
+factors, the prompts, the scoring, ...); a stage's class combines the groups it reads. Every field
+has a description, which `python -m jobs <stage> --help` prints.
 """
 
 from __future__ import annotations
@@ -62,7 +66,22 @@ def _regular_expression(value: str | None) -> str | None:
     return value
 
 
+# Settings that several groups below share (as Damping is), each described once.
+FactorsName = Annotated[Name, Field(description="Name of the factors: fit_factors writes "
+                                                "influence/factors_<name>/, the stages after it read them")]
+ScoresName = Annotated[Name, Field(description="Name of the scores: compute_scores writes influence/scores_<name>/, "
+                                               "inspect_scores reports them in reports/<name>/")]
+Prompts = Annotated[str, Field(description="Path or URL of the prompts file, a JSON list of {\"prompt\": ..., "
+                                           "\"completion\": ...}; default the shipped prompts.json")]
+FactorBatchSize = Annotated[PositiveInt, Field(description="Training examples per batch (per process) while "
+                                                           "fitting the covariance and lambda matrices")]
+TrainBatchSize = Annotated[PositiveInt, Field(description="Training examples per batch (per process) while "
+                                                          "scoring their gradients")]
+
+
 class CommonSettings(BaseSettings):
+    """What every stage reads: where the artifacts are, the seed, logging, and FORCE."""
+
     model_config = SettingsConfigDict(
         case_sensitive=False,
         cli_implicit_flags=True,
@@ -71,18 +90,27 @@ class CommonSettings(BaseSettings):
     )
 
     artifacts_uri: str = Field("./artifacts", description="Local path or fsspec URL (s3://, gs://) of all artifacts")
-    seed: NonNegativeInt = Field(0, description="Seed for the demo corpus, training and Fisher sampling")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    seed: NonNegativeInt = Field(0, description="Seed of the demo corpus, the training (unless TRAINING_SEED), the "
+                                                "Fisher's sampled labels and the LDS subsets")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level; DEBUG also shows the libraries' progress bars and messages")
     force: bool = Field(False, description="Redo the stage even if its outputs are complete")
 
 
+# ---- the training corpus and the model ----------------------------------------------------------
+
 class CorpusSettings(CommonSettings):
+    """The training corpus: which documents, from where."""
+
     dataset: str = Field("demo", description="'demo' or 'demo-hard' (built in, with planted facts), a Hugging Face "
                                              "dataset name, or a path/URL of .jsonl/.json/.parquet/.txt files")
-    dataset_config: str | None = None
-    dataset_split: str = "train"
-    text_column: str = "text"
-    num_examples: PositiveInt | None = Field(None, description="Documents to use (demo: 600, hub: 10,000)")
+    dataset_config: str | None = Field(None, description="Configuration of a Hugging Face dataset; default its "
+                                                         "default one")
+    dataset_split: str = Field("train", description="Split of a Hugging Face dataset to read")
+    text_column: str = Field("text", description="Column holding the document text (Hugging Face datasets, "
+                                                 ".jsonl/.json/.parquet files)")
+    num_examples: PositiveInt | None = Field(None, description="Documents to use, the first ones in corpus order "
+                                                               "(default: demo 600, others 10,000)")
 
     @model_validator(mode="after")
     def _demo_corpus_holds_its_facts(self) -> CorpusSettings:
@@ -94,6 +122,8 @@ class CorpusSettings(CommonSettings):
 
 
 class TrackedModulesSettings(CommonSettings):
+    """The modules influence is computed over."""
+
     tracked_modules: Annotated[str | None, AfterValidator(_regular_expression)] = Field(
         None, description="Regular expression (re.search) over the model's Linear module names to track, e.g. "
                           "'mlp|attn'; default the MLP projections of every block (GPT-Neo, GPT-2, GPT-NeoX, "
@@ -111,18 +141,29 @@ class ModelSettings(TrackedModulesSettings):
 
 
 class TrainSettings(CorpusSettings, ModelSettings):
-    max_length: Annotated[int, Field(ge=16, le=8192)] = 128
-    model_preset: Literal["tiny", "small", "gpt-neo-125m"] = "tiny"
-    tokenizer_name: str | None = Field(None, description="Pretrained tokenizer; default trains byte-level BPE")
-    vocab_size: Annotated[int, Field(ge=300, le=250_000)] = 2000
+    """The train stage: the corpus, the model (from scratch or MODEL), the tokenizer, the optimization."""
+
+    max_length: Annotated[int, Field(ge=16, le=8192)] = Field(
+        128, description="Tokens per training example (16 to 8192); longer documents are cut. With MODEL, at "
+                         "most its positions")
+    model_preset: Literal["tiny", "small", "gpt-neo-125m"] = Field(
+        "tiny", description="Size of the GPT-Neo trained from scratch: tiny (4 layers, hidden 128), small (6 "
+                            "layers, hidden 256), gpt-neo-125m (12 layers, hidden 768); not used with MODEL")
+    tokenizer_name: str | None = Field(None, description="Pretrained tokenizer (Hugging Face name or directory) for "
+                                                         "the model trained from scratch; default trains byte-level "
+                                                         "BPE on the corpus")
+    vocab_size: Annotated[int, Field(ge=300, le=250_000)] = Field(
+        2000, description="Vocabulary size of the byte-level BPE tokenizer trained on the corpus (300 to 250,000)")
     batch_size: PositiveInt = Field(16, description="Examples per optimizer step (per process)")
     micro_batches: PositiveInt = Field(4, description="Forward passes each step's examples are split into, "
                                                       "sorted by length and padded to their own longest; "
                                                       "the step's gradient is the same for any number")
-    num_train_epochs: PositiveFloat = 10.0
-    learning_rate: PositiveFloat = 2e-3
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    num_train_epochs: PositiveFloat = Field(10.0, description="Passes over the training examples (a fraction "
+                                                              "allowed)")
+    learning_rate: PositiveFloat = Field(2e-3, description="Peak learning rate (AdamW, cosine schedule)")
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.05, description="Share of the training steps the learning rate warms up over (0 to below 1)")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(0.0, description="AdamW weight decay; 0 for none")
     training_seed: NonNegativeInt | None = Field(
         None, description="Seed of the initial weights and the batch order; default SEED (which also draws the "
                           "demo corpus): models of one corpus that differ only in training take other values")
@@ -141,33 +182,82 @@ class TrainSettings(CorpusSettings, ModelSettings):
         return self.seed if self.training_seed is None else self.training_seed
 
 
-class ShardSettings(CommonSettings):
+class ImportModelSettings(TrainSettings):
+    """MODEL published as it is to model/, with the corpus tokenized by its tokenizer in data/train/,
+    so every later stage runs unchanged. Of the train stage's settings it reads the corpus's,
+    MAX_LENGTH, MODEL, MODEL_DTYPE and TRACKED_MODULES."""
+
+    @model_validator(mode="after")
+    def _model_is_set(self) -> ImportModelSettings:
+        if not self.model:
+            raise ValueError("import_model needs MODEL: a Hugging Face model name, a local directory or an fsspec URL "
+                             "of a saved causal LM")
+        return self
+
+
+class PreviewDataSettings(CorpusSettings):
+    """preview_data: the first documents of the corpus, printed."""
+
+    num_preview: PositiveInt = Field(4, description="Documents printed")
+
+
+# ---- work spread over the pods of a Kubernetes Indexed Job --------------------------------------
+
+class IndexedJobSettings(CommonSettings):
+    """A stage whose work can be spread over pods, each doing the part its index names: the stage's
+    own index setting, else the JOB_COMPLETION_INDEX an Indexed Job sets."""
+
+    job_completion_index: NonNegativeInt | None = Field(
+        None, description="Set by Kubernetes Indexed Jobs; used when SHARD_INDEX (or, in lds, SUBSET_INDEX) is not")
+
+    def _index(self, own: int | None) -> int | None:
+        """The part this pod does: its own index setting, else the Indexed Job's; None for all of them."""
+        return own if own is not None else self.job_completion_index
+
+    @staticmethod
+    def _check_index(index: int | None, count: int, part: str, count_setting: str) -> None:
+        if index is not None and index >= count:
+            raise ValueError(f"{part} {index} is out of range: {count_setting} is {count} "
+                             f"({part}s 0..{count - 1})")
+
+
+class ShardSettings(IndexedJobSettings):
     """Which Kronfluence data partition this process computes, when the work is spread over pods
     (Kubernetes Indexed Jobs set JOB_COMPLETION_INDEX). Without one, the stage computes every
     missing partition and aggregates."""
 
-    shard_index: NonNegativeInt | None = Field(None, description="The data partition to compute alone")
-    job_completion_index: NonNegativeInt | None = Field(None, description="Set by Indexed Jobs; "
-                                                                          "used when SHARD_INDEX is not")
+    shard_index: NonNegativeInt | None = Field(None, description="The data partition (0-based) to compute alone; "
+                                                                 "unset: every missing one, then aggregate")
 
     @property
     def shard(self) -> int | None:
-        return self.shard_index if self.shard_index is not None else self.job_completion_index
+        return self._index(self.shard_index)
 
+
+# ---- influence factors ---------------------------------------------------------------------------
 
 class FitFactorsSettings(ShardSettings, TrackedModulesSettings):
-    factors_name: Name = "tiny_lm_factors"
+    """fit_factors: the curvature approximation (Kronfluence's FactorArguments)."""
+
+    factors_name: FactorsName = "tiny_lm_factors"
     factor_strategy: Strategy = Field("ekfac", description=f"One of {', '.join(STRATEGIES)} (or diagfisher)")
-    factor_batch_size: PositiveInt = 16
-    covariance_data_partitions: PositiveInt = 1
-    lambda_data_partitions: PositiveInt = 1
-    covariance_max_examples: PositiveInt | None = None
-    lambda_max_examples: PositiveInt | None = None
-    use_empirical_fisher: bool = False
-    activation_covariance_dtype: Dtype = "float32"
-    gradient_covariance_dtype: Dtype = "float32"
-    eigendecomposition_dtype: Literal["float32", "float64"] = "float64"
-    lambda_dtype: Dtype = "float32"
+    factor_batch_size: FactorBatchSize = 16
+    covariance_data_partitions: PositiveInt = Field(
+        1, description="Parts the training examples are split into for the covariance phase; a shard computes one")
+    lambda_data_partitions: PositiveInt = Field(
+        1, description="Parts the training examples are split into for the lambda phase; a shard computes one")
+    covariance_max_examples: PositiveInt | None = Field(
+        None, description="Training examples the covariance matrices are fitted on at most; default all")
+    lambda_max_examples: PositiveInt | None = Field(
+        None, description="Training examples the lambda matrices are fitted on at most; default all")
+    use_empirical_fisher: bool = Field(
+        False, description="Fisher from the training labels (empirical) instead of labels sampled from the model")
+    activation_covariance_dtype: Dtype = Field("float32", description="Dtype of the activation covariance matrices")
+    gradient_covariance_dtype: Dtype = Field("float32", description="Dtype of the gradient covariance matrices")
+    eigendecomposition_dtype: Literal["float32", "float64"] = Field(
+        "float64", description="Dtype of the covariance matrices' eigendecomposition (kfac, ekfac)")
+    lambda_dtype: Dtype = Field("float32", description="Dtype of the lambda matrices (the eigenvalue corrections "
+                                                       "of ekfac, the diagonal of diagonal)")
     factor_phase: Literal["covariance", "eigendecomposition", "lambda", "all"] = Field(
         "all", description="Sharded EK-FAC runs in phases: covariance shards, eigendecomposition, lambda "
                            "shards, all (aggregate). Without a shard: everything up to this phase")
@@ -187,76 +277,80 @@ class FitFactorsSettings(ShardSettings, TrackedModulesSettings):
         return self
 
 
-class ImportModelSettings(TrainSettings):
-    """MODEL published as it is to model/, with the corpus tokenized by its tokenizer in data/train/,
-    so every later stage runs unchanged. Of the train stage's settings it reads the corpus's,
-    MAX_LENGTH, MODEL, MODEL_DTYPE and TRACKED_MODULES."""
-
-    @model_validator(mode="after")
-    def _model_is_set(self) -> ImportModelSettings:
-        if not self.model:
-            raise ValueError("import_model needs MODEL: a Hugging Face model name, a local directory or an fsspec URL "
-                             "of a saved causal LM")
-        return self
-
-
 class InspectFactorsSettings(CommonSettings):
-    factors_name: Name = "tiny_lm_factors"
-    layer_num: NonNegativeInt | None = Field(None, description="GPT-Neo block to plot; default the last")
-    output_dir: str | None = Field(None, description="Where the plots go; default reports/factors_<name>")
+    """inspect_factors: plots and spectrum statistics of fitted factors."""
+
+    factors_name: FactorsName = "tiny_lm_factors"
+    layer_num: NonNegativeInt | None = Field(None, description="Block (0-based) whose modules are plotted; "
+                                                               "default the last")
+    output_dir: str | None = Field(None, description="Local path or fsspec URL the plots go to; default "
+                                                      "reports/factors_<name> in ARTIFACTS_URI")
 
 
-class ComputeScoresSettings(ShardSettings):
-    factors_name: Name = "tiny_lm_factors"
-    scores_name: Name = "prompt_scores"
-    prompts: str = Field(SHIPPED_PROMPTS, description="Path or URL of the prompts file")
-    task: Literal["language_modeling", "margin", "custom"] = "language_modeling"
-    query_gradient_rank: PositiveInt | None = Field(None, description="Low-rank query gradients; default full")
+# ---- influence scores ----------------------------------------------------------------------------
+
+class QuerySettings(CommonSettings):
+    """The prompts whose completions are explained, and how they are measured (compute_scores, evaluate)."""
+
+    prompts: Prompts = SHIPPED_PROMPTS
+    task: Literal["language_modeling", "margin", "custom"] = Field(
+        "language_modeling", description="What is measured of each completion: language_modeling (summed "
+                                         "cross-entropy), margin (summed negated margin of its tokens), custom "
+                                         "(your own, in influence_core/tasks.py)")
     query_batch_size: PositiveInt | None = Field(None, description="Prompts per query batch; default all")
-    train_batch_size: PositiveInt = 32
+    query_gradient_rank: PositiveInt | None = Field(None, description="Rank of the low-rank approximation of the "
+                                                                      "prompts' gradients; default full")
+
+
+class ScoringSettings(CommonSettings):
+    """How training examples are scored with fitted factors (compute_scores, compute_self_scores;
+    Kronfluence's ScoreArguments)."""
+
+    factors_name: FactorsName = "tiny_lm_factors"
+    train_batch_size: TrainBatchSize = 32
     damping_factor: Damping = DEFAULT_DAMPING
-    per_sample_gradient_dtype: Dtype = "float32"
-    precondition_dtype: Dtype = "float32"
-    score_dtype: Dtype = "float32"
-    score_data_partitions: PositiveInt = 1
+    per_sample_gradient_dtype: Dtype = Field("float32", description="Dtype of the per-example gradients")
+    precondition_dtype: Dtype = Field("float32", description="Dtype of the gradients preconditioned with the "
+                                                             "factors")
+    score_dtype: Dtype = Field("float32", description="Dtype the scores are computed in")
+
+
+class ComputeScoresSettings(QuerySettings, ScoringSettings, ShardSettings):
+    """compute_scores: the influence of every training example on every prompt."""
+
+    scores_name: ScoresName = "prompt_scores"
+    score_data_partitions: PositiveInt = Field(
+        1, description="Parts the training examples are split into, scored one after another; a shard scores one")
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> ComputeScoresSettings:
-        if self.shard is not None and self.shard >= self.score_data_partitions:
-            raise ValueError(f"shard {self.shard} is out of range: SCORE_DATA_PARTITIONS is "
-                             f"{self.score_data_partitions} (shards 0..{self.score_data_partitions - 1})")
+        self._check_index(self.shard, self.score_data_partitions, "shard", "SCORE_DATA_PARTITIONS")
         return self
 
 
-class ComputeSelfScoresSettings(CommonSettings):
+class ComputeSelfScoresSettings(ScoringSettings):
     """Self-influence of every training example (its influence on its own loss): large values mark
     outliers, mislabelled or memorised text. The scoring settings mean what they do for compute_scores."""
 
-    factors_name: Name = "tiny_lm_factors"
-    train_batch_size: PositiveInt = 32
-    damping_factor: Damping = DEFAULT_DAMPING
-    per_sample_gradient_dtype: Dtype = "float32"
-    precondition_dtype: Dtype = "float32"
-    score_dtype: Dtype = "float32"
-
 
 class InspectScoresSettings(CommonSettings):
-    scores_name: Name = "prompt_scores"
-    num_influential: PositiveInt = 5
-    excerpt_chars: PositiveInt = 400
+    """inspect_scores: the report of a prompt's most helpful and most harmful training examples."""
+
+    scores_name: ScoresName = "prompt_scores"
+    num_influential: PositiveInt = Field(5, description="Most helpful and most harmful training examples listed "
+                                                        "per prompt (each)")
+    excerpt_chars: PositiveInt = Field(400, description="Characters of a training example shown in the reports; "
+                                                        "longer texts are cut")
     per_token_scores: bool = Field(True, description="Per-token influence of the top examples, for the HTML "
                                                      "report's highlighting (needs the model and the factors)")
     num_self_influential: PositiveInt = Field(10, description="Most self-influential examples listed, when "
                                                               "compute_self_scores has run")
 
 
-class PreviewDataSettings(CorpusSettings):
-    num_preview: PositiveInt = 4
-
-
-class PipelineSettings(TrainSettings, FitFactorsSettings, InspectFactorsSettings, ComputeScoresSettings,
-                       ComputeSelfScoresSettings, InspectScoresSettings):
+class PipelineSettings(InspectScoresSettings, ComputeSelfScoresSettings, ComputeScoresSettings,
+                       InspectFactorsSettings, FitFactorsSettings, TrainSettings):
     """Every stage's settings at once, for running the analysis stages in order locally."""
+    # The last base's fields come first: --help lists them in the order the stages run.
 
 
 S = TypeVar("S", bound=CommonSettings)
@@ -299,13 +393,14 @@ def _distinct(values: tuple) -> tuple:
         raise ValueError("each strategy may be named once")
     return values
 
-
-class LdsSettings(CommonSettings):
+class LdsSettings(IndexedJobSettings):
     """The linear datamodeling score: the model retrained on random subsets of its training
     examples, each prompt measured on every retrained model, and the measured values correlated
     with what the scores predict for each subset. Retraining uses the train stage's settings as
     the model's _SUCCESS records them, and the model's own tokenizer."""
 
+    subset_index: NonNegativeInt | None = Field(None, description="The subset (0-based) to retrain and measure "
+                                                                  "alone; unset: every missing one, then correlate")
     lds_subsets: Annotated[int, Field(ge=2, le=100_000)] = Field(
         16, description="Random subsets of the training examples the model is retrained on")
     lds_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
@@ -318,38 +413,30 @@ class LdsSettings(CommonSettings):
         Field(min_length=1, description="Comma-separated scores names whose LDS is reported (compute_scores' "
                                         "SCORES_NAME); they must score the prompts of PROMPTS"),
     ] = ("prompt_scores",)
-    prompts: str = Field(SHIPPED_PROMPTS, description="Prompts measured on the retrained models")
-    subset_index: NonNegativeInt | None = Field(None, description="Retrain and measure this subset alone")
-    job_completion_index: NonNegativeInt | None = Field(None, description="Set by Indexed Jobs; used when "
-                                                                          "SUBSET_INDEX is not")
+    prompts: Prompts = SHIPPED_PROMPTS
 
     @property
     def subset(self) -> int | None:
-        return self.subset_index if self.subset_index is not None else self.job_completion_index
+        return self._index(self.subset_index)
 
     @model_validator(mode="after")
     def _subset_in_range(self) -> LdsSettings:
-        if self.subset is not None and self.subset >= self.lds_subsets:
-            raise ValueError(f"subset {self.subset} is out of range: LDS_SUBSETS is {self.lds_subsets} "
-                             f"(subsets 0..{self.lds_subsets - 1})")
+        self._check_index(self.subset, self.lds_subsets, "subset", "LDS_SUBSETS")
         return self
 
 
-class EvaluateSettings(CommonSettings):
+class EvaluateSettings(QuerySettings):
     """The fact-tracing evaluation: factors and scores for each strategy, under names of its own
     (factors_<eval_name>_<strategy>, scores_<eval_name>_<strategy>), ranked against the planted
-    facts beside a lexical baseline. Fitting and scoring settings not listed here take the stages'
-    own defaults (or their environment variables)."""
+    facts beside a lexical baseline; the prompts asking for planted facts are evaluated. Fitting
+    and scoring settings not listed here take the stages' own defaults (or their environment
+    variables)."""
 
     strategies: Annotated[
         tuple[Strategy, ...], NoDecode, BeforeValidator(_comma_separated), AfterValidator(_distinct),
         Field(min_length=1, description="Comma-separated strategies to evaluate"),
     ] = ("ekfac", "kfac", "diagonal", "identity")
     eval_name: Name = Field("eval", description="Prefix of the factors and scores names the evaluation uses")
-    prompts: str = Field(SHIPPED_PROMPTS, description="Prompts file; the ones asking for planted facts are evaluated")
-    task: Literal["language_modeling", "margin", "custom"] = "language_modeling"
-    factor_batch_size: PositiveInt = 16
-    train_batch_size: PositiveInt = 32
-    query_batch_size: PositiveInt | None = Field(None, description="Prompts per query batch; default all")
-    query_gradient_rank: PositiveInt | None = Field(None, description="Low-rank query gradients; default full")
+    factor_batch_size: FactorBatchSize = 16
+    train_batch_size: TrainBatchSize = 32
     damping_factor: Damping = DEFAULT_DAMPING

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
+from influence_core import settings as settings_module
 from influence_core.errors import ConfigError
 from influence_core.settings import (
+    CommonSettings,
     ComputeScoresSettings,
+    ComputeSelfScoresSettings,
     FitFactorsSettings,
     InspectFactorsSettings,
     InspectScoresSettings,
@@ -76,3 +81,33 @@ def test_pipeline_settings_split_into_stages():
     scores = stage_settings(ComputeScoresSettings, settings)
     assert train.num_train_epochs == 2 and scores.scores_name == "s"
     assert stage_settings(FitFactorsSettings, settings).factor_strategy == "kfac"
+
+
+def test_pipeline_settings_combine_every_stage():
+    stages = (TrainSettings, FitFactorsSettings, InspectFactorsSettings, ComputeScoresSettings,
+              ComputeSelfScoresSettings, InspectScoresSettings)
+    fields = list(PipelineSettings.model_fields)
+    assert set(fields) == set().union(*(stage.model_fields for stage in stages))
+    assert fields.index("dataset") < fields.index("factor_strategy") < fields.index("num_influential")  # stage order
+
+
+SETTINGS_CLASSES = sorted((cls for name, cls in inspect.getmembers(settings_module, inspect.isclass)
+                           if issubclass(cls, CommonSettings) and not name.startswith("_")),
+                          key=lambda cls: cls.__name__)
+
+
+@pytest.mark.parametrize("cls", SETTINGS_CLASSES, ids=lambda cls: cls.__name__)
+def test_every_setting_has_a_help_text(cls):
+    undocumented = [name for name, field in cls.model_fields.items() if not (field.description or "").strip()]
+    assert not undocumented, f"{cls.__name__}: no description for {', '.join(undocumented)}"
+
+
+@pytest.mark.parametrize("cls", SETTINGS_CLASSES, ids=lambda cls: cls.__name__)
+def test_help_prints_every_settings_help_text(cls, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_settings(cls, ["--help"])
+    assert exit_.value.code == 0
+    printed = "".join(capsys.readouterr().out.split())  # argparse wraps lines (at spaces and hyphens)
+    for name, field in cls.model_fields.items():
+        assert f"--{name}" in printed
+        assert "".join((field.description or "").split()) in printed, name
