@@ -13,13 +13,14 @@ from kronfluence.arguments import FactorArguments
 from kronfluence.utils.dataset import DataLoaderKwargs
 from transformers import AutoTokenizer
 
+from influence_core import paths
 from influence_core.data import PadCollator
 from influence_core.errors import ConfigError
 from influence_core.modeling import checked_tracked_modules, load_model, mlp_module_names
 from influence_core.settings import FitFactorsSettings
 from influence_core.tasks import TASKS
 
-ANALYSIS_NAME = "influence"  # Kronfluence writes to <work>/influence/{factors,scores}_<name>
+ANALYSIS_NAME = "influence"  # Kronfluence writes <work>/influence/{factors,scores}_<name>, as paths.py lays them out
 TRACKED_MODULES_FILE = "tracked_modules.json"  # in the factors: the modules they cover, which scoring tracks
 
 
@@ -121,7 +122,7 @@ def fit_factors(model_dir: Path, train_dir: Path, settings: FitFactorsSettings, 
 
 
 def factors_dir(work_dir: Path, factors_name: str) -> Path:
-    return work_dir / ANALYSIS_NAME / f"factors_{factors_name}"
+    return work_dir / paths.FACTORS(factors_name)
 
 
 def check_phase_inputs(local_dir: Path, settings: FitFactorsSettings) -> None:

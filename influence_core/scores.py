@@ -11,25 +11,26 @@ from kronfluence.arguments import ScoreArguments
 from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer
 
+from influence_core import paths
 from influence_core.corpus_order import length_sorted, restore_on_main_process
 from influence_core.data import tokenize_prompts
 from influence_core.errors import ConfigError
-from influence_core.factors import ANALYSIS_NAME, build_analyzer, data_partitions, load_training_examples
+from influence_core.factors import build_analyzer, data_partitions, load_training_examples
 from influence_core.prompts import Prompt
 from influence_core.runtime import is_main_process
-from influence_core.settings import ComputeScoresSettings, kronfluence_damping
+from influence_core.settings import ComputeScoresSettings, ScoringSettings, kronfluence_damping
 
 log = logging.getLogger(__name__)
 
 
-def score_arguments(settings: ComputeScoresSettings) -> ScoreArguments:
+def score_arguments(settings: ScoringSettings, **more) -> ScoreArguments:
+    """Kronfluence's ScoreArguments of the scoring settings (pairwise and self-scores), plus `more`."""
     return ScoreArguments(
         damping_factor=kronfluence_damping(settings.damping_factor),
-        data_partitions=settings.score_data_partitions,
-        query_gradient_low_rank=settings.query_gradient_rank,
         per_sample_gradient_dtype=getattr(torch, settings.per_sample_gradient_dtype),
         precondition_dtype=getattr(torch, settings.precondition_dtype),
         score_dtype=getattr(torch, settings.score_dtype),
+        **more,
     )
 
 
@@ -56,7 +57,8 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
             train_dataset=train_examples,
             per_device_query_batch_size=settings.query_batch_size or len(queries),
             per_device_train_batch_size=settings.train_batch_size,
-            score_args=score_arguments(settings),
+            score_args=score_arguments(settings, data_partitions=settings.score_data_partitions,
+                                       query_gradient_low_rank=settings.query_gradient_rank),
             target_data_partitions=partition,
             overwrite_output_dir=False,
         )
@@ -85,4 +87,4 @@ def check_one_row_per_prompt(path: Path, prompts: int) -> None:
 
 
 def scores_dir(work_dir: Path, scores_name: str) -> Path:
-    return work_dir / ANALYSIS_NAME / f"scores_{scores_name}"
+    return work_dir / paths.SCORES(scores_name)

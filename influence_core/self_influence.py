@@ -9,21 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from kronfluence.arguments import ScoreArguments
-
 from influence_core.corpus_order import length_sorted, restore_training_order
-from influence_core.factors import ANALYSIS_NAME, build_analyzer, load_training_examples
-from influence_core.settings import ComputeSelfScoresSettings, kronfluence_damping
-
-
-def self_score_arguments(settings: ComputeSelfScoresSettings) -> ScoreArguments:
-    return ScoreArguments(
-        damping_factor=kronfluence_damping(settings.damping_factor),
-        per_sample_gradient_dtype=getattr(torch, settings.per_sample_gradient_dtype),
-        precondition_dtype=getattr(torch, settings.precondition_dtype),
-        score_dtype=getattr(torch, settings.score_dtype),
-    )
+from influence_core.factors import build_analyzer, load_training_examples
+from influence_core.scores import score_arguments, scores_dir
+from influence_core.settings import ComputeSelfScoresSettings
 
 
 def compute_self_scores(model_dir: Path, train_dir: Path, settings: ComputeSelfScoresSettings,
@@ -39,10 +28,10 @@ def compute_self_scores(model_dir: Path, train_dir: Path, settings: ComputeSelfS
         factors_name=settings.factors_name,
         train_dataset=train_examples,
         per_device_train_batch_size=settings.train_batch_size,
-        score_args=self_score_arguments(settings),
+        score_args=score_arguments(settings),
         overwrite_output_dir=True,
     )
-    local = work_dir / ANALYSIS_NAME / f"scores_{name}"
+    local = scores_dir(work_dir, name)
     restore_training_order(local / "self_scores.safetensors", order)
     return local
 

@@ -440,3 +440,10 @@ class EvaluateSettings(QuerySettings):
     factor_batch_size: FactorBatchSize = 16
     train_batch_size: TrainBatchSize = 32
     damping_factor: Damping = DEFAULT_DAMPING
+
+
+class FetchReportSettings(CommonSettings):
+    """fetch_report: a report copied from the artifacts (a bucket, usually) to a local folder."""
+
+    scores_name: ScoresName = "prompt_scores"
+    report_dir: str = Field("./report", description="Local folder the report is copied into (replaced)")

@@ -30,23 +30,16 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from influence_core.errors import ConfigError, StorageError
+from influence_core.stages import producer_of
 
 SUCCESS = "_SUCCESS"
 PARTS = "_parts"  # staged steps of outputs being built, one folder per settings and inputs
 PARTIAL = ".partial-"  # a local copy in progress, renamed when complete
-# Which stage makes each input, for the message when a stage runs before the one it needs.
-PRODUCERS = {"model": "train", "data/train": "train", "influence/factors_": "fit_factors",
-             "influence/scores_": "compute_scores", "reports/factors_": "inspect_factors", "reports/lds": "lds",
-             "lds/": "lds"}
 VERSIONED_PACKAGES = ("torch", "transformers", "datasets", "tokenizers", "kronfluence", "fsspec", "s3fs")
 # Bounded S3 retries: s3fs tries each call 3 times with backoff (botocore's own retries off), each
 # try waiting at most 5 s to connect and 15 s for data: a dead endpoint fails in under a minute.
 S3_TRIES = 3
 S3_CONFIG = {"connect_timeout": 5, "read_timeout": 15, "retries": {"total_max_attempts": 1}}
-
-
-def producer_of(relative: str) -> str:
-    return next((stage for prefix, stage in PRODUCERS.items() if relative.startswith(prefix)), "an earlier")
 
 
 def redact(uri: str) -> str:

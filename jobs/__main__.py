@@ -6,23 +6,24 @@ import importlib
 import sys
 
 from influence_core.errors import ConfigError, StorageError
-from influence_core.runtime import handle_sigterm
-
-STAGES = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "inspect_scores",
-          "preview_data", "pipeline", "fetch_report", "evaluate", "lds", "import_model")
+from influence_core.runtime import handle_sigterm, is_main_process
+from influence_core.stages import BY_NAME
+from jobs.common import parse
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in STAGES:
+    if not argv or argv[0] not in BY_NAME:
         given = f"unknown stage {argv[0]!r}; " if argv else ""
-        print(f"error: {given}usage: python -m jobs <stage> [flags], stage one of: {', '.join(STAGES)}",
+        print(f"error: {given}usage: python -m jobs <stage> [flags], stage one of: {', '.join(BY_NAME)}",
               file=sys.stderr)
         return 2
-    stage = importlib.import_module(f"jobs.{argv[0]}")
+    stage = BY_NAME[argv[0]]
+    if stage.main_process_only and not is_main_process():
+        return 0
     handle_sigterm()
     try:
-        stage.run(argv[1:])
+        importlib.import_module(stage.module).main(parse(stage.settings, argv[1:], stage.name))
     except (ConfigError, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

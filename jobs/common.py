@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from influence_core.runtime import configure_logging, configure_progress
+from influence_core.runtime import (
+    barrier,
+    configure_logging,
+    configure_progress,
+    configure_threads,
+    is_main_process,
+    refuse_cpu_processes,
+    shared_work_dir,
+)
 from influence_core.settings import CommonSettings, S, load_settings
-from influence_core.storage import Artifacts, environment_facts
+from influence_core.storage import Artifacts, Output, environment_facts
 
 log = logging.getLogger("jobs")
 
@@ -56,3 +67,27 @@ def manifest(stage: str, settings: CommonSettings, inputs: dict[str, str], start
         "timings": {"started_unix": started, "seconds": round(time.time() - started, 3)},
         **extra,
     }
+
+
+@contextmanager
+def torchrun_stage(stage: str, settings: CommonSettings, artifacts: Artifacts, fetch: list[str], output: str,
+                   inputs: dict[str, str]) -> Iterator[tuple[Path, Output]]:
+    """The torchrun protocol of a stage that Kronfluence spreads over a pod's GPUs: several CPU
+    processes are refused (each would repeat all the work); the processes share one work directory,
+    where the main process fetches the artifacts `fetch` to <work>/<artifact path> (where
+    Kronfluence looks for factors) and restores the steps that earlier runs with the same settings and inputs
+    staged (an interrupted run, other shards), while the others wait. Yields the work directory and
+    the output, built at <work>/<output> and stamped with the settings and `inputs` (their
+    fingerprints); only the main process may publish (`is_main_process`)."""
+    refuse_cpu_processes(stage)
+    configure_threads()
+    with shared_work_dir(stage) as work:
+        out = Output(artifacts, output, work / output, stamp={"stage": stage, "settings": fingerprint(settings),
+                                                               "inputs": inputs})
+        if is_main_process():
+            for relative in fetch:
+                artifacts.fetch(relative, work / relative)
+            if restored := out.resume():
+                log.info("restored %d published files of this output", len(restored))
+        barrier()
+        yield work, out

@@ -10,10 +10,11 @@ import json
 import logging
 import time
 
+from influence_core import paths
 from influence_core.prompts import Prompt, parse_prompts
 from influence_core.settings import ComputeScoresSettings
-from influence_core.storage import Output, read_uri
-from jobs.common import already_done, fingerprint, manifest, open_artifacts, parse
+from influence_core.storage import read_uri
+from jobs.common import already_done, manifest, open_artifacts, torchrun_stage
 
 log = logging.getLogger("jobs.compute_scores")
 
@@ -26,36 +27,19 @@ def main(settings: ComputeScoresSettings) -> None:
     started = time.time()
     prompts = load_prompts(settings)
     artifacts = open_artifacts(settings.artifacts_uri)
-    factors = f"influence/factors_{settings.factors_name}"
-    inputs = artifacts.require("model", "data/train", factors)
+    factors = paths.FACTORS(settings.factors_name)
+    inputs = artifacts.require(paths.MODEL, paths.TRAIN_DATA, factors)
+    fetch = list(inputs)
     inputs["prompts"] = json.dumps([prompt.model_dump() for prompt in prompts])
-    output = f"influence/scores_{settings.scores_name}"
+    output = paths.SCORES(settings.scores_name)
     if already_done(artifacts, [output], "compute_scores", settings, inputs):
         return
 
-    from influence_core.factors import factors_dir
-    from influence_core.runtime import (
-        barrier,
-        configure_threads,
-        is_main_process,
-        refuse_cpu_processes,
-        shared_work_dir,
-    )
-    from influence_core.scores import compute_scores, scores_dir
+    from influence_core.runtime import is_main_process
+    from influence_core.scores import compute_scores
 
-    refuse_cpu_processes("compute_scores")
-    configure_threads()
-    with shared_work_dir("compute_scores") as work:
-        out = Output(artifacts, output, scores_dir(work, settings.scores_name),
-                     stamp={"stage": "compute_scores", "settings": fingerprint(settings), "inputs": inputs})
-        if is_main_process():  # the other torchrun processes read what it fetched
-            artifacts.fetch("model", work / "inputs" / "model")
-            artifacts.fetch("data/train", work / "inputs" / "train")
-            artifacts.fetch(factors, factors_dir(work, settings.factors_name))
-            if restored := out.resume():
-                log.info("restored %d published files of this output", len(restored))
-        barrier()
-        local = compute_scores(work / "inputs" / "model", work / "inputs" / "train", prompts, settings, work,
+    with torchrun_stage("compute_scores", settings, artifacts, fetch, output, inputs) as (work, out):
+        local = compute_scores(work / paths.MODEL, work / paths.TRAIN_DATA, prompts, settings, work,
                                after_step=out.sync if is_main_process() else lambda: None)
         if not is_main_process():
             return
@@ -68,7 +52,3 @@ def main(settings: ComputeScoresSettings) -> None:
         strategy = artifacts.manifest(factors)["settings"]["factor_strategy"]
         record = manifest("compute_scores", settings, inputs, started, factor_strategy=strategy)
         log.info("published %s", out.complete(record))
-
-
-def run(argv: list[str]) -> None:
-    main(parse(ComputeScoresSettings, argv, "compute_scores"))

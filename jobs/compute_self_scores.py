@@ -11,10 +11,11 @@ import logging
 import os
 import time
 
+from influence_core import paths
 from influence_core.errors import ConfigError
 from influence_core.settings import ComputeSelfScoresSettings
 from influence_core.storage import work_dir
-from jobs.common import already_done, manifest, open_artifacts, parse
+from jobs.common import already_done, manifest, open_artifacts
 
 log = logging.getLogger("jobs.compute_self_scores")
 
@@ -24,9 +25,9 @@ def main(settings: ComputeSelfScoresSettings) -> None:
         raise ConfigError("compute_self_scores runs as one process: start it with --nproc-per-node=1")
     started = time.time()
     artifacts = open_artifacts(settings.artifacts_uri)
-    factors = f"influence/factors_{settings.factors_name}"
-    inputs = artifacts.require("model", "data/train", factors)
-    output = f"influence/self_scores_{settings.factors_name}"
+    factors = paths.FACTORS(settings.factors_name)
+    inputs = artifacts.require(paths.MODEL, paths.TRAIN_DATA, factors)
+    output = paths.SELF_SCORES(settings.factors_name)
     if already_done(artifacts, [output], "compute_self_scores", settings, inputs):
         return
 
@@ -36,8 +37,8 @@ def main(settings: ComputeSelfScoresSettings) -> None:
 
     configure_threads()
     with work_dir() as work:
-        model_dir = artifacts.fetch("model", work / "inputs" / "model")
-        train_dir = artifacts.fetch("data/train", work / "inputs" / "train")
+        model_dir = artifacts.fetch(paths.MODEL, work / "inputs" / "model")
+        train_dir = artifacts.fetch(paths.TRAIN_DATA, work / "inputs" / "train")
         artifacts.fetch(factors, factors_dir(work, settings.factors_name))
         log.info("self-influence of every training example with factors %r", settings.factors_name)
         local = compute_self_scores(model_dir, train_dir, settings, work)
@@ -45,6 +46,3 @@ def main(settings: ComputeSelfScoresSettings) -> None:
         record = manifest("compute_self_scores", settings, inputs, started, factor_strategy=strategy)
         log.info("published %s", artifacts.publish(local, output, record))
 
-
-def run(argv: list[str]) -> None:
-    main(parse(ComputeSelfScoresSettings, argv, "compute_self_scores"))

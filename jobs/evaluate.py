@@ -15,15 +15,15 @@ import json
 import logging
 import time
 
+from influence_core import paths
 from influence_core.errors import ConfigError
 from influence_core.prompts import parse_prompts
 from influence_core.settings import ComputeScoresSettings, EvaluateSettings, FitFactorsSettings, stage_settings
 from influence_core.storage import read_uri, work_dir
 from jobs import compute_scores, fit_factors
-from jobs.common import already_done, fingerprint, manifest, open_artifacts, parse
+from jobs.common import already_done, fingerprint, manifest, open_artifacts
 
 log = logging.getLogger("jobs.evaluate")
-OUTPUT = "reports/evaluation"
 PLANTED_FACTS = "data/train/planted_facts.json"
 LABELS = {"ekfac": "EK-FAC", "kfac": "K-FAC", "diagonal": "diagonal", "identity": "identity"}
 # The train stage's settings that describe the model and corpus, for the report.
@@ -45,7 +45,7 @@ def main(settings: EvaluateSettings) -> None:
     started = time.time()
     prompts = parse_prompts(read_uri(settings.prompts, "PROMPTS"), settings.prompts)
     artifacts = open_artifacts(settings.artifacts_uri)
-    artifacts.require("model", "data/train")
+    artifacts.require(paths.MODEL, paths.TRAIN_DATA)
     if not artifacts.exists(PLANTED_FACTS):
         raise ConfigError(f"evaluate needs a model trained on the demo corpus: {artifacts.url(PLANTED_FACTS)} "
                           "does not exist (run the train stage with DATASET=demo)")
@@ -64,9 +64,9 @@ def main(settings: EvaluateSettings) -> None:
         log.info("evaluate: strategy %d/%d, %s", number, len(runs), strategy)
         fit_factors.main(fit)
         compute_scores.main(score)
-    scores = {strategy: f"influence/scores_{score.scores_name}" for strategy, (_, score) in runs.items()}
-    inputs = artifacts.require("model", "data/train", *scores.values())
-    if already_done(artifacts, [OUTPUT], "evaluate", settings, inputs):
+    scores = {strategy: paths.SCORES(score.scores_name) for strategy, (_, score) in runs.items()}
+    inputs = artifacts.require(paths.MODEL, paths.TRAIN_DATA, *scores.values())
+    if already_done(artifacts, [paths.EVALUATION_REPORT], "evaluate", settings, inputs):
         return
 
     from datasets import load_from_disk
@@ -76,7 +76,7 @@ def main(settings: EvaluateSettings) -> None:
     from influence_core.prompts import Prompt
 
     with work_dir() as work:
-        texts = load_from_disk(str(artifacts.fetch("data/train", work / "train")))["text"]
+        texts = load_from_disk(str(artifacts.fetch(paths.TRAIN_DATA, work / "train")))["text"]
         methods = {}
         for strategy, relative in scores.items():
             local = artifacts.fetch(relative, work / relative)
@@ -84,7 +84,7 @@ def main(settings: EvaluateSettings) -> None:
             scored = [Prompt(**item) for item in json.loads((local / "prompts.json").read_text())]
             fit, score = runs[strategy]
             seconds = {stage: artifacts.manifest(output)["timings"]["seconds"] for stage, output in
-                       (("fit_factors", f"influence/factors_{fit.factors_name}"), ("compute_scores", relative))}
+                       (("fit_factors", paths.FACTORS(fit.factors_name)), ("compute_scores", relative))}
             methods[strategy] = {"label": LABELS[strategy], "factors_name": fit.factors_name,
                                  "scores_name": score.scores_name, "seconds": seconds,
                                  **fact_metrics(matrix, scored, texts, facts)}
@@ -94,7 +94,7 @@ def main(settings: EvaluateSettings) -> None:
             methods[name] = {"label": LEXICAL_BASELINES[name], **fact_metrics(matrix, prompts, texts, facts)}
             log.info("%s: recall@10 %.3f, MRR %.3f", name, methods[name]["recall_at_10"], methods[name]["mrr"])
 
-        trained = artifacts.manifest("model")["settings"]
+        trained = artifacts.manifest(paths.MODEL)["settings"]
         fit, score = next(iter(runs.values()))
         used = {
             **{f"train.{key}": trained.get(key) for key in TRAIN_KEYS},
@@ -117,8 +117,6 @@ def main(settings: EvaluateSettings) -> None:
         out.mkdir()
         (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, ensure_ascii=False))
         (out / "evaluation.md").write_text(render_markdown(evaluation))
-        log.info("published %s", artifacts.publish(out, OUTPUT, manifest("evaluate", settings, inputs, started)))
+        record = manifest("evaluate", settings, inputs, started)
+        log.info("published %s", artifacts.publish(out, paths.EVALUATION_REPORT, record))
 
-
-def run(argv: list[str]) -> None:
-    main(parse(EvaluateSettings, argv, "evaluate"))

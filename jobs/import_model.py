@@ -11,7 +11,7 @@ import time
 
 from influence_core.settings import ImportModelSettings
 from influence_core.storage import redact, work_dir
-from jobs.common import already_done, manifest, open_artifacts, parse
+from jobs.common import already_done, manifest, open_artifacts
 from jobs.train import OUTPUTS, checked_length, load_corpus, publish
 
 log = logging.getLogger("jobs.import_model")
@@ -36,6 +36,3 @@ def main(settings: ImportModelSettings) -> None:
         publish(artifacts, work, corpus, examples, model, tokenizer, {"imported_from": redact(settings.model)},
                 manifest("import_model", settings, {}, started))
 
-
-def run(argv: list[str]) -> None:
-    main(parse(ImportModelSettings, argv, "import_model"))

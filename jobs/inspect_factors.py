@@ -10,31 +10,29 @@ import json
 import logging
 import time
 
+from influence_core import paths
 from influence_core.errors import ConfigError
-from influence_core.runtime import is_main_process
 from influence_core.settings import InspectFactorsSettings
 from influence_core.storage import work_dir
-from jobs.common import already_done, manifest, open_artifacts, parse
+from jobs.common import already_done, manifest, open_artifacts
 
 log = logging.getLogger("jobs.inspect_factors")
 BLOCK_COUNT_KEYS = ("num_hidden_layers", "num_layers", "n_layer")  # config.json's name for it, by architecture
 
 
 def main(settings: InspectFactorsSettings) -> None:
-    if not is_main_process():  # one process reports; more under torchrun would only repeat it
-        return
     started = time.time()
     artifacts = open_artifacts(settings.artifacts_uri)
-    factors = f"influence/factors_{settings.factors_name}"
-    inputs = artifacts.require("model", factors)
-    config = json.loads(artifacts.read_bytes("model/config.json"))  # the weights are not needed
+    factors = paths.FACTORS(settings.factors_name)
+    inputs = artifacts.require(paths.MODEL, factors)
+    config = json.loads(artifacts.read_bytes(f"{paths.MODEL}/config.json"))  # the weights are not needed
     num_layers = next(config[key] for key in BLOCK_COUNT_KEYS if key in config)
     layer = num_layers - 1 if settings.layer_num is None else settings.layer_num
     if layer >= num_layers:
         raise ConfigError(f"invalid setting LAYER_NUM (--layer_num): the model has layers 0..{num_layers - 1}, "
                           f"got {layer}")
     destination = open_artifacts(settings.output_dir) if settings.output_dir else artifacts
-    output = "" if settings.output_dir else f"reports/factors_{settings.factors_name}"
+    output = "" if settings.output_dir else paths.FACTORS_REPORT(settings.factors_name)
     if already_done(destination, [output], "inspect_factors", settings, inputs):
         return
 
@@ -57,6 +55,3 @@ def main(settings: InspectFactorsSettings) -> None:
                           plots=[plot.name for plot in plots])
         log.info("published %d plots and summary.json (%d modules) to %s", len(plots), len(summary["modules"]),
                  destination.publish(work / "plots", output, record))
-
-def run(argv: list[str]) -> None:
-    main(parse(InspectFactorsSettings, argv, "inspect_factors"))

@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from influence_core.runtime import is_main_process
+from influence_core import paths
 from influence_core.settings import InspectScoresSettings
 from influence_core.storage import Artifacts, work_dir
-from jobs.common import already_done, manifest, open_artifacts, parse
-from jobs.lds import OUTPUT as LDS_OUTPUT
+from jobs.common import already_done, manifest, open_artifacts
 
 if TYPE_CHECKING:
     import torch
@@ -28,26 +27,24 @@ log = logging.getLogger("jobs.inspect_scores")
 
 
 def main(settings: InspectScoresSettings) -> None:
-    if not is_main_process():  # one process reports; more under torchrun would only repeat it
-        return
     started = time.time()
     artifacts = open_artifacts(settings.artifacts_uri)
-    scores = f"influence/scores_{settings.scores_name}"
+    scores = paths.SCORES(settings.scores_name)
     scored_with = artifacts.manifest(scores) or {"settings": {}}  # missing: the require below says so
     factors_name = scored_with["settings"].get("factors_name", "")
-    factors, self_scores = f"influence/factors_{factors_name}", f"influence/self_scores_{factors_name}"
-    needed = [scores, "data/train", "model"]  # the model: each completion's probability
+    factors, self_scores = paths.FACTORS(factors_name), paths.SELF_SCORES(factors_name)
+    needed = [scores, paths.TRAIN_DATA, paths.MODEL]  # the model: each completion's probability
     if settings.per_token_scores:  # recomputed for the shown examples: needs what the scores came from
         needed.append(factors)
     if lds_measured(artifacts, scores):
-        needed.append(LDS_OUTPUT)
+        needed.append(paths.LDS_REPORT)
     if artifacts.manifest(self_scores) is not None:  # optional: listed when compute_self_scores has run
         needed.append(self_scores)
     # One call, so each input is checked against the others: factors fitted again under the same
     # name no longer made the scores, and per-token scores from them would not split the totals.
     inputs = artifacts.require(*needed)
-    measured = LDS_OUTPUT in inputs
-    output = f"reports/{settings.scores_name}"
+    measured = paths.LDS_REPORT in inputs
+    output = paths.REPORT(settings.scores_name)
     if already_done(artifacts, [output], "inspect_scores", settings, inputs):
         return
 
@@ -62,7 +59,7 @@ def main(settings: InspectScoresSettings) -> None:
 
     with work_dir() as work:
         scores_dir = artifacts.fetch(scores, work / "scores")
-        train_dir = artifacts.fetch("data/train", work / "train")
+        train_dir = artifacts.fetch(paths.TRAIN_DATA, work / "train")
         matrix = load_file(str(scores_dir / "pairwise_scores.safetensors"))["all_modules"]
         prompts = [Prompt(**item) for item in json.loads((scores_dir / "prompts.json").read_text())]
         texts = load_from_disk(str(train_dir))["text"]
@@ -71,11 +68,11 @@ def main(settings: InspectScoresSettings) -> None:
         names = {"scores_name": settings.scores_name, "factors_name": factors_name,
                  "strategy": scored_with.get("factor_strategy")}
         report = build_report(matrix, prompts, texts, facts, settings.num_influential, names)
-        model_dir = artifacts.fetch("model", work / "model")
+        model_dir = artifacts.fetch(paths.MODEL, work / "model")
         attach_probabilities(report, completion_probabilities(load_model(model_dir),
                                                               AutoTokenizer.from_pretrained(model_dir), prompts))
         if measured:
-            attach_lds(report, json.loads(artifacts.read_bytes(f"{LDS_OUTPUT}/lds.json")), settings.scores_name)
+            attach_lds(report, json.loads(artifacts.read_bytes(f"{paths.LDS_REPORT}/lds.json")), settings.scores_name)
 
         if settings.per_token_scores:
             from influence_core.factors import factors_dir
@@ -102,12 +99,12 @@ def main(settings: InspectScoresSettings) -> None:
 
 def lds_measured(artifacts: Artifacts, scores: str) -> bool:
     """Whether the LDS stage measured these very scores (not an earlier version of them)."""
-    recorded = ((artifacts.manifest(LDS_OUTPUT) or {}).get("inputs") or {}).get(scores)
+    recorded = ((artifacts.manifest(paths.LDS_REPORT) or {}).get("inputs") or {}).get(scores)
     if recorded is None or artifacts.manifest(scores) is None:
         return False
     if recorded != artifacts.fingerprint(scores):
         log.warning("%s measured an earlier version of these scores; rerun python -m jobs lds to report their LDS",
-                    artifacts.url(LDS_OUTPUT))
+                    artifacts.url(paths.LDS_REPORT))
         return False
     return True
 
@@ -133,6 +130,3 @@ def write_report(report: dict, matrix: torch.Tensor, prompts: list[Prompt], sett
         images[path.name] = path.read_bytes()
     (out / "report.html").write_text(render_html(report, images, settings.excerpt_chars), encoding="utf-8")
 
-
-def run(argv: list[str]) -> None:
-    main(parse(InspectScoresSettings, argv, "inspect_scores"))

@@ -20,6 +20,7 @@ import logging
 import time
 from pathlib import Path
 
+from influence_core import paths
 from influence_core.errors import ConfigError
 from influence_core.prompts import Prompt, parse_prompts
 from influence_core.runtime import world_size
@@ -33,18 +34,13 @@ from influence_core.settings import (
 )
 from influence_core.storage import Artifacts, read_uri, work_dir
 from jobs import compute_scores, fit_factors
-from jobs.common import already_done, fingerprint, manifest, open_artifacts, parse
+from jobs.common import already_done, fingerprint, manifest, open_artifacts
 
 log = logging.getLogger("jobs.lds")
-OUTPUT = "reports/lds"
 IDENTITY = "lds_identity"  # the factors and scores names of the identity baseline
 BASELINES = {"identity": "identity (gradient dot products)", "bm25": "BM25 on prompt + completion",
              "random": "random scores"}
 RANDOM_DRAWS = 100  # the random baseline: per prompt, the mean correlation of this many draws of random scores
-
-
-def subset_output(index: int) -> str:
-    return f"lds/subsets/{index:05d}"
 
 
 def main(settings: LdsSettings) -> None:
@@ -54,14 +50,14 @@ def main(settings: LdsSettings) -> None:
     started = time.time()
     prompts = parse_prompts(read_uri(settings.prompts, "PROMPTS"), settings.prompts)
     artifacts = open_artifacts(settings.artifacts_uri)
-    inputs = artifacts.require("model", "data/train")
-    trained = recorded_settings(TrainSettings, artifacts.manifest("model")["settings"])
+    inputs = artifacts.require(paths.MODEL, paths.TRAIN_DATA)
+    trained = recorded_settings(TrainSettings, artifacts.manifest(paths.MODEL)["settings"])
     seeds = [trained.model_seed + k for k in range(settings.lds_seeds)]
     indices = list(range(settings.lds_subsets)) if settings.subset is None else [settings.subset]
     scores = {} if settings.subset is not None else scores_to_correlate(settings, artifacts, prompts)
     stamps = {index: subset_stamp(settings, index, seeds, prompts) for index in indices}
     redo = settings.force and settings.subset is not None  # FORCE redoes a subset only when run alone
-    missing = [i for i in indices if redo or not artifacts.is_up_to_date(subset_output(i), "lds", stamps[i], inputs)]
+    missing = [i for i in indices if redo or not artifacts.is_up_to_date(paths.LDS_SUBSET(i), "lds", stamps[i], inputs)]
     if len(missing) < len(indices):
         log.info("lds: %d of %d subsets already published", len(indices) - len(missing), len(indices))
     with work_dir() as work:
@@ -69,11 +65,11 @@ def main(settings: LdsSettings) -> None:
             retrain_subsets(missing, stamps, settings, artifacts, inputs, trained, prompts, work)
         if settings.subset is not None:
             return
-        inputs.update(artifacts.require(*scores.values(), *(subset_output(index) for index in indices)))
-        if already_done(artifacts, [OUTPUT], "lds", settings, inputs):
+        inputs.update(artifacts.require(*scores.values(), *(paths.LDS_SUBSET(index) for index in indices)))
+        if already_done(artifacts, [paths.LDS_REPORT], "lds", settings, inputs):
             return
         local = correlate(settings, artifacts, prompts, scores, indices, trained, work)
-        log.info("published %s", artifacts.publish(local, OUTPUT, manifest("lds", settings, inputs, started)))
+        log.info("published %s", artifacts.publish(local, paths.LDS_REPORT, manifest("lds", settings, inputs, started)))
 
 
 def subset_stamp(settings: LdsSettings, index: int, seeds: list[int], prompts: list[Prompt]) -> dict:
@@ -89,7 +85,7 @@ def scores_to_correlate(settings: LdsSettings, artifacts: Artifacts, prompts: li
     asked = [prompt.model_dump() for prompt in prompts]
     scores = {}
     for name in settings.lds_scores:
-        relative = f"influence/scores_{name}"
+        relative = paths.SCORES(name)
         artifacts.require(relative)
         if json.loads(artifacts.read_bytes(f"{relative}/prompts.json")) != asked:
             raise ConfigError(f"LDS_SCORES={name}: these scores are for other prompts than PROMPTS="
@@ -101,7 +97,7 @@ def scores_to_correlate(settings: LdsSettings, artifacts: Artifacts, prompts: li
         update={"factors_name": IDENTITY, "factor_strategy": "identity"}))
     compute_scores.main(stage_settings(ComputeScoresSettings, settings).model_copy(
         update={"factors_name": IDENTITY, "scores_name": IDENTITY, "task": task}))
-    return {**scores, "identity": f"influence/scores_{IDENTITY}"}
+    return {**scores, "identity": paths.SCORES(IDENTITY)}
 
 
 def retrain_subsets(indices: list[int], stamps: dict[int, dict], settings: LdsSettings, artifacts: Artifacts,
@@ -116,8 +112,8 @@ def retrain_subsets(indices: list[int], stamps: dict[int, dict], settings: LdsSe
     from influence_core.training import training_plan
 
     configure_threads()
-    tokenizer = AutoTokenizer.from_pretrained(fetch_once(artifacts, "model", work))
-    examples = load_training_examples(fetch_once(artifacts, "data/train", work))
+    tokenizer = AutoTokenizer.from_pretrained(fetch_once(artifacts, paths.MODEL, work))
+    examples = load_training_examples(fetch_once(artifacts, paths.TRAIN_DATA, work))
     for index in indices:
         started = time.time()
         subset = draw_subset(len(examples), settings.lds_fraction, settings.seed, index)
@@ -135,7 +131,7 @@ def retrain_subsets(indices: list[int], stamps: dict[int, dict], settings: LdsSe
             {"subset": index, "examples": subset, "training_seeds": stamps[index]["training_seeds"],
              "measurements": measured}))
         record = {**manifest("lds", settings, inputs, started), "settings": stamps[index]}
-        artifacts.publish(out, subset_output(index), record)
+        artifacts.publish(out, paths.LDS_SUBSET(index), record)
         log.info("lds: published subset %d (%.1f s)", index, time.time() - started)
 
 
@@ -151,8 +147,8 @@ def correlate(settings: LdsSettings, artifacts: Artifacts, prompts: list[Prompt]
     from influence_core.evaluation import bm25_scores
     from influence_core.modeling import load_model
 
-    texts = load_from_disk(str(fetch_once(artifacts, "data/train", work)))["text"]
-    subsets = [json.loads(artifacts.read_bytes(f"{subset_output(index)}/measurements.json")) for index in indices]
+    texts = load_from_disk(str(fetch_once(artifacts, paths.TRAIN_DATA, work)))["text"]
+    subsets = [json.loads(artifacts.read_bytes(f"{paths.LDS_SUBSET(index)}/measurements.json")) for index in indices]
     mask = lds.subset_mask([subset["examples"] for subset in subsets], len(texts))
     # subsets x prompts per task, averaged over the training seeds
     measured = {task: torch.tensor([[sum(values[task][p] for values in subset["measurements"]) /
@@ -173,7 +169,7 @@ def correlate(settings: LdsSettings, artifacts: Artifacts, prompts: list[Prompt]
     methods["random"] = lds.random_baseline(len(texts), mask, measured[task], RANDOM_DRAWS, settings.seed,
                                             labels["random"], task)
 
-    model_dir = fetch_once(artifacts, "model", work)
+    model_dir = fetch_once(artifacts, paths.MODEL, work)
     probabilities = lds.completion_probabilities(load_model(model_dir), AutoTokenizer.from_pretrained(model_dir),
                                                  prompts)
     result = {
@@ -207,6 +203,3 @@ def fetch_once(artifacts: Artifacts, relative: str, work: Path) -> Path:
     local = work / "inputs" / relative
     return local if local.exists() else artifacts.fetch(relative, local)
 
-
-def run(argv: list[str]) -> None:
-    main(parse(LdsSettings, argv, "lds"))

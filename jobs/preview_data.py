@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from influence_core.settings import PreviewDataSettings
-from jobs.common import parse
 
 
 def main(settings: PreviewDataSettings) -> None:
@@ -18,6 +17,3 @@ def main(settings: PreviewDataSettings) -> None:
         print(text)
         print("\n" + "-" * 50 + "\n")
 
-
-def run(argv: list[str]) -> None:
-    main(parse(PreviewDataSettings, argv, "preview_data"))

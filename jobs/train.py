@@ -10,13 +10,14 @@ import json
 import logging
 import time
 
+from influence_core import paths
 from influence_core.errors import ConfigError
 from influence_core.settings import TrainSettings
 from influence_core.storage import Checkpoints, work_dir
-from jobs.common import already_done, fingerprint, manifest, open_artifacts, parse
+from jobs.common import already_done, fingerprint, manifest, open_artifacts
 
 log = logging.getLogger("jobs.train")
-OUTPUTS = ["data/train", "model"]
+OUTPUTS = [paths.TRAIN_DATA, paths.MODEL]
 
 
 def main(settings: TrainSettings) -> None:
@@ -30,7 +31,7 @@ def main(settings: TrainSettings) -> None:
 
     handle_sigterm(graceful=True)  # on SIGTERM: save and publish a checkpoint, then exit
     configure_threads()
-    checkpoints = Checkpoints(artifacts, "checkpoints/train", {"stage": "train", "settings": fingerprint(settings)})
+    checkpoints = Checkpoints(artifacts, paths.TRAIN_CHECKPOINTS, {"stage": "train", "settings": fingerprint(settings)})
     with work_dir() as work:
         source = modeling.resolve_model(settings.model, settings.tracked_modules, work) if settings.model else None
         corpus = load_corpus(settings)
@@ -94,9 +95,6 @@ def publish(artifacts, work, corpus, examples, model, tok, metrics: dict, record
     model.save_pretrained(work / "model")
     tok.save_pretrained(work / "model")
     (work / "model" / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
-    artifacts.publish(work / "data", "data/train", record)
-    log.info("published %s", artifacts.publish(work / "model", "model", record))
+    artifacts.publish(work / "data", paths.TRAIN_DATA, record)
+    log.info("published %s", artifacts.publish(work / "model", paths.MODEL, record))
 
-
-def run(argv: list[str]) -> None:
-    main(parse(TrainSettings, argv, "train"))

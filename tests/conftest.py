@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from influence_core import stages
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -76,7 +78,7 @@ def small_trained(tmp_path_factory) -> Path:
 # Kronfluence's steps; shared by the fault tests and the S3-versus-local comparison.
 SMALL = {"NUM_EXAMPLES": "100", "NUM_TRAIN_EPOCHS": "2", "COVARIANCE_DATA_PARTITIONS": "2",
          "LAMBDA_DATA_PARTITIONS": "2", "SCORE_DATA_PARTITIONS": "2", "NUM_INFLUENTIAL": "3"}
-PIPELINE = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "inspect_scores")
+PIPELINE = tuple(stage.name for stage in stages.PIPELINE)
 
 
 @pytest.fixture(scope="session")

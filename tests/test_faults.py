@@ -17,21 +17,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from influence_core.stages import PIPELINE, Stage
 from influence_core.storage import PARTIAL
 from tests.conftest import SMALL, run_jobs, start_jobs
 
-STAGES = {  # stage: (its outputs, the outputs of the stages before it)
-    "train": (["model", "data/train"], []),
-    "fit_factors": (["influence/factors_tiny_lm_factors"], ["model", "data/train"]),
-    "inspect_factors": (["reports/factors_tiny_lm_factors"], ["model", "data/train",
-                                                              "influence/factors_tiny_lm_factors"]),
-    "compute_scores": (["influence/scores_prompt_scores"], ["model", "data/train",
-                                                             "influence/factors_tiny_lm_factors"]),
-    "compute_self_scores": (["influence/self_scores_tiny_lm_factors"], ["model", "data/train",
-                                                                         "influence/factors_tiny_lm_factors"]),
-    "inspect_scores": (["reports/prompt_scores"], ["model", "data/train", "influence/factors_tiny_lm_factors",
-                                                    "influence/scores_prompt_scores",
-                                                    "influence/self_scores_tiny_lm_factors"]),
+
+def outputs(stage: Stage) -> list[str]:
+    """What a stage publishes at its default settings (SMALL changes no name)."""
+    return stage.output_paths(stage.settings.model_construct())
+
+
+STAGES = {  # stage: (its outputs, the outputs of the pipeline stages before it)
+    stage.name: (outputs(stage), [path for earlier in PIPELINE[:number] for path in outputs(earlier)])
+    for number, stage in enumerate(PIPELINE)
 }
 # Where each stage is killed, one kill per run, each rerun resuming from the last: a log line the
 # stage prints (then `delay` seconds more), or a file it publishes (staged or final) below the

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from influence_core import settings
-from jobs.__main__ import STAGES
+from influence_core.stages import BY_NAME, STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -33,18 +33,8 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 VENV_BIN = Path(sys.executable).parent  # the tests run from .venv (make test)
 KUBERNETES_VERSION = "1.33.0"
 
-# The stages that run as Jobs, in pipeline order (preview_data is independent), and their settings.
-STAGE_SETTINGS = {
-    "train": settings.TrainSettings,
-    "fit_factors": settings.FitFactorsSettings,
-    "inspect_factors": settings.InspectFactorsSettings,
-    "compute_scores": settings.ComputeScoresSettings,
-    "compute_self_scores": settings.ComputeSelfScoresSettings,
-    "inspect_scores": settings.InspectScoresSettings,
-    "preview_data": settings.PreviewDataSettings,
-    "lds": settings.LdsSettings,
-    "import_model": settings.ImportModelSettings,  # instead of train, for a model of your own
-}
+# The stages that run as Jobs, and their settings.
+STAGE_SETTINGS = {stage.name: stage.settings for stage in STAGES if stage.job}
 # Variables a Job reads from optional ConfigMap keys (a model of your own): unset unless an overlay sets them.
 OPTIONAL_KEYS = {"MODEL", "MODEL_DTYPE", "TRACKED_MODULES"}
 # Environment variables a manifest may set beside the stage's settings: where things are written,
@@ -279,7 +269,7 @@ def test_hadolint_passes_on_the_dockerfile():
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_every_stage_has_one_job(overlay):
-    assert set(STAGE_SETTINGS) <= set(STAGES)
+    assert set(STAGE_SETTINGS) <= set(BY_NAME)
     assert set(stage_jobs(render(overlay))) == set(STAGE_SETTINGS)
 
 
@@ -369,7 +359,7 @@ def test_commands_resolve_to_real_entrypoints(overlay):
         assert (ROOT / "docker" / "torchrun_stage.py").is_file()
         launch = parse_args(container["args"])  # torchrun's own parser
         assert launch.module and launch.training_script == "jobs"
-        assert launch.training_script_args == [stage] and stage in STAGES
+        assert launch.training_script_args == [stage] and stage in BY_NAME
         assert launch.standalone and launch.nproc_per_node == "1"
         assert container["image"] == "influence-jobs"  # what `make deploy-*` points at the build
 
@@ -541,7 +531,7 @@ def test_make_docker_run_runs_a_stage_with_local_artifacts():
     command = shlex.split(dry.stdout.replace("\\\n", " ").splitlines()[-1])
     assert command[:3] == ["docker", "run", "--rm"] and "--read-only" in command
     assert f"{ROOT}/artifacts:/artifacts" in command and "ARTIFACTS_URI=/artifacts" in command
-    assert command[-2:] == ["localhost:5000/influence-jobs:t", "fit_factors"] and "fit_factors" in STAGES
+    assert command[-2:] == ["localhost:5000/influence-jobs:t", "fit_factors"] and "fit_factors" in BY_NAME
     # --read-only: the image's writable paths must be the tmpfs mounts.
     tmpfs = {command[i + 1] for i, arg in enumerate(command) if arg == "--tmpfs"}
     for name in WRITABLE_ENV:
