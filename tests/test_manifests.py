@@ -462,12 +462,15 @@ def test_cloud_overlay_trains_gpt_neo_125m_on_openwebtext_in_a_bucket():
     assert env["DATASET"] == "Skylion007/openwebtext"  # parquet on the Hub, no loading script
     assert env["NUM_EXAMPLES"] == "10000" and int(env["MAX_LENGTH"]) >= 512
     assert env["ARTIFACTS_URI"].startswith("s3://")
+    on_gpus = set()
     for stage, job in all_stage_jobs(objects):
         stage_env = resolved_env(stage_container(job), objects)
         assert "FSSPEC_S3_ENDPOINT_URL" not in stage_env  # AWS S3 itself
         assert not any(value is None for value in stage_env.values())  # workload identity: no Secret
         gpus = stage_container(job)["resources"]["limits"].get("nvidia.com/gpu")
-        assert (gpus == 1) == (stage in ("train", "fit_factors", "compute_scores", "compute_self_scores", "lds")), stage
+        assert (gpus == 1) == (job["metadata"]["labels"]["influence-jobs/device"] == "gpu"), stage  # a Job says
+        on_gpus |= {stage} if gpus == 1 else set()
+    assert {"train", "fit_factors", "compute_scores", "compute_self_scores", "lds"} <= on_gpus
     (account,) = of_kind(objects, "ServiceAccount")
     assert "eks.amazonaws.com/role-arn" in account["metadata"].get("annotations", {})
     assert all(pod_spec(job)["serviceAccountName"] == account["metadata"]["name"] for job in jobs.values())

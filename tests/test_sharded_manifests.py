@@ -22,6 +22,7 @@ import pytest
 from influence_core import settings
 from influence_core.errors import ConfigError
 from influence_core.factors import PHASES
+from influence_core.stages import PIPELINE
 from tests.test_manifest_run import BUILD_SHA, pod_process, run_pod
 from tests.test_manifests import (
     K8S,
@@ -284,9 +285,7 @@ def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, 
     order = ["train", *make_steps("deploy-fit-factors-sharded", "local"), "inspect-factors",
              *make_steps("deploy-compute-scores-sharded", "local"), "compute-self-scores", "inspect-scores"]
     lds_order = [*make_steps("deploy-lds", "local"), "inspect-scores"]  # then the report states the LDS
-    # preview_data stands apart; import_model replaces train for a model of your own (test_manifest_run)
-    assert {stage_of(jobs[name]) for name in order + lds_order} == set(STAGE_SETTINGS) - {"preview_data",
-                                                                                           "import_model"}
+    assert {stage_of(jobs[name]) for name in order + lds_order} == {stage.name for stage in PIPELINE} | {"lds"}
     logs = {name: run_job(jobs[name], objects, tmp_path, s3_env, artifacts_uri) for name in order}
     # The LDS Jobs with 2 subsets of 1 seed (as a user sets LDS_SUBSETS and LDS_SEEDS in settings.env):
     # lds-retrain runs a pod per subset, lds correlates.
