@@ -57,10 +57,24 @@ lds-study: install
 bench: install
 	$(PY) bench/run.py
 
-## test: the whole test suite, on TEST_WORKERS processes (tests sharing a trained fixture share one)
+## test: the whole test suite, on TEST_WORKERS processes (tests sharing a trained fixture share one),
+## after installing what it needs: the virtual environment and Chromium (test-chromium)
 TEST_WORKERS ?= 2
-test: install
+test: install test-chromium
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
+## test-chromium: headless Chromium for tests/test_report_html.py, Debian's `chromium` package,
+## installed with apt-get (through sudo when not root) only when `chromium` is not on PATH
+.PHONY: test-chromium
+test-chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" -eq 0 ]; then sudo=; \
+		elif command -v sudo >/dev/null 2>&1; then sudo=sudo; \
+		else echo "make test needs Chromium: install Debian's chromium package (as root: apt-get install chromium)" >&2; \
+			exit 1; fi; \
+		set -x; \
+		$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	}
 
 ## fetch-report: copy reports/$(SCORES_NAME)/ from $(ARTIFACTS_URI) (a bucket) to $(REPORT_DIR)
 REPORT_DIR ?= ./report
@@ -86,14 +100,14 @@ OVERLAY ?= local
 STAGE ?=
 ARGS ?=
 DOCKER_RUN_FLAGS ?=
-K8S_STAGES := train import-model fit-factors inspect-factors compute-scores compute-self-scores inspect-scores preview-data lds
+# Every Job of k8s/base (job-<name>.yaml): a stage's own Job, or a step of a stage spread over pods.
+K8S_JOBS := $(patsubst k8s/base/job-%.yaml,%,$(wildcard k8s/base/job-*.yaml))
 # fit-factors and compute-scores spread over pods (README, "Spread over pods"): their Jobs in the
 # order they run. Indexed Jobs compute a data partition per pod; the stage's own Job aggregates.
 K8S_FIT_FACTORS_SHARDED := fit-factors-covariance fit-factors-eigendecomposition fit-factors-lambda fit-factors
 K8S_COMPUTE_SCORES_SHARDED := compute-scores-shards compute-scores
 # lds: an Indexed Job retrains a subset per pod, then the lds Job correlates (README, "Linear datamodeling score").
 K8S_LDS := lds-retrain lds
-K8S_JOBS := $(K8S_STAGES) $(filter-out $(K8S_STAGES),$(K8S_FIT_FACTORS_SHARDED) $(K8S_COMPUTE_SCORES_SHARDED) $(K8S_LDS))
 
 .PHONY: build push docker-run k8s-render deploy-local-secret deploy-local-storage \
 	deploy-fit-factors-sharded deploy-compute-scores-sharded
@@ -153,9 +167,8 @@ define deploy_job
 	done
 endef
 
-## deploy-<stage> [OVERLAY=local|cloud]: run one stage as a Job and wait for it; stages:
-## train import-model fit-factors inspect-factors compute-scores compute-self-scores inspect-scores
-## preview-data lds. A new deploy replaces the stage's old Job (the stage itself skips outputs that
+## deploy-<stage> [OVERLAY=local|cloud]: run one stage as a Job and wait for it: any Job of k8s/base
+## (train, import-model, fit-factors, ..., lds; `make deploy-x` lists them). A new deploy replaces the stage's old Job (the stage itself skips outputs that
 ## are already complete). The steps of the sharded targets below deploy the same way.
 deploy-%: $(if $(filter local,$(OVERLAY)),deploy-local-storage)
 	$(if $(filter $*,$(K8S_JOBS)),,$(error unknown stage or Job '$*': one of $(K8S_JOBS)))

@@ -109,10 +109,19 @@ def test_evaluate_finds_the_planted_facts_on_the_demo(demo_run):
             assert measured["ranks"] == ranks
             assert measured["recall_at_10"] == sum(r <= 10 for r in ranks) / len(ranks)
             assert measured["reciprocal_rank"] == 1 / min(ranks)
+    # The README's demo table: EK-FAC recall@10 1.000 (MRR 1.000), identity 0.602 (0.653), BM25 1.000
+    # (1.000), BM25 on the prompt alone 0.982 (1.000). Measured on 2026-12-01 with the default threads:
+    # the same; with one thread per process (as `make test` runs) the same but identity 0.490 (0.709),
+    # float rounding in training. So identity has no number of its own here, only its distance below
+    # EK-FAC: 0.398 and 0.510 measured, at least 0.2 required (a stating document in or out of a top 10
+    # moves the mean over the 8 facts by 0.018-0.031, so 0.2 is 7-11 documents).
     assert methods["ekfac"]["recall_at_10"] >= 0.9
-    assert methods["ekfac"]["recall_at_10"] >= methods["identity"]["recall_at_10"]
+    assert methods["ekfac"]["recall_at_10"] >= methods["identity"]["recall_at_10"] + 0.2
     assert methods["ekfac"]["mrr"] >= methods["identity"]["mrr"]
-    assert 0 <= methods["bm25"]["recall_at_10"] <= 1 and 0 < methods["bm25"]["mrr"] <= 1
+    # BM25 depends on the corpus alone (no model, no float rounding), so its numbers are the table's.
+    assert methods["bm25"]["recall_at_10"] == 1.0 and methods["bm25"]["mrr"] == 1.0
+    assert methods["bm25_prompt_only"]["recall_at_10"] == pytest.approx(0.982, abs=5e-4)
+    assert methods["bm25_prompt_only"]["mrr"] == 1.0
     markdown = (out / "evaluation.md").read_text()
     assert f"| EK-FAC | {methods['ekfac']['recall_at_10']:.3f} | {methods['ekfac']['mrr']:.3f} |" in markdown
     assert "| BM25 on prompt + completion |" in markdown and "`strategies`: ekfac, identity" in markdown

@@ -66,7 +66,7 @@ def read_page(html: str) -> ReportPage:
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     binary = shutil.which("chromium")
-    assert binary, "chromium is not installed: .ci/run installs it (apt-get install -y chromium)"
+    assert binary, "chromium is not installed: make test installs it (make test-chromium)"
     profile = tmp_path / f"chromium-profile-{uuid.uuid4().hex[:8]}"
     return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
                           text=True, timeout=180)

@@ -16,6 +16,16 @@ from influence_core.settings import (
 )
 from jobs import compute_scores, fit_factors, inspect_scores
 
+# Planted-fact recall@10 of each strategy on the small pipeline's model (100 documents, 2 epochs;
+# chance is 10/100 = 0.1), against the EK-FAC report of the same model (the pipeline's prompt_scores).
+# Measured on 2026-12-01, the same with one thread per process (as `make test` runs) and the default
+# threads: EK-FAC 0.852, K-FAC 0.877, diagonal 0.613. The README's evaluation table (the demo: 600
+# documents, 10 epochs) has the same order: K-FAC level with EK-FAC, diagonal well below both.
+# Margin 0.1: a fact is stated in 4-7 documents, so one document moving in or out of a top 10 changes
+# the mean over the 8 facts by 0.018-0.031; 0.1 allows 3 or more such moves (float rounding on another
+# machine), while the measured gaps are 0.025 above EK-FAC for K-FAC and 0.24 below it for diagonal.
+RECALL_MARGIN = 0.1
+
 
 # identity and ekfac are covered by tests/test_exactness.py and tests/test_evaluation.py.
 @pytest.mark.parametrize("strategy, recorded", [("diagfisher", "diagonal"), ("kfac", "kfac")])
@@ -33,7 +43,13 @@ def test_strategy_end_to_end(small_pipeline, strategy, recorded):
     assert report["strategy"] == recorded and report["factors_name"] == factors
     assert all(len(entry["top_positive"]) == 3 for entry in report["prompts"])
     assert all(math.isfinite(item["score"]) for entry in report["prompts"] for item in entry["top_positive"])
-    assert 0.0 <= report["fact_recall_at_10"] <= 1.0
+    recall = report["fact_recall_at_10"]
+    ekfac = json.loads((small_pipeline / "reports" / "prompt_scores" / "report.json").read_text())
+    assert ekfac["strategy"] == "ekfac" and ekfac["fact_recall_at_10"] >= 0.75, ekfac["fact_recall_at_10"]
+    if recorded == "kfac":  # K-FAC: as good as EK-FAC, up to the margin
+        assert recall >= ekfac["fact_recall_at_10"] - RECALL_MARGIN, (recall, ekfac["fact_recall_at_10"])
+    else:  # diagonal: below EK-FAC by more than the margin, and still far above chance
+        assert 0.4 <= recall <= ekfac["fact_recall_at_10"] - RECALL_MARGIN, (recall, ekfac["fact_recall_at_10"])
 
 
 def test_tracked_modules_choose_what_is_scored(small_pipeline):
