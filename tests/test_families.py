@@ -125,7 +125,7 @@ def test_a_model_fine_tuned_on_the_demo_corpus_finds_the_planted_facts(tmp_path)
     analysed by the stages."""
     source = save_tiny_model("gpt2", tmp_path / "gpt2", documents=600, n_embd=128, n_layer=4, n_head=4, n_inner=512)
     common = ["--artifacts_uri", str(tmp_path / "artifacts")]
-    result = run_jobs("train", "--model", str(source), "--num_train_epochs", "4",
+    result = run_jobs("train", "--model", str(source), "--num_examples", "300", "--num_train_epochs", "5",
                       env={"ARTIFACTS_URI": str(tmp_path / "artifacts")})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training " + str(source) in result.stderr

@@ -3,6 +3,9 @@ unpartitioned run; a killed shard reruns alone; CPU torchrun with several proces
 
 from __future__ import annotations
 
+import importlib
+import io
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +19,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from influence_core.corpus_order import IN_TRAINING_ORDER
+from influence_core.runtime import configure_progress
+from influence_core.settings import load_settings
+from influence_core.stages import BY_NAME
 from tests.conftest import ROOT, run_jobs, start_jobs
 from tests.test_faults import PARTITION_SCORED
 
@@ -36,9 +42,22 @@ def run_shards(args: list[str], artifacts: Path, count: int = PARTITIONS) -> Non
 
 
 def ok(*args: str, artifacts: Path) -> str:
-    result = run_jobs(*args, env={"ARTIFACTS_URI": str(artifacts)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stderr
+    """A sequential step (a reference run, an aggregation) in-process, as `python -m jobs` runs it;
+    returns its log, progress lines included. The shards run as processes, all at once."""
+    stage = BY_NAME[args[0]]
+    settings = load_settings(stage.settings, [*args[1:], "--artifacts_uri", str(artifacts)])
+    configure_progress()  # bars become log lines, as in a pod
+    log, handler = io.StringIO(), logging.StreamHandler()
+    handler.setStream(log)
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        importlib.import_module(stage.module).main(settings)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return log.getvalue()
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
