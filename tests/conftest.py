@@ -64,9 +64,9 @@ def demo_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_trained(tmp_path_factory) -> Path:
-    """Artifacts holding only a quickly trained small model (200 documents, 2 epochs)."""
+    """Artifacts holding only a quickly trained small model (100 documents, 2 epochs)."""
     artifacts = tmp_path_factory.mktemp("small") / "artifacts"
-    result = run_jobs("train", "--num_examples", "200", "--num_train_epochs", "2",
+    result = run_jobs("train", "--num_examples", "100", "--num_train_epochs", "2",
                       env={"ARTIFACTS_URI": str(artifacts)})
     assert result.returncode == 0, result.stderr[-4000:]
     return artifacts

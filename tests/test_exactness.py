@@ -168,7 +168,7 @@ def train_gradients(reference, run) -> dict[int, torch.Tensor]:
 
 def test_reference_covers_the_training_set(reference, run, train_gradients):
     count = len(reference.train_ids)
-    assert run["identity"].shape == (len(PROMPTS), count) and count == 200
+    assert run["identity"].shape == (len(PROMPTS), count) and count == 100
     assert len(train_gradients) >= count // REFERENCE_EVERY
     size = sum(p.numel() for p in reference.weights + reference.biases)
     assert next(iter(train_gradients.values())).numel() == size == 4 * (128 * 512 + 512 + 512 * 128 + 128)
