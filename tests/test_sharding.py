@@ -25,8 +25,8 @@ from influence_core.stages import BY_NAME
 from tests.conftest import ROOT, run_jobs, start_jobs
 from tests.test_faults import PARTITION_SCORED
 
-PARTITIONS = 4  # four workers at once, as four pods of an Indexed Job
-VICTIM = 2  # the shard killed in test_killed_shard_reruns_alone
+PARTITIONS = 2  # two workers at once, as two pods of an Indexed Job
+VICTIM = 1  # the shard killed in test_killed_shard_reruns_alone
 
 
 def start(args: list[str], artifacts: Path, **env: str) -> subprocess.Popen:
