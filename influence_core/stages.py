@@ -32,10 +32,6 @@ class Stage:
     def module(self) -> str:
         return f"jobs.{self.name}"
 
-    @property
-    def job_name(self) -> str:
-        return self.name.replace("_", "-")
-
     def output_paths(self, stage_settings: CommonSettings) -> list[str]:
         values = stage_settings.model_dump()
         return [template.format(**values) for template in self.outputs]

@@ -66,7 +66,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(manifest: dict) -> str:
+def fingerprint_of(manifest: dict) -> str:
+    """What a stage records of a complete input: the digest of its `_SUCCESS` manifest."""
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
@@ -118,7 +119,7 @@ class Artifacts:
                     f"(python -m jobs {stage}) with the same ARTIFACTS_URI"
                 )
             manifests[relative] = manifest
-            fingerprints[relative] = _fingerprint(manifest)
+            fingerprints[relative] = fingerprint_of(manifest)
         for relative, manifest in manifests.items():
             for upstream, recorded in (manifest.get("inputs") or {}).items():
                 if upstream in fingerprints and recorded != fingerprints[upstream]:
@@ -127,10 +128,6 @@ class Artifacts:
                         f"now: rerun the {producer_of(relative)} stage with FORCE=true"
                     )
         return fingerprints
-
-    def fingerprint(self, relative: str) -> str:
-        """What a stage records of a complete input: the digest of its `_SUCCESS` manifest."""
-        return _fingerprint(self.manifest(relative))
 
     def is_up_to_date(self, relative: str, stage: str, settings: dict, inputs: dict[str, str]) -> bool:
         """True when `relative` is complete and was made by `stage` from these settings and inputs."""

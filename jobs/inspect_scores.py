@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from influence_core import paths
 from influence_core.settings import InspectScoresSettings
-from influence_core.storage import Artifacts, work_dir
+from influence_core.storage import Artifacts, fingerprint_of, work_dir
 from jobs.common import already_done, manifest, open_artifacts
 
 if TYPE_CHECKING:
@@ -30,13 +30,13 @@ def main(settings: InspectScoresSettings) -> None:
     started = time.time()
     artifacts = open_artifacts(settings.artifacts_uri)
     scores = paths.SCORES(settings.scores_name)
-    scored_with = artifacts.manifest(scores) or {"settings": {}}  # missing: the require below says so
-    factors_name = scored_with["settings"].get("factors_name", "")
+    scored_with = artifacts.manifest(scores)
+    factors_name = (scored_with or {"settings": {}})["settings"].get("factors_name", "")  # missing: require says so
     factors, self_scores = paths.FACTORS(factors_name), paths.SELF_SCORES(factors_name)
     needed = [scores, paths.TRAIN_DATA, paths.MODEL]  # the model: each completion's probability
     if settings.per_token_scores:  # recomputed for the shown examples: needs what the scores came from
         needed.append(factors)
-    if lds_measured(artifacts, scores):
+    if lds_measured(artifacts, scores, scored_with):
         needed.append(paths.LDS_REPORT)
     if artifacts.manifest(self_scores) is not None:  # optional: listed when compute_self_scores has run
         needed.append(self_scores)
@@ -97,12 +97,13 @@ def main(settings: InspectScoresSettings) -> None:
                                                                                      inputs, started)))
 
 
-def lds_measured(artifacts: Artifacts, scores: str) -> bool:
-    """Whether the LDS stage measured these very scores (not an earlier version of them)."""
+def lds_measured(artifacts: Artifacts, scores: str, scored_with: dict | None) -> bool:
+    """Whether the LDS stage measured these very scores (`scored_with`: their manifest), not an
+    earlier version of them."""
     recorded = ((artifacts.manifest(paths.LDS_REPORT) or {}).get("inputs") or {}).get(scores)
-    if recorded is None or artifacts.manifest(scores) is None:
+    if recorded is None or scored_with is None:
         return False
-    if recorded != artifacts.fingerprint(scores):
+    if recorded != fingerprint_of(scored_with):
         log.warning("%s measured an earlier version of these scores; rerun python -m jobs lds to report their LDS",
                     artifacts.url(paths.LDS_REPORT))
         return False
