@@ -208,8 +208,8 @@ def test_a_report_on_scores_of_factors_fitted_again_is_refused(small_pipeline, t
 
     factors, scores = "influence/factors_tiny_lm_factors", "influence/scores_prompt_scores"
     artifacts = copy_artifacts(small_pipeline, tmp_path / "artifacts", "model", "data/train", factors, scores)
-    flags = [f"--{key.lower()}={value}" for key, value in SMALL.items() if key in FitFactorsSettings.model_fields
-             or key.lower() in FitFactorsSettings.model_fields]
+    fields = FitFactorsSettings.model_fields
+    flags = [f"--{key.lower()}={value}" for key, value in SMALL.items() if key.lower() in fields]
     fit_factors.main(load_settings(FitFactorsSettings, [*flags, "--artifacts_uri", str(artifacts), "--force"]))
     result = run_probe(["inspect_scores"], {"ARTIFACTS_URI": str(artifacts)}, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
