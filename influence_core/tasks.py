@@ -31,14 +31,18 @@ def _sample_labels(logits: torch.Tensor, batch: BatchType, seed: int) -> torch.T
     elsewhere), with one random stream per example, seeded by its tokens: the draws, and so the
     fitted factors, do not depend on batch size, padding, data partitioning or a resumed run."""
     labels = batch["labels"][..., 1:]
-    logits = logits.detach().view(*labels.shape, logits.size(-1))
-    sampled = torch.full_like(labels, -100)
-    for row, (ids, mask) in enumerate(zip(batch["input_ids"], batch["attention_mask"])):
-        keep = labels[row] != -100  # padded positions never reach the random stream
+    keep = labels != -100  # padded positions never reach the random streams
+    # Inverse-CDF sampling, one uniform draw per position (torch.multinomial draws one per
+    # vocabulary entry, a fifth of fit_factors' time on CPU); the cumulative sums of all rows at once.
+    cumulative = F.softmax(logits.detach().view(*labels.shape, logits.size(-1))[keep], dim=-1).cumsum(dim=-1)
+    uniforms = []
+    for ids, mask, row_keep in zip(batch["input_ids"], batch["attention_mask"], keep):
         key = hashlib.blake2b(ids[mask.bool()].cpu().numpy().tobytes(), digest_size=7).digest()
         generator = torch.Generator(device=logits.device).manual_seed(int.from_bytes(key, "big") + seed)
-        probabilities = F.softmax(logits[row, keep], dim=-1)
-        sampled[row, keep] = torch.multinomial(probabilities, num_samples=1, generator=generator).flatten()
+        uniforms.append(torch.rand(int(row_keep.sum()), generator=generator, device=logits.device))
+    drawn = torch.searchsorted(cumulative, (torch.cat(uniforms) * cumulative[:, -1])[:, None], right=True)
+    sampled = torch.full_like(labels, -100)
+    sampled[keep] = drawn.flatten().clamp(max=cumulative.size(-1) - 1).to(labels.dtype)
     return sampled.reshape(-1)
 
 

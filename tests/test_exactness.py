@@ -246,3 +246,37 @@ def test_self_scores_equal_the_diagonal_of_pairwise_scores(run, reference, train
     if strategy == "identity":
         norms = torch.stack([train_gradients[i].square().sum() for i in indices])
         assert relative_error(self_scores, norms) <= TOLERANCE
+
+
+# ---- the order of the training examples ----------------------------------------------------------
+
+def test_factors_fitted_on_length_sorted_examples_equal_those_in_corpus_order(small_trained, tmp_path, monkeypatch):
+    """fit_factors feeds Kronfluence the examples sorted by length within each data partition (less
+    padding); the factors are sums over examples, so they must equal the corpus-order fit to float
+    rounding (float64 here), also when a phase takes only its first MAX_EXAMPLES examples."""
+    from influence_core import factors
+
+    flags = ["--artifacts_uri", str(small_trained), "--factor_batch_size", "8",
+             "--covariance_max_examples", "70", "--covariance_data_partitions", "2",
+             "--lambda_max_examples", "80", "--lambda_data_partitions", "3",
+             *[arg for dtype in ("activation_covariance", "gradient_covariance", "lambda")
+               for arg in (f"--{dtype}_dtype", "float64")]]
+    settings = load_settings(FitFactorsSettings, flags)
+    examples = load_training_examples(small_trained / "data/train")
+    sorted_lengths = [len(ids) for ids in factors.phase_data(examples, 70, 2, settings)["dataset"]["input_ids"]]
+    assert sorted_lengths[:35] == sorted(sorted_lengths[:35], reverse=True) != sorted_lengths[:35][::-1]
+
+    def fit(work: Path) -> dict[str, dict[str, torch.Tensor]]:
+        directory = factors.fit_factors(small_trained / "model", small_trained / "data/train", settings, work)
+        return {path.stem: load_file(str(path)) for path in directory.glob("*.safetensors")
+                if "eigenvectors" not in path.stem}  # eigenvectors are defined up to sign
+
+    length_sorted = fit(tmp_path / "sorted")
+    monkeypatch.setattr(factors, "length_sorted", lambda examples, partitions: (examples, None))
+    corpus_order = fit(tmp_path / "corpus_order")
+    assert set(length_sorted) == set(corpus_order) and "lambda_matrix" in length_sorted
+    for name, by_module in corpus_order.items():
+        for module, expected in by_module.items():
+            got = length_sorted[name][module]
+            scale = expected.abs().max().clamp(min=1e-30)
+            assert ((got - expected).abs().max() / scale).item() < 1e-9, (name, module)

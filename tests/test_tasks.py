@@ -16,6 +16,7 @@ from influence_core.tasks import (
     LanguageModelingTask,
     LanguageModelingWithCustomMeasurementTask,
     LanguageModelingWithMarginMeasurementTask,
+    _sample_labels,
 )
 
 
@@ -110,6 +111,22 @@ def test_sampled_labels_do_not_depend_on_the_batch(model, batch):
     assert together == pytest.approx(apart, rel=1e-5)
     assert LanguageModelingTask(mlp_module_names(2), seed=8).compute_train_loss(batch, model, sample=True).item() != (
         pytest.approx(together, rel=1e-6))
+
+
+def test_sampled_labels_follow_the_model_s_predictions():
+    """The true Fisher needs labels drawn from the model's own distribution at every position."""
+    probabilities = torch.tensor([0.5, 0.25, 0.15, 0.07, 0.03])
+    rows, length = 8, 1001
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (rows, length), generator=generator)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    batch["labels"][:, :500] = -100  # labelled positions only, as in a query
+    logits = probabilities.log().expand(rows * (length - 1), -1)
+    sampled = _sample_labels(logits, batch, seed=0).view(rows, length - 1)
+    assert (sampled[:, :499] == -100).all()
+    drawn = sampled[:, 499:].flatten()
+    frequencies = torch.bincount(drawn, minlength=5).double() / drawn.numel()  # 4,008 draws
+    assert torch.allclose(frequencies, probabilities.double(), atol=0.02), frequencies
 
 
 class NanAtPadding(torch.nn.Module):
