@@ -19,6 +19,7 @@ from influence_core.corpus_order import length_sorted
 from influence_core.data import PadCollator
 from influence_core.errors import ConfigError
 from influence_core.modeling import checked_tracked_modules, load_model, mlp_module_names
+from influence_core.runtime import autocast_dtype
 from influence_core.settings import FitFactorsSettings
 from influence_core.tasks import TASKS
 
@@ -81,6 +82,7 @@ def factor_arguments(settings: FitFactorsSettings) -> FactorArguments:
         gradient_covariance_dtype=getattr(torch, settings.gradient_covariance_dtype),
         eigendecomposition_dtype=getattr(torch, settings.eigendecomposition_dtype),
         lambda_dtype=getattr(torch, settings.lambda_dtype),
+        amp_dtype=autocast_dtype(settings.amp_dtype),
     )
 
 

@@ -14,9 +14,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from influence_core.errors import ConfigError
 from influence_core.storage import work_dir
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_limit() -> int:
@@ -50,6 +54,17 @@ def configure_threads() -> int:
     threads = max(1, cpu_limit() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     torch.set_num_threads(threads)
     return threads
+
+
+def autocast_dtype(amp_dtype: str) -> torch.dtype | None:
+    """The dtype AMP_DTYPE names for autocast; None for float32 (no autocast). auto: bfloat16 on a
+    CUDA device that supports it (its tensor cores run bfloat16 several times faster than float32)."""
+    import torch
+
+    if amp_dtype == "auto":
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else None
+    return None if amp_dtype == "float32" else getattr(torch, amp_dtype)
 
 
 def configure_logging(level: str) -> None:

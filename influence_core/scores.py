@@ -17,7 +17,7 @@ from influence_core.data import tokenize_prompts
 from influence_core.errors import ConfigError
 from influence_core.factors import build_analyzer, data_partitions, load_training_examples
 from influence_core.prompts import Prompt
-from influence_core.runtime import is_main_process
+from influence_core.runtime import autocast_dtype, is_main_process
 from influence_core.settings import ComputeScoresSettings, ScoringSettings, kronfluence_damping
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def score_arguments(settings: ScoringSettings, **more) -> ScoreArguments:
         per_sample_gradient_dtype=getattr(torch, settings.per_sample_gradient_dtype),
         precondition_dtype=getattr(torch, settings.precondition_dtype),
         score_dtype=getattr(torch, settings.score_dtype),
+        amp_dtype=autocast_dtype(settings.amp_dtype),
         **more,
     )
 

@@ -130,7 +130,16 @@ class TrackedModulesSettings(CommonSettings):
                           "Llama, Mistral, Qwen2)")
 
 
-class ModelSettings(TrackedModulesSettings):
+class PrecisionSettings(CommonSettings):
+    """The arithmetic of the forward and backward passes (training, factors, scores)."""
+
+    amp_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Autocast dtype of the forward and backward passes: auto is bfloat16 on a GPU that "
+                            "supports it (training also with TF32 matmuls), float32 elsewhere. Covariances, "
+                            "eigendecompositions and scores keep their own dtypes (float32, float64)")
+
+
+class ModelSettings(PrecisionSettings, TrackedModulesSettings):
     """A model of your own (README, "Analyse your own model")."""
 
     model: str | None = Field(None, description="A Hugging Face model name, a local directory or an fsspec URL of "
@@ -236,7 +245,7 @@ class ShardSettings(IndexedJobSettings):
 
 # ---- influence factors ---------------------------------------------------------------------------
 
-class FitFactorsSettings(ShardSettings, TrackedModulesSettings):
+class FitFactorsSettings(PrecisionSettings, ShardSettings, TrackedModulesSettings):
     """fit_factors: the curvature approximation (Kronfluence's FactorArguments)."""
 
     factors_name: FactorsName = "tiny_lm_factors"
@@ -302,7 +311,7 @@ class QuerySettings(CommonSettings):
                                                                       "prompts' gradients; default full")
 
 
-class ScoringSettings(CommonSettings):
+class ScoringSettings(PrecisionSettings):
     """How training examples are scored with fitted factors (compute_scores, compute_self_scores;
     Kronfluence's ScoreArguments)."""
 

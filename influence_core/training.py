@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from transformers.trainer_callback import PrinterCallback
 
 from influence_core.data import PadCollator
-from influence_core.runtime import progress_bars
+from influence_core.runtime import autocast_dtype, progress_bars
 from influence_core.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def training_plan(settings: TrainSettings, **changes) -> TrainingPlan:
     plan = TrainingPlan(batch_size=settings.batch_size, num_train_epochs=settings.num_train_epochs,
                         learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio,
                         weight_decay=settings.weight_decay, seed=settings.model_seed,
-                        micro_batches=settings.micro_batches, checkpoints=settings.checkpoints)
+                        micro_batches=settings.micro_batches, checkpoints=settings.checkpoints,
+                        bf16=autocast_dtype(settings.amp_dtype) == torch.bfloat16)
     return dataclasses.replace(plan, **changes)
 
 
@@ -108,6 +109,8 @@ def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokeniz
         weight_decay=plan.weight_decay,
         seed=plan.seed,
         bf16=plan.bf16,
+        tf32=plan.bf16 and torch.cuda.is_available() or None,  # None: leave torch's default (off)
+        use_cpu=plan.bf16 and not torch.cuda.is_available(),  # the Trainer's bf16 on CPU (AMP_DTYPE=bfloat16)
         logging_steps=max(1, int(plan.log_every_fraction * steps_per_epoch * plan.num_train_epochs)),
         save_strategy="steps" if plan.checkpoints else "no",
         save_steps=max(1, -(-total_steps // max(1, plan.checkpoints))),

@@ -111,3 +111,31 @@ def test_help_prints_every_settings_help_text(cls, capsys):
     for name, field in cls.model_fields.items():
         assert f"--{name}" in printed
         assert "".join((field.description or "").split()) in printed, name
+
+
+def test_amp_dtype_reaches_training_factors_and_scores(monkeypatch):
+    """AMP_DTYPE=auto is float32 on a CPU and bfloat16 on a GPU with bfloat16 tensor cores; the
+    resolved dtype is the Trainer's bf16 flag and Kronfluence's amp_dtype for factors and scores."""
+    import torch
+
+    from influence_core import runtime
+    from influence_core.factors import factor_arguments
+    from influence_core.scores import score_arguments
+    from influence_core.training import training_plan
+
+    def resolved(amp_dtype: str) -> tuple:
+        return (training_plan(load_settings(TrainSettings, ["--amp_dtype", amp_dtype])).bf16,
+                factor_arguments(load_settings(FitFactorsSettings, ["--amp_dtype", amp_dtype])).amp_dtype,
+                score_arguments(load_settings(ComputeScoresSettings, ["--amp_dtype", amp_dtype])).amp_dtype)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolved("auto") == resolved("float32") == (False, None, None)
+    assert resolved("bfloat16") == (True, torch.bfloat16, torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert runtime.autocast_dtype("auto") is None  # emulated bfloat16 (pre-Ampere) is slower: float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert runtime.autocast_dtype("auto") == torch.bfloat16
+    assert runtime.autocast_dtype("float32") is None
+    with pytest.raises(ConfigError, match="AMP_DTYPE"):
+        load_settings(TrainSettings, ["--amp_dtype", "float16"])
