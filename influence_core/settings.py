@@ -130,16 +130,21 @@ class TrackedModulesSettings(CommonSettings):
                           "Llama, Mistral, Qwen2)")
 
 
-class PrecisionSettings(CommonSettings):
-    """The arithmetic of the forward and backward passes (training, factors, scores)."""
+class DeviceSettings(CommonSettings):
+    """The device's arithmetic and memory (training, factors, scores)."""
 
     amp_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Autocast dtype of the forward and backward passes: auto is bfloat16 on a GPU that "
                             "supports it (training also with TF32 matmuls), float32 elsewhere. Covariances, "
                             "eigendecompositions and scores keep their own dtypes (float32, float64)")
+    device_memory_gib: PositiveFloat | None = Field(
+        None, description="Memory of the device a stage runs on, GiB, for the plan (python -m jobs plan) and the "
+                          "check before a stage starts; default the GPU's, else the container's limit")
+    force_fit: bool = Field(False, description="Start a stage even though the plan says its batch size does not fit "
+                                               "the device's memory")
 
 
-class ModelSettings(PrecisionSettings, TrackedModulesSettings):
+class ModelSettings(DeviceSettings, TrackedModulesSettings):
     """A model of your own (README, "Analyse your own model")."""
 
     model: str | None = Field(None, description="A Hugging Face model name, a local directory or an fsspec URL of "
@@ -245,7 +250,7 @@ class ShardSettings(IndexedJobSettings):
 
 # ---- influence factors ---------------------------------------------------------------------------
 
-class FitFactorsSettings(PrecisionSettings, ShardSettings, TrackedModulesSettings):
+class FitFactorsSettings(DeviceSettings, ShardSettings, TrackedModulesSettings):
     """fit_factors: the curvature approximation (Kronfluence's FactorArguments)."""
 
     factors_name: FactorsName = "tiny_lm_factors"
@@ -311,7 +316,7 @@ class QuerySettings(CommonSettings):
                                                                       "prompts' gradients; default full")
 
 
-class ScoringSettings(PrecisionSettings):
+class ScoringSettings(DeviceSettings):
     """How training examples are scored with fitted factors (compute_scores, compute_self_scores;
     Kronfluence's ScoreArguments)."""
 
@@ -360,6 +365,13 @@ class PipelineSettings(InspectScoresSettings, ComputeSelfScoresSettings, Compute
                        InspectFactorsSettings, FitFactorsSettings, TrainSettings):
     """Every stage's settings at once, for running the analysis stages in order locally."""
     # The last base's fields come first: --help lists them in the order the stages run.
+
+
+class PlanSettings(PipelineSettings):
+    """The plan: every stage's estimated peak memory, published sizes and largest batch that fits, for
+    these settings (the same as the stages'), before anything runs."""
+
+    as_json: bool = Field(False, alias="json", description="Print the plan as JSON (../shared/ARCHITECTURE.md)")
 
 
 S = TypeVar("S", bound=CommonSettings)

@@ -50,6 +50,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("lds", settings.LdsSettings, (paths.LDS_REPORT, paths.LDS_SUBSET)),
     Stage("evaluate", settings.EvaluateSettings, (paths.EVALUATION_REPORT,), job=False),
     Stage("pipeline", settings.PipelineSettings, job=False),
+    Stage("plan", settings.PlanSettings, job=False),
     Stage("fetch_report", settings.FetchReportSettings, job=False),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}

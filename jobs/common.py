@@ -24,7 +24,7 @@ log = logging.getLogger("jobs")
 
 # Settings that do not change a stage's outputs, so they do not invalidate a finished one.
 NOT_FINGERPRINTED = {"artifacts_uri", "force", "log_level", "output_dir", "shard_index", "job_completion_index",
-                     "factor_phase", "subset_index"}
+                     "factor_phase", "subset_index", "device_memory_gib", "force_fit"}
 
 
 def parse(cls: type[S], argv: list[str], stage: str) -> S:

@@ -11,6 +11,7 @@ import logging
 import time
 
 from influence_core import paths
+from influence_core.plan import check_fits
 from influence_core.prompts import Prompt, parse_prompts
 from influence_core.settings import ComputeScoresSettings
 from influence_core.storage import read_uri
@@ -34,6 +35,7 @@ def main(settings: ComputeScoresSettings) -> None:
     output = paths.SCORES(settings.scores_name)
     if already_done(artifacts, [output], "compute_scores", settings, inputs):
         return
+    check_fits("compute_scores", settings, len(prompts))  # the batch sizes fit the device, before the model loads
 
     from influence_core.runtime import is_main_process
     from influence_core.scores import compute_scores

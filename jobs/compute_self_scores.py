@@ -13,6 +13,7 @@ import time
 
 from influence_core import paths
 from influence_core.errors import ConfigError
+from influence_core.plan import check_fits
 from influence_core.settings import ComputeSelfScoresSettings
 from influence_core.storage import work_dir
 from jobs.common import already_done, manifest, open_artifacts
@@ -30,6 +31,7 @@ def main(settings: ComputeSelfScoresSettings) -> None:
     output = paths.SELF_SCORES(settings.factors_name)
     if already_done(artifacts, [output], "compute_self_scores", settings, inputs):
         return
+    check_fits("compute_self_scores", settings)  # the batch sizes fit the device, before the model loads
 
     from influence_core.factors import factors_dir
     from influence_core.runtime import configure_threads

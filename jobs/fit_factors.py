@@ -11,6 +11,7 @@ import logging
 import time
 
 from influence_core import paths
+from influence_core.plan import check_fits
 from influence_core.settings import FitFactorsSettings
 from jobs.common import already_done, manifest, open_artifacts, torchrun_stage
 
@@ -24,6 +25,7 @@ def main(settings: FitFactorsSettings) -> None:
     output = paths.FACTORS(settings.factors_name)
     if already_done(artifacts, [output], "fit_factors", settings, inputs):
         return
+    check_fits("fit_factors", settings)  # the batch sizes fit the device, before the model loads
     finishing = settings.shard is None and settings.factor_phase in ("lambda", "all")
 
     from influence_core.factors import check_phase_inputs, fit_factors

@@ -12,6 +12,7 @@ import time
 
 from influence_core import paths
 from influence_core.errors import ConfigError
+from influence_core.plan import check_fits
 from influence_core.settings import TrainSettings
 from influence_core.storage import Checkpoints, work_dir
 from jobs.common import already_done, fingerprint, manifest, open_artifacts
@@ -25,6 +26,7 @@ def main(settings: TrainSettings) -> None:
     artifacts = open_artifacts(settings.artifacts_uri)
     if already_done(artifacts, OUTPUTS, "train", settings, inputs={}):
         return
+    check_fits("train", settings)  # the batch sizes fit the device, before the model loads
 
     from influence_core import data, modeling, tokenizer, training
     from influence_core.runtime import Terminated, configure_threads, handle_sigterm, is_main_process, stop_requested

@@ -1,0 +1,264 @@
+"""The pre-flight plan: each stage's peak memory and published sizes, estimated from the model's
+shape (its config, on the meta device: no weight is read) and the corpus's, before anything loads.
+
+Memory is counted in float32 tensors, what each stage holds at its peak:
+- train: weights, gradients and AdamW's two moments (16 bytes a parameter), and one micro-batch's
+  activations (ACTIVATIONS_PER_TOKEN floats a token);
+- fit_factors: the weights, a batch's activations, the covariance matrices of every tracked module
+  (activation a x a, gradient g x g, with a the inputs plus one for a bias), their eigenvectors
+  and the lambda matrices (g x a), and the per-example gradients of one module (batch x g x a,
+  three copies while they are rotated into the eigenbasis);
+- compute_scores: the weights, a batch's activations and the inputs Kronfluence caches for every
+  tracked module, the factors, the prompts' preconditioned gradients (full: g x a each; with
+  QUERY_GRADIENT_RANK r: r x (g + a)), one module's per-example gradients, and the score matrix;
+- compute_self_scores: as compute_scores without prompts;
+- the report stages: the model (inspect_scores) or the factors (inspect_factors).
+On a CPU the figure is the process's peak resident memory, so it adds what the interpreter and its
+libraries take (PROCESS_BASELINE); on a GPU it is the device memory torch allocates, plus the CUDA
+context (CUDA_CONTEXT) where it is compared with the device's memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from influence_core import paths
+from influence_core.data import DEFAULT_DEMO_DOCUMENTS, DEFAULT_HUB_DOCUMENTS
+from influence_core.demo_corpus import CORPORA
+from influence_core.errors import ConfigError
+from influence_core.settings import PipelineSettings
+from influence_core.storage import Artifacts, read_uri
+
+FLOAT = 4  # bytes of a float32
+GIB = 2**30
+# The interpreter with torch, transformers, datasets and kronfluence imported, and the allocator's
+# slack around it: measured as peak RSS on CPU (torch 2.13, Linux), 460-490 MiB.
+PROCESS_BASELINE = 500 * 2**20
+CUDA_CONTEXT = GIB // 2  # what the CUDA runtime takes on the device before the first tensor
+TOKENIZER_BYTES_PER_TOKEN = 60  # tokenizer.json: a vocabulary entry and a merge rule per token
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs to know of the model and the corpus."""
+
+    parameters: int
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    tracked: tuple[tuple[int, int], ...]  # (inputs incl. a bias column, outputs) of each tracked module
+    examples: int
+    longest: int  # tokens of the longest training example: batches sorted by length peak there
+    tokens: int  # tokens of all training examples
+    prompts: int
+    from_published: bool  # the model and data are published (else: from the settings, upper bounds)
+
+    def activations_per_token(self, intermediate: int) -> int:
+        """Floats a token keeps for the backward pass: per block its hidden states (about ten of
+        them: norms, queries, keys, values, attention output, residuals), the MLP's two
+        intermediate tensors, and the attention weights before and after softmax; then the
+        logits, their float copy, log-softmax and gradient."""
+        return self.layers * (10 * self.hidden + 2 * intermediate + 2 * self.heads * self.longest) + 4 * self.vocab
+
+
+def _skeleton_and_config(settings: PipelineSettings, artifacts: Artifacts, scratch: Path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoConfig
+
+    from influence_core.modeling import PRESETS, with_linear_layers
+
+    if artifacts.manifest(paths.MODEL) is not None:
+        (scratch / "config.json").write_bytes(artifacts.read_bytes(f"{paths.MODEL}/config.json"))
+        config = AutoConfig.from_pretrained(scratch)
+    elif settings.model:
+        source = settings.model.rstrip("/")
+        if "://" in source or Path(source).exists():
+            (scratch / "config.json").write_bytes(read_uri(f"{source}/config.json", "MODEL"))
+            config = AutoConfig.from_pretrained(scratch)
+        else:
+            config = AutoConfig.from_pretrained(source)  # a Hugging Face name: its config alone
+    else:
+        config = GPTNeoConfig(vocab_size=settings.vocab_size, max_position_embeddings=max(settings.max_length, 128),
+                              bos_token_id=0, eos_token_id=0, **PRESETS[settings.model_preset])
+    with torch.device("meta"):
+        return with_linear_layers(AutoModelForCausalLM.from_config(config)), config
+
+
+def _corpus(settings: PipelineSettings, artifacts: Artifacts, scratch: Path) -> tuple[int, int, int]:
+    """Examples, the longest one's tokens and all tokens: of the published data, else upper bounds."""
+    if artifacts.manifest(paths.TRAIN_DATA) is not None:
+        from datasets import load_from_disk
+
+        local = artifacts.fetch(paths.TRAIN_DATA, scratch / paths.TRAIN_DATA)
+        lengths = [len(ids) for ids in load_from_disk(str(local))["input_ids"]]
+        return len(lengths), max(lengths), sum(lengths)
+    default = DEFAULT_DEMO_DOCUMENTS if settings.dataset in CORPORA else DEFAULT_HUB_DOCUMENTS
+    examples = settings.num_examples or default
+    return examples, settings.max_length, examples * settings.max_length
+
+
+def measure_shape(settings: PipelineSettings, prompts: int) -> Shape:
+    """The model's and the corpus's shape for these settings, read from the published model and data
+    when they exist (their config and token counts), else from the settings."""
+    from torch import nn
+
+    from influence_core.modeling import MLP_PROJECTIONS
+
+    artifacts = Artifacts(settings.artifacts_uri)
+    with tempfile.TemporaryDirectory(prefix="plan-") as scratch:
+        model, config = _skeleton_and_config(settings, artifacts, Path(scratch))
+        examples, longest, tokens = _corpus(settings, artifacts, Path(scratch))
+    pattern = settings.tracked_modules or MLP_PROJECTIONS.get(config.model_type, r"$^")
+    tracked = tuple((module.in_features + (module.bias is not None), module.out_features)
+                    for name, module in model.named_modules()
+                    if isinstance(module, nn.Linear) and re.search(pattern, name))
+    parameters = sum(parameter.numel() for parameter in model.parameters())  # tied weights once
+    return Shape(parameters=parameters, vocab=config.vocab_size, hidden=config.hidden_size,
+                 layers=config.num_hidden_layers, heads=config.num_attention_heads, tracked=tracked,
+                 examples=examples, longest=longest, tokens=tokens, prompts=prompts,
+                 from_published=artifacts.manifest(paths.MODEL) is not None)
+
+
+def _intermediate(shape: Shape) -> int:
+    return max((outputs for inputs, outputs in shape.tracked if outputs > shape.hidden), default=4 * shape.hidden)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    fixed: int  # bytes held whatever the batch size
+    per_example: int  # bytes each example of a batch adds
+    batch_setting: str | None  # the setting that sizes the batch
+    batch: int
+    published: dict[str, int]  # artifact path -> bytes
+
+    def peak(self, batch: int | None = None) -> int:
+        return self.fixed + self.per_example * (self.batch if batch is None else batch)
+
+
+def estimates(settings: PipelineSettings, shape: Shape) -> dict[str, Estimate]:
+    """Each stage's memory (fixed and per example of a batch) and published sizes, in bytes."""
+    weights = shape.parameters * FLOAT
+    token_activations = shape.activations_per_token(_intermediate(shape)) * FLOAT * shape.longest
+    covariances = sum(inputs * inputs + outputs * outputs for inputs, outputs in shape.tracked) * FLOAT
+    kronecker = sum(inputs * outputs for inputs, outputs in shape.tracked) * FLOAT  # one gradient, all modules
+    largest = max(inputs * outputs for inputs, outputs in shape.tracked) * FLOAT  # one module's gradient
+    cached_inputs = sum(inputs for inputs, _ in shape.tracked) * FLOAT * shape.longest
+    strategy = settings.factor_strategy
+    factors = {"identity": 0, "diagonal": kronecker, "kfac": 2 * covariances,
+               "ekfac": 2 * covariances + kronecker}[strategy]
+    # The eigendecomposition holds one module's covariance and eigenvectors in float64 at a time.
+    eigen = 4 * max(inputs * inputs + outputs * outputs for inputs, outputs in shape.tracked) * FLOAT
+    rank = settings.query_gradient_rank
+    query = (shape.prompts * sum(rank * (inputs + outputs) if rank and rank < min(inputs, outputs)
+                                 else inputs * outputs for inputs, outputs in shape.tracked) * FLOAT)
+    query_peak = query + shape.prompts * kronecker  # the full gradients, before the low-rank step
+    scores = shape.prompts * shape.examples * FLOAT
+    return {
+        # One micro-batch (BATCH_SIZE / MICRO_BATCHES examples) is in memory at a time.
+        "train": Estimate(4 * weights, token_activations // settings.micro_batches, "BATCH_SIZE",
+                          settings.batch_size, {paths.MODEL: weights + TOKENIZER_BYTES_PER_TOKEN * shape.vocab}),
+        "fit_factors": Estimate(weights + factors + eigen, token_activations + 3 * largest, "FACTOR_BATCH_SIZE",
+                                settings.factor_batch_size, {paths.FACTORS(settings.factors_name): factors}),
+        "inspect_factors": Estimate(2 * factors, 0, None, 0, {}),
+        "compute_scores": Estimate(weights + factors + max(query_peak, query + 2 * scores),
+                                   token_activations + cached_inputs + 2 * largest, "TRAIN_BATCH_SIZE",
+                                   settings.train_batch_size, {paths.SCORES(settings.scores_name): scores}),
+        "compute_self_scores": Estimate(weights + factors, token_activations + cached_inputs + 3 * largest,
+                                        "TRAIN_BATCH_SIZE", settings.train_batch_size,
+                                        {paths.SELF_SCORES(settings.factors_name): shape.examples * FLOAT}),
+        "inspect_scores": Estimate(weights + factors + 2 * scores, 0, None, 0, {}),
+    }
+
+
+def device_memory() -> tuple[str, int]:
+    """The device the stages would run on and its memory: the GPU's, else the container's memory
+    limit (cgroup), else the machine's."""
+    import torch
+
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return properties.name, properties.total_memory
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = int(Path(limit_file).read_text().split()[0])
+        except (OSError, ValueError):  # absent, or "max": no limit
+            continue
+        if limit < 2**60:
+            return "cpu (container limit)", limit
+    return "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def make_plan(settings: PipelineSettings, prompts: int) -> dict:
+    """The plan of ../shared/ARCHITECTURE.md: per stage the estimated peak memory, whether it fits
+    the device (DEVICE_MEMORY_GIB, default the detected one), the largest batch that fits, and the
+    published sizes."""
+    import torch
+
+    shape = measure_shape(settings, prompts)
+    name, detected = device_memory()
+    available = int(settings.device_memory_gib * GIB) if settings.device_memory_gib else detected
+    gpu = torch.cuda.is_available()
+    overhead = CUDA_CONTEXT if gpu else PROCESS_BASELINE
+    stages = {}
+    for stage, estimate in estimates(settings, shape).items():
+        peak = estimate.peak() + (0 if gpu else PROCESS_BASELINE)
+        room = available - overhead - estimate.fixed
+        largest = (room // estimate.per_example if estimate.per_example else None) if room > 0 else 0
+        stages[stage] = {
+            "peak_memory_bytes": peak,
+            "fits": estimate.peak() + overhead <= available,
+            "batch_setting": estimate.batch_setting,
+            "batch_size": estimate.batch if estimate.batch_setting else None,
+            "largest_batch_size_that_fits": largest if estimate.batch_setting else None,
+            "published_bytes": estimate.published,
+        }
+    return {
+        "device": {"name": name, "memory_bytes": available, "detected_memory_bytes": detected,
+                   "estimate_of": "device memory torch allocates" if gpu else "peak resident memory of the process"},
+        "shape": {"parameters": shape.parameters, "tracked_modules": len(shape.tracked), "examples": shape.examples,
+                  "longest_example_tokens": shape.longest, "prompts": shape.prompts,
+                  "from": "the published model and data" if shape.from_published else
+                          "the settings (the model and data are not published yet: lengths are MAX_LENGTH)"},
+        "stages": stages,
+    }
+
+
+def render(plan: dict) -> str:
+    device, shape = plan["device"], plan["shape"]
+    lines = [f"Plan for {device['name']}, {device['memory_bytes'] / GIB:.1f} GiB ({device['estimate_of']}); "
+             f"{shape['parameters']:,} parameters, {shape['tracked_modules']} tracked modules, {shape['examples']:,} "
+             f"examples (longest {shape['longest_example_tokens']} tokens), {shape['prompts']} prompts, from "
+             f"{shape['from']}", "",
+             f"{'stage':<20} {'peak GiB':>9}  {'fits':<4}  {'batch':<26} {'largest that fits':>17}  published",
+             ]
+    for stage, row in plan["stages"].items():
+        batch = f"{row['batch_setting']}={row['batch_size']}" if row["batch_setting"] else "-"
+        largest = "-" if row["largest_batch_size_that_fits"] is None else f"{row['largest_batch_size_that_fits']:,}"
+        published = ", ".join(f"{path} {size / 2**20:,.1f} MiB" for path, size in row["published_bytes"].items())
+        lines.append(f"{stage:<20} {row['peak_memory_bytes'] / GIB:>9.2f}  {'yes' if row['fits'] else 'NO':<4}  "
+                     f"{batch:<26} {largest:>17}  {published or '-'}")
+    return "\n".join(lines)
+
+
+def check_fits(stage: str, settings, prompts: int = 1) -> None:
+    """Refuse, in one line and before the model loads, a stage whose batch size the plan says
+    cannot fit the device; FORCE_FIT=true starts it anyway."""
+    if settings.force_fit:
+        return
+    wide = PipelineSettings(**settings.model_dump(exclude={"job_completion_index", "shard_index"}))
+    plan = make_plan(wide, prompts)
+    row = plan["stages"][stage]
+    if row["fits"]:
+        return
+    largest = row["largest_batch_size_that_fits"]
+    fitting = f"the largest that fits is {largest}" if largest else "no batch size fits"
+    raise ConfigError(
+        f"{stage}: {row['batch_setting']}={row['batch_size']} needs about {row['peak_memory_bytes'] / GIB:.1f} GiB, "
+        f"more than the {plan['device']['memory_bytes'] / GIB:.1f} GiB of {plan['device']['name']} "
+        f"(DEVICE_MEMORY_GIB sets it); {fitting}; `python -m jobs plan` shows every stage; FORCE_FIT=true starts "
+        "it anyway")

@@ -1,0 +1,15 @@
+"""`python -m jobs plan [--json]`: each stage's estimated peak memory, published sizes and the
+largest batch sizes that fit the device, for the same settings the stages read (README, "Plan")."""
+
+from __future__ import annotations
+
+import json
+
+from influence_core.plan import make_plan, render
+from influence_core.settings import PlanSettings
+from jobs.compute_scores import load_prompts
+
+
+def main(settings: PlanSettings) -> None:
+    plan = make_plan(settings, len(load_prompts(settings)))
+    print(json.dumps(plan, indent=2) if settings.as_json else render(plan))
