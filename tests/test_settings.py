@@ -109,7 +109,7 @@ def test_help_prints_every_settings_help_text(cls, capsys):
     assert exit_.value.code == 0
     printed = "".join(capsys.readouterr().out.split())  # argparse wraps lines (at spaces and hyphens)
     for name, field in cls.model_fields.items():
-        assert f"--{name}" in printed
+        assert f"--{field.alias or name}" in printed
         assert "".join((field.description or "").split()) in printed, name
 
 

@@ -1,0 +1,73 @@
+"""The pre-flight plan: its published sizes match what the stages publish, its batch limits are
+consistent with its own estimate, and a stage whose batch cannot fit is refused before it runs.
+(Its memory estimate against measured peak RSS at four corpus sizes and two models is
+bench/cost_curve.md: a measurement, not a test.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from influence_core.plan import FRAGMENTATION, GIB, PROCESS_BASELINE, estimates, make_plan, measure_shape
+from influence_core.settings import PipelineSettings, PlanSettings, load_settings
+from jobs import plan as plan_stage
+from tests.conftest import run_jobs
+
+
+def published_bytes(artifacts, relative: str) -> int:
+    return sum(path.stat().st_size for path in (artifacts / relative).rglob("*") if path.is_file())
+
+
+def test_published_sizes_are_within_5_percent_of_the_demo_s(demo_run, capsys):
+    plan_stage.main(load_settings(PlanSettings, ["--artifacts_uri", str(demo_run), "--json"]))
+    plan = json.loads(capsys.readouterr().out)
+    assert set(plan["stages"]) >= {"train", "fit_factors", "compute_scores", "compute_self_scores", "inspect_scores"}
+    assert plan["shape"]["examples"] == 600 and plan["shape"]["prompts"] == 12
+    checked = []
+    for row in plan["stages"].values():
+        assert row["peak_memory_bytes"] > 0
+        for relative, estimated in row["published_bytes"].items():
+            assert estimated == pytest.approx(published_bytes(demo_run, relative), rel=0.05), relative
+            checked.append(relative)
+    assert sorted(checked) == ["influence/factors_tiny_lm_factors", "influence/scores_prompt_scores",
+                               "influence/self_scores_tiny_lm_factors", "model"]
+
+
+def test_before_training_the_plan_reads_the_settings(tmp_path):
+    settings = PipelineSettings(artifacts_uri=str(tmp_path / "nothing"), num_examples=800, max_length=64)
+    shape = measure_shape(settings, prompts=3)
+    assert (shape.examples, shape.longest, shape.tokens, shape.from_published) == (800, 64, 800 * 64, False)
+    assert shape.tracked == ((129, 512), (513, 128)) * 4  # the tiny preset's MLP, a bias column each
+
+
+def test_the_largest_batch_that_fits_is_where_the_estimate_crosses_the_device(tmp_path):
+    settings = PipelineSettings(artifacts_uri=str(tmp_path / "nothing"), device_memory_gib=0.6)
+    plan = make_plan(settings, prompts=4)
+    shape = measure_shape(settings, prompts=4)
+    for stage, estimate in estimates(settings, shape).items():
+        largest = plan["stages"][stage]["largest_batch_size_that_fits"]
+        if largest is None:
+            continue
+        room = (0.6 * GIB - PROCESS_BASELINE) / FRAGMENTATION  # on CPU: what the tensors may take
+        assert estimate.peak(largest) <= room < estimate.peak(largest + 1), stage
+        assert plan["stages"][stage]["fits"] == (estimate.batch <= largest), stage
+    bigger = PipelineSettings(artifacts_uri=str(tmp_path / "nothing"), factor_batch_size=64)
+    assert (make_plan(bigger, 4)["stages"]["fit_factors"]["peak_memory_bytes"]
+            > make_plan(settings, 4)["stages"]["fit_factors"]["peak_memory_bytes"])
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_the_stage_runs(small_trained, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    for output in ("model", "data/train"):
+        shutil.copytree(small_trained / output, artifacts / output)
+    env = {"ARTIFACTS_URI": str(artifacts), "DEVICE_MEMORY_GIB": "0.3", "FACTOR_STRATEGY": "identity"}
+    refused = run_jobs("fit_factors", env=env)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    line, = refused.stderr.strip().splitlines()
+    assert line.startswith("error: fit_factors: FACTOR_BATCH_SIZE=16 needs about") and "FORCE_FIT=true" in line
+    assert not (artifacts / "influence").exists()
+    forced = run_jobs("fit_factors", env={**env, "FORCE_FIT": "true"})
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert (artifacts / "influence/factors_tiny_lm_factors/_SUCCESS").exists()
