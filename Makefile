@@ -7,7 +7,7 @@ ARTIFACTS_URI ?= ./artifacts
 SCORES_NAME ?= prompt_scores
 export ARTIFACTS_URI
 
-.PHONY: install demo eval lds lds-study bench test lint fetch-report clean
+.PHONY: install demo eval lds lds-study bench plan test lint fetch-report clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 demo: install
 	$(PY) -m jobs pipeline
 	@echo "Report: $(ARTIFACTS_URI)/reports/$(SCORES_NAME)/$(SCORES_NAME)_report.md"
+
+## plan: each stage's estimated peak memory, published sizes and largest batch sizes that fit the device
+plan: install
+	$(PY) -m jobs plan
 
 ## eval: fact-tracing evaluation on both demo corpora (demo, and demo-hard in $(ARTIFACTS_URI)/demo-hard):
 ## trains first (skipped when already trained), then recall@10 and MRR of the planted facts for each factor
@@ -53,9 +57,13 @@ lds-study: install
 	$(PY) bench/lds_study.py
 
 ## bench: every stage timed at the demo size and 5x, beside the original approach and bare Kronfluence
-## (writes bench/results.md and bench/results.json; about 18 minutes on 2 CPU cores)
+## (bench/results.md); the cost curve of every stage over 600-4,800 documents with the plan's estimates
+## beside the measured memory and sizes (bench/cost_curve.md); bfloat16 against float32 scores
+## (bench/precision.md). About 35 minutes on 2 CPU cores
 bench: install
 	$(PY) bench/run.py
+	$(PY) bench/cost_curve.py
+	$(PY) bench/precision.py
 
 ## test: the whole test suite, on TEST_WORKERS processes (tests sharing a trained fixture share one),
 ## after installing what it needs: the virtual environment and Chromium (test-chromium)
