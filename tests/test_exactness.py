@@ -253,7 +253,7 @@ def test_self_scores_equal_the_diagonal_of_pairwise_scores(run, reference, train
 def test_factors_fitted_on_length_sorted_examples_equal_those_in_corpus_order(small_trained, tmp_path, monkeypatch):
     """fit_factors feeds Kronfluence the examples sorted by length within each data partition (less
     padding); the factors are sums over examples, so they must equal the corpus-order fit to float
-    rounding (float64 here), also when a phase takes only its first MAX_EXAMPLES examples."""
+    rounding (float64 sums of float32 gradients), also when a phase takes only its first MAX_EXAMPLES."""
     from influence_core import factors
 
     flags = ["--artifacts_uri", str(small_trained), "--factor_batch_size", "8",
@@ -279,4 +279,4 @@ def test_factors_fitted_on_length_sorted_examples_equal_those_in_corpus_order(sm
         for module, expected in by_module.items():
             got = length_sorted[name][module]
             scale = expected.abs().max().clamp(min=1e-30)
-            assert ((got - expected).abs().max() / scale).item() < 1e-9, (name, module)
+            assert ((got - expected).abs().max() / scale).item() < 1e-6, (name, module)  # a wrong example: 1e-2

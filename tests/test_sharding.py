@@ -119,11 +119,10 @@ def test_killed_shard_reruns_alone(factored):
         assert worker.returncode == 0, stderr[-3000:]
     victim = start(args, factored, SHARD_INDEX=str(VICTIM))
     deadline = time.monotonic() + 300
-    for line in victim.stderr:  # kill it while it computes its partition
-        if "scoring" in line:
+    for line in victim.stderr:  # kill it as it starts on the training examples of its partition
+        if "Computing pairwise scores (training gradient)" in line:
             break
         assert time.monotonic() < deadline
-    time.sleep(1.0)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert not list(output.rglob(f"pairwise_scores_data_partition{VICTIM}_*"))
