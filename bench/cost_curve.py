@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import PROMPTS, stage  # noqa: E402  (after the path is set)
+from bench.run import PROMPTS, machine, stage, write  # noqa: E402  (after the path is set)
 
 STAGES = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "inspect_scores")
 SIZES = (600, 1200, 2400, 4800)
@@ -112,18 +111,13 @@ def render(results: dict) -> str:
 
 
 def main() -> None:
-    import torch
-
     started = time.perf_counter()
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-               f"torch {torch.__version__}", "runs": {}}
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as scratch:
         for label, env in RUNS.items():
             results["runs"][label] = measure(label, env, Path(scratch))
     results["seconds"] = time.perf_counter() - started
-    (ROOT / "bench" / "cost_curve.json").write_text(json.dumps(results, indent=2))
-    (ROOT / "bench" / "cost_curve.md").write_text(render(results))
-    print(render(results))
+    write("cost_curve", results, render(results))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -21,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run import PROMPTS, stage  # noqa: E402  (after the path is set)
+from bench.run import PROMPTS, machine, stage, write  # noqa: E402  (after the path is set)
 
 DTYPES = ("float32", "bfloat16")
 
@@ -34,8 +32,8 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file
 
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-               f"torch {torch.__version__}", "documents": args.num_examples, "stages": {}, "prompts": []}
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "documents": args.num_examples,
+               "stages": {}, "prompts": []}
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as scratch:
         artifacts = Path(scratch) / "artifacts"
         common = {"NUM_EXAMPLES": str(args.num_examples), "PROMPTS": str(PROMPTS)}
@@ -53,9 +51,7 @@ def main() -> None:
         overlap = len(set(full.topk(10).indices.tolist()) & set(half.topk(10).indices.tolist()))
         results["prompts"].append({"prompt": prompts[index]["prompt"], "pearson": round(pearson, 4),
                                    "top10_overlap": overlap})
-    (ROOT / "bench" / "precision.json").write_text(json.dumps(results, indent=2))
-    (ROOT / "bench" / "precision.md").write_text(render(results))
-    print(render(results))
+    write("precision", results, render(results))
 
 
 def render(results: dict) -> str:

@@ -207,19 +207,27 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def machine() -> str:
     import torch
 
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def write(name: str, results: dict, rendered: str) -> None:
+    """bench/<name>.json and bench/<name>.md, and the table printed."""
+    (ROOT / "bench" / f"{name}.json").write_text(json.dumps(results, indent=2))
+    (ROOT / "bench" / f"{name}.md").write_text(rendered)
+    print(rendered)
+
+
+def main() -> None:
     started = time.perf_counter()
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-               f"{os.cpu_count()} CPUs, torch {torch.__version__}", "sizes": {}}
+    results = {"date": time.strftime("%Y-%m-%d"), "machine": machine(), "sizes": {}}
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         for label, documents in SIZES.items():
             results["sizes"][label] = bench_size(label, documents, Path(scratch))
     results["bench_seconds"] = time.perf_counter() - started
-    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2))
-    (ROOT / "bench" / "results.md").write_text(render(results))
-    print(render(results))
+    write("results", results, render(results))
 
 
 if __name__ == "__main__":
