@@ -59,7 +59,7 @@ lds-study: install
 ## bench: every stage timed at the demo size and 5x, beside the original approach and bare Kronfluence
 ## (bench/results.md); the cost curve of every stage over 600-4,800 documents with the plan's estimates
 ## beside the measured memory and sizes (bench/cost_curve.md); bfloat16 against float32 scores
-## (bench/precision.md). About 35 minutes on 2 CPU cores
+## (bench/precision.md). About 30 minutes on 2 CPU cores
 bench: install
 	$(PY) bench/run.py
 	$(PY) bench/cost_curve.py
