@@ -38,15 +38,14 @@ def build_model(preset: str, tokenizer: PreTrainedTokenizerBase, max_length: int
     """A new model of the preset; its initial weights follow `seed` when one is given."""
     if seed is not None:
         torch.manual_seed(seed)
-    config = GPTNeoConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=max(max_length, 128),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **PRESETS[preset],
-    )
-    return GPTNeoForCausalLM(config)
+    return GPTNeoForCausalLM(preset_config(preset, len(tokenizer), max_length, bos_token_id=tokenizer.bos_token_id,
+                                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
+def preset_config(preset: str, vocab_size: int, max_length: int, **token_ids: int | None) -> GPTNeoConfig:
+    """The config of a preset's GPT-Neo (build_model's; the plan's before anything is trained)."""
+    return GPTNeoConfig(vocab_size=vocab_size, max_position_embeddings=max(max_length, 128), **token_ids,
+                        **PRESETS[preset])
 
 
 # The modules Kronfluence tracks unless TRACKED_MODULES says otherwise: the MLP projections of
@@ -138,7 +137,7 @@ def with_linear_layers(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
-def _skeleton(model_dir: str | Path) -> PreTrainedModel:
+def skeleton(model_dir: str | Path) -> PreTrainedModel:
     """The saved model's modules, as analysed, without its weights (on the meta device: nothing is
     allocated)."""
     with torch.device("meta"):
@@ -147,12 +146,12 @@ def _skeleton(model_dir: str | Path) -> PreTrainedModel:
 
 def linear_module_names(model_dir: str | Path) -> list[str]:
     """The names of the model's Linear modules, read from its config (no weights are loaded)."""
-    return [name for name, module in _skeleton(model_dir).named_modules() if isinstance(module, nn.Linear)]
+    return [name for name, module in skeleton(model_dir).named_modules() if isinstance(module, nn.Linear)]
 
 
 def weight_count(model_dir: str | Path, names: list[str]) -> int:
     """The number of weights of the named modules (from the config; no weights are loaded)."""
-    model = _skeleton(model_dir)
+    model = skeleton(model_dir)
     return sum(parameter.numel() for name in names for parameter in model.get_submodule(name).parameters())
 
 
@@ -160,8 +159,14 @@ def tracked_module_names(model_dir: str | Path, pattern: str | None = None) -> l
     """The modules Kronfluence tracks: the MLP projections of every block (MLP_PROJECTIONS), or with
     `pattern` every Linear module whose name it matches (re.search, e.g. "mlp|attn"). Empty for an
     architecture without a known default."""
-    pattern = pattern or MLP_PROJECTIONS.get(AutoConfig.from_pretrained(model_dir).model_type)
-    return [name for name in linear_module_names(model_dir) if pattern and re.search(pattern, name)]
+    return tracked_names_in(skeleton(model_dir), pattern)
+
+
+def tracked_names_in(model: PreTrainedModel, pattern: str | None = None) -> list[str]:
+    """tracked_module_names of a model already built (its skeleton, say)."""
+    pattern = pattern or MLP_PROJECTIONS.get(model.config.model_type)
+    return [name for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and pattern and re.search(pattern, name)]
 
 
 def checked_tracked_modules(model_dir: str | Path, pattern: str | None) -> list[str]:

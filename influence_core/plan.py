@@ -3,7 +3,7 @@ shape (its config, on the meta device: no weight is read) and the corpus's, befo
 
 Memory is counted in float32 tensors, what each stage holds at its peak:
 - train: weights, gradients and AdamW's two moments (16 bytes a parameter), and one micro-batch's
-  activations (ACTIVATIONS_PER_TOKEN floats a token);
+  activations (Shape.activations_per_token floats a token);
 - fit_factors: the weights, a batch's activations, the covariance matrices of every tracked module
   (activation a x a, gradient g x g, with a the inputs plus one for a bias), their eigenvectors
   and the lambda matrices (g x a), and the per-example gradients of one module (batch x g x a,
@@ -12,7 +12,8 @@ Memory is counted in float32 tensors, what each stage holds at its peak:
   tracked module, the factors, the prompts' preconditioned gradients (full: g x a each; with
   QUERY_GRADIENT_RANK r: r x (g + a)), one module's per-example gradients, and the score matrix;
 - compute_self_scores: as compute_scores without prompts;
-- the report stages: the model (inspect_scores) or the factors (inspect_factors).
+- inspect_scores: as compute_scores, on the examples the report shows (per-token scores);
+- inspect_factors: the factors.
 On a CPU the figure is the process's peak resident memory, so it adds what the interpreter and its
 libraries take (PROCESS_BASELINE); on a GPU it is the device memory torch allocates, plus the CUDA
 context (CUDA_CONTEXT) where it is compared with the device's memory.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,28 +75,24 @@ class Shape:
         return self.layers * (10 * self.hidden + 2 * intermediate + 2 * self.heads * self.longest) + 4 * self.vocab
 
 
-def _skeleton_and_config(settings: PipelineSettings, artifacts: Artifacts, scratch: Path):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoConfig
-
-    from influence_core.modeling import PRESETS, with_linear_layers
+def _write_config(settings: PipelineSettings, artifacts: Artifacts, scratch: Path) -> bool:
+    """The model's config.json, written to `scratch`: the published model's (then True), MODEL's,
+    or the preset's at VOCAB_SIZE."""
+    from influence_core.modeling import preset_config
 
     if artifacts.manifest(paths.MODEL) is not None:
         (scratch / "config.json").write_bytes(artifacts.read_bytes(f"{paths.MODEL}/config.json"))
-        config = AutoConfig.from_pretrained(scratch)
-    elif settings.model:
+        return True
+    if settings.model:
         source = settings.model.rstrip("/")
-        if "://" in source or Path(source).exists():
-            (scratch / "config.json").write_bytes(read_uri(f"{source}/config.json", "MODEL"))
-            config = AutoConfig.from_pretrained(scratch)
-        else:  # a Hugging Face name: the plan makes no network call
+        if "://" not in source and not Path(source).exists():  # a Hugging Face name: the plan makes no network call
             raise ConfigError(f"plan: MODEL={source} is a Hugging Face name; publish it first (import_model or "
                               "train), then the plan reads its config from the artifacts")
+        (scratch / "config.json").write_bytes(read_uri(f"{source}/config.json", "MODEL"))
     else:
-        config = GPTNeoConfig(vocab_size=settings.vocab_size, max_position_embeddings=max(settings.max_length, 128),
-                              bos_token_id=0, eos_token_id=0, **PRESETS[settings.model_preset])
-    with torch.device("meta"):
-        return with_linear_layers(AutoModelForCausalLM.from_config(config)), config
+        preset_config(settings.model_preset, settings.vocab_size, settings.max_length, bos_token_id=0,
+                      eos_token_id=0).save_pretrained(scratch)
+    return False
 
 
 def _corpus(settings: PipelineSettings, artifacts: Artifacts, scratch: Path) -> tuple[int, int, int]:
@@ -117,23 +113,21 @@ def _corpus(settings: PipelineSettings, artifacts: Artifacts, scratch: Path) -> 
 def measure_shape(settings: PipelineSettings, prompts: int) -> Shape:
     """The model's and the corpus's shape for these settings, read from the published model and data
     when they exist (their config and token counts), else from the settings."""
-    from torch import nn
-
-    from influence_core.modeling import MLP_PROJECTIONS
+    from influence_core.modeling import skeleton, tracked_names_in
 
     artifacts = Artifacts(settings.artifacts_uri)
     with tempfile.TemporaryDirectory(prefix="plan-") as scratch:
-        model, config = _skeleton_and_config(settings, artifacts, Path(scratch))
+        from_published = _write_config(settings, artifacts, Path(scratch))
+        model = skeleton(scratch)  # on the meta device, as analysed (GPT-2's Conv1D as Linear)
         examples, longest, tokens = _corpus(settings, artifacts, Path(scratch))
-    pattern = settings.tracked_modules or MLP_PROJECTIONS.get(config.model_type, r"$^")
-    tracked = tuple((module.in_features + (module.bias is not None), module.out_features)
-                    for name, module in model.named_modules()
-                    if isinstance(module, nn.Linear) and re.search(pattern, name))
+    modules = dict(model.named_modules())
+    tracked = tuple((modules[name].in_features + (modules[name].bias is not None), modules[name].out_features)
+                    for name in tracked_names_in(model, settings.tracked_modules))
     parameters = sum(parameter.numel() for parameter in model.parameters())  # tied weights once
+    config = model.config
     return Shape(parameters=parameters, vocab=config.vocab_size, hidden=config.hidden_size,
                  layers=config.num_hidden_layers, heads=config.num_attention_heads, tracked=tracked,
-                 examples=examples, longest=longest, tokens=tokens, prompts=prompts,
-                 from_published=artifacts.manifest(paths.MODEL) is not None)
+                 examples=examples, longest=longest, tokens=tokens, prompts=prompts, from_published=from_published)
 
 
 def _intermediate(shape: Shape) -> int:
