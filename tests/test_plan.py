@@ -42,7 +42,10 @@ def test_before_training_the_plan_reads_the_settings(tmp_path):
     assert shape.tracked == ((129, 512), (513, 128)) * 4  # the tiny preset's MLP, a bias column each
 
 
-def test_the_largest_batch_that_fits_is_where_the_estimate_crosses_the_device(tmp_path):
+def test_the_largest_batch_that_fits_is_where_the_estimate_crosses_the_device(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU's form, on any machine
     settings = PipelineSettings(artifacts_uri=str(tmp_path / "nothing"), device_memory_gib=0.6)
     plan = make_plan(settings, prompts=4)
     shape = measure_shape(settings, prompts=4)
