@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from influence_core.demo_corpus import CORPORA, build_demo_corpus
 from influence_core.errors import ConfigError
 from influence_core.prompts import Prompt
+from influence_core.storage import is_transient, unreachable
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text"}
 DEFAULT_DEMO_DOCUMENTS = 600
@@ -38,27 +39,29 @@ def load_corpus(dataset: str, num_examples: int | None, text_column: str = "text
         demo = build_demo_corpus(num_examples or DEFAULT_DEMO_DOCUMENTS, seed=seed, corpus=dataset)
         return Corpus(texts=demo.texts, facts=demo.facts)
     limit = num_examples or DEFAULT_HUB_DOCUMENTS
-    if not is_file_source(dataset):
-        # Streaming reads only the documents used: 10,000 of OpenWebText, not its tens of GB.
-        texts = _read_texts(load_dataset(dataset, dataset_config, split=split, streaming=True), dataset,
-                            text_column, limit)
-    else:
+    if is_file_source(dataset):
         builder = FILE_FORMATS.get(PurePosixPath(dataset).suffix)
         if builder is None:
             raise ConfigError(f"DATASET={dataset}: unknown file type, expected one of {sorted(FILE_FORMATS)}")
         if not Path(dataset).exists() and "://" not in dataset and not any(c in dataset for c in "*?["):
             raise ConfigError(f"DATASET={dataset}: file not found")
         extra = {"sample_by": "paragraph"} if builder == "text" else {}
-        try:
-            stream = load_dataset(builder, data_files=dataset, split="train", streaming=True, **extra)
-            texts = _read_texts(stream, dataset, text_column, limit)
-        except ConfigError:
-            raise
-        except StopIteration:  # what datasets raises for an empty file
-            raise ConfigError(f"DATASET={dataset}: no documents") from None
-        except Exception as error:  # any parse failure of a user's file is bad input, said in one line
-            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"DATASET={dataset}: cannot read it as {builder} ({reason})") from None
+        arguments, failure = (builder,), f"cannot read it as {builder}"
+        options = {"data_files": dataset, "split": "train", **extra}
+    else:  # a Hugging Face dataset name, streamed: only the documents used are read (10,000 of OpenWebText)
+        arguments, failure = (dataset, dataset_config), "cannot read it from the Hugging Face Hub"
+        options = {"split": split}
+    try:
+        texts = _read_texts(load_dataset(*arguments, streaming=True, **options), dataset, text_column, limit)
+    except ConfigError:
+        raise
+    except StopIteration:  # what datasets raises for an empty file
+        raise ConfigError(f"DATASET={dataset}: no documents") from None
+    except Exception as error:  # a failure to read a user's corpus: an outage, or bad input, in one line
+        if is_transient(error):
+            raise unreachable(f"DATASET={dataset}", error) from None
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"DATASET={dataset}: {failure} ({reason})") from None
     if not texts:
         raise ConfigError(f"DATASET={dataset}: no documents")
     return Corpus(texts=texts)

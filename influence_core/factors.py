@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,20 +12,24 @@ import torch
 from datasets import Dataset, load_from_disk
 from kronfluence.analyzer import Analyzer, prepare_model
 from kronfluence.arguments import FactorArguments
+from kronfluence.factor.eigen import eigendecomposition_save_path
+from kronfluence.utils.constants import ACTIVATION_EIGENVECTORS_NAME
 from kronfluence.utils.dataset import DataLoaderKwargs
 from transformers import AutoTokenizer
 
-from influence_core import paths
+from influence_core.artifacts import Factors
 from influence_core.corpus_order import length_sorted
 from influence_core.data import PadCollator
 from influence_core.errors import ConfigError
-from influence_core.modeling import checked_tracked_modules, load_model, mlp_module_names
-from influence_core.runtime import autocast_dtype
+from influence_core.modeling import checked_tracked_modules, load_model
+from influence_core.runtime import autocast_dtype, barrier, is_main_process
 from influence_core.settings import FitFactorsSettings
+from influence_core.storage import PARTIAL
 from influence_core.tasks import TASKS
 
-ANALYSIS_NAME = "influence"  # Kronfluence writes <work>/influence/{factors,scores}_<name>, as paths.py lays them out
-TRACKED_MODULES_FILE = "tracked_modules.json"  # in the factors: the modules they cover, which scoring tracks
+# Kronfluence writes <work>/<analysis name>/{factors,scores}_<name>: with this name, the artifacts'
+# own layout (influence/factors_<name>, influence/scores_<name>; influence_core.artifacts).
+ANALYSIS_NAME = "influence"
 
 
 def load_training_examples(train_dir: Path) -> Dataset:
@@ -37,8 +42,7 @@ def build_analyzer(model_dir: Path, work_dir: Path, factors_name: str, task_name
     each batch to its longest example, tracking the modules the factors <factors_name> cover."""
     model = load_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    task = TASKS[task_name](tracked_modules(factors_dir(work_dir, factors_name), model.config.num_hidden_layers),
-                            seed=seed)
+    task = TASKS[task_name](tracked_modules(factors_dir(work_dir, factors_name)), seed=seed)
     analyzer = Analyzer(
         analysis_name=ANALYSIS_NAME,
         model=prepare_model(model, task),
@@ -55,19 +59,23 @@ def build_analyzer(model_dir: Path, work_dir: Path, factors_name: str, task_name
     return analyzer
 
 
-def tracked_modules(local_factors_dir: Path, num_layers: int) -> list[str]:
-    """The modules fitted factors cover. Factors without the record were fitted before it existed,
-    when only GPT-Neo's MLP projections were tracked."""
-    record = local_factors_dir / TRACKED_MODULES_FILE
-    return json.loads(record.read_text()) if record.exists() else mlp_module_names(num_layers)
+def tracked_modules(local_factors_dir: Path) -> list[str]:
+    """The modules fitted factors cover (their tracked_modules.json)."""
+    return json.loads(Factors.tracked_modules_file(local_factors_dir).read_text())
 
 
 def record_tracked_modules(model_dir: Path, settings: FitFactorsSettings, local_factors_dir: Path) -> list[str]:
-    """Resolve TRACKED_MODULES against the model and record the names in the factors."""
-    names = checked_tracked_modules(model_dir, settings.tracked_modules)
-    local_factors_dir.mkdir(parents=True, exist_ok=True)
-    (local_factors_dir / TRACKED_MODULES_FILE).write_text(json.dumps(names))
-    return names
+    """Resolve TRACKED_MODULES against the model and record the names in the factors: the main
+    torchrun process writes them, atomically, while the others wait, then every process reads them."""
+    if is_main_process():
+        names = checked_tracked_modules(model_dir, settings.tracked_modules)
+        record = Factors.tracked_modules_file(local_factors_dir)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial = record.with_name(f"{record.name}{PARTIAL}{os.getpid()}")
+        partial.write_text(json.dumps(names))
+        os.replace(partial, record)
+    barrier()
+    return tracked_modules(local_factors_dir)
 
 
 def factor_arguments(settings: FitFactorsSettings) -> FactorArguments:
@@ -141,13 +149,15 @@ def phase_data(examples: Dataset, max_examples: int | None, partitions: int, set
 
 
 def factors_dir(work_dir: Path, factors_name: str) -> Path:
-    return work_dir / paths.FACTORS(factors_name)
+    """Where Kronfluence, working in `work_dir`, reads and writes the factors `factors_name`."""
+    return work_dir / Factors(factors_name).relative
 
 
 def check_phase_inputs(local_dir: Path, settings: FitFactorsSettings) -> None:
     """A lambda shard of EK-FAC needs the eigendecomposition that an earlier phase published."""
+    eigenvectors = eigendecomposition_save_path(local_dir, ACTIVATION_EIGENVECTORS_NAME)
     if settings.shard is not None and settings.factor_phase == "lambda" and settings.factor_strategy == "ekfac" and (
-        not (local_dir / "activation_eigenvectors.safetensors").exists()
+        not eigenvectors.exists()
     ):
         raise ConfigError(
             f"FACTOR_PHASE=lambda shard {settings.shard}: the eigendecomposition of {settings.factors_name!r} is not "

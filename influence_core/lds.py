@@ -21,7 +21,6 @@ from scipy.stats import spearmanr
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from influence_core.data import PadCollator, tokenize_prompts
-from influence_core.modeling import build_model
 from influence_core.prompts import Prompt
 from influence_core.tasks import TASKS
 from influence_core.training import TrainingPlan, train
@@ -64,11 +63,9 @@ def completion_probabilities(model: PreTrainedModel, tokenizer: PreTrainedTokeni
     return [math.exp(-loss) for loss in measure(model, tokenizer, prompts, ["language_modeling"])["language_modeling"]]
 
 
-def retrain(examples: Dataset, tokenizer: PreTrainedTokenizerBase, preset: str, max_length: int,
-            plan: TrainingPlan, work_dir: Path) -> PreTrainedModel:
-    """A model of the preset trained from scratch on `examples` with `plan`; its initial weights
-    follow plan.seed, as the train stage's do."""
-    model = build_model(preset, tokenizer, max_length, seed=plan.seed)
+def retrain(model: PreTrainedModel, examples: Dataset, tokenizer: PreTrainedTokenizerBase, plan: TrainingPlan,
+            work_dir: Path) -> PreTrainedModel:
+    """`model` (a new one of the preset, or MODEL again) trained on `examples` with `plan`."""
     train(model, examples, tokenizer, plan, work_dir)
     return model.eval()
 

@@ -17,9 +17,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 from transformers.pytorch_utils import Conv1D
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from influence_core.errors import ConfigError
-from influence_core.storage import download_directory, read_uri
+from influence_core.sources import MODEL_FILES
+from influence_core.storage import download_directory, is_transient, read_uri, unreachable
 
 # Named sizes. "tiny" trains on a laptop CPU in about a minute; "gpt-neo-125m" is the architecture
 # of EleutherAI/gpt-neo-125M (12 layers, hidden 768, 12 heads, alternating global/local attention).
@@ -60,8 +62,7 @@ MLP_PROJECTIONS = {
 }
 
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # save_pretrained's, one file or shards
-HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]  # config, weights, tokenizer files
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)  # save_pretrained's, one file or shards
 
 
 def resolve_model(model: str, tracked_modules: str | None, work_dir: Path) -> Path:
@@ -71,7 +72,7 @@ def resolve_model(model: str, tracked_modules: str | None, work_dir: Path) -> Pa
     if "://" in model:  # a bucket: the config first, the weights only once it passes
         config_dir = work_dir / "source-config"
         config_dir.mkdir(parents=True, exist_ok=True)
-        (config_dir / "config.json").write_bytes(read_uri(f"{model.rstrip('/')}/config.json", "MODEL"))
+        (config_dir / CONFIG_NAME).write_bytes(read_uri(f"{model.rstrip('/')}/{CONFIG_NAME}", "MODEL"))
         checked_tracked_modules(config_dir, tracked_modules)
         local = download_directory(model, work_dir / "source-model")
     elif Path(model).exists() or model.startswith((".", "/", "~")):
@@ -81,8 +82,8 @@ def resolve_model(model: str, tracked_modules: str | None, work_dir: Path) -> Pa
                               "expected a directory made by save_pretrained, a Hugging Face model name or a URL")
     else:
         local = _from_hub(model, work_dir)
-    if not (local / "config.json").is_file():
-        raise ConfigError(f"MODEL={model}: no config.json there: not a saved model (save_pretrained writes one)")
+    if not (local / CONFIG_NAME).is_file():
+        raise ConfigError(f"MODEL={model}: no {CONFIG_NAME} there: not a saved model (save_pretrained writes one)")
     if not any((local / name).is_file() for name in WEIGHT_FILES):
         raise ConfigError(f"MODEL={model}: no safetensors weights there ({' or '.join(WEIGHT_FILES)}); only "
                           "safetensors are loaded: save_pretrained(..., safe_serialization=True) writes them")
@@ -94,8 +95,10 @@ def _from_hub(name: str, work_dir: Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name, allow_patterns=HUB_FILES, cache_dir=work_dir / "hub"))
-    except Exception as error:  # any failure to fetch a user's model name is bad input, said in one line
+        return Path(snapshot_download(name, allow_patterns=MODEL_FILES, cache_dir=work_dir / "hub"))
+    except Exception as error:  # a failure to fetch a user's model name: an outage, or bad input
+        if is_transient(error):
+            raise unreachable(f"the Hugging Face Hub for MODEL={name}", error) from None
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise ConfigError(f"MODEL={name}: not a local directory, and not fetched from the Hugging Face Hub "
                           f"({reason})") from None
@@ -110,9 +113,15 @@ def pretrained_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_pretrained(model_dir: Path, dtype: str) -> PreTrainedModel:
-    """MODEL for fine-tuning or publishing, in `dtype`, as transformers builds it (Conv1D stays)."""
-    return AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, dtype=getattr(torch, dtype))
+def load_pretrained(model_dir: Path, dtype: str, max_length: int) -> PreTrainedModel:
+    """MODEL for fine-tuning or publishing, in `dtype`, as transformers builds it (Conv1D stays);
+    refused in one line when MAX_LENGTH exceeds the positions it has."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, dtype=getattr(torch, dtype))
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise ConfigError(f"invalid setting MAX_LENGTH (--max_length): MODEL has {positions} positions, "
+                          f"got {max_length}")
+    return model
 
 
 def load_model(model_dir: str | Path) -> PreTrainedModel:

@@ -21,17 +21,18 @@ context (CUDA_CONTEXT) where it is compared with the device's memory.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from influence_core import paths
+from influence_core.artifacts import Factors, Model, Scores, SelfScores, TrainData, find
 from influence_core.demo_corpus import CORPORA
 from influence_core.errors import ConfigError
 from influence_core.settings import CommonSettings, PipelineSettings
-from influence_core.storage import Artifacts, read_uri
+from influence_core.storage import Store, read_uri
 
 log = logging.getLogger(__name__)
 FLOAT = 4  # bytes of a float32
@@ -60,7 +61,9 @@ class Shape:
     hidden: int
     layers: int
     heads: int
-    tracked: tuple[tuple[int, int], ...]  # (inputs incl. a bias column, outputs) of each tracked module
+    tracked: tuple[tuple[int, int], ...]  # (inputs incl. a bias column, outputs) of each module fit_factors tracks
+    scored: tuple[tuple[int, int], ...]  # the same of the modules the scoring stages track: the factors' own
+    scoring_strategy: str  # the factors' strategy (FACTOR_STRATEGY until they are fitted)
     examples: int
     longest: int  # tokens of the longest training example: batches sorted by length peak there
     tokens: int  # tokens of all training examples
@@ -75,34 +78,48 @@ class Shape:
         return self.layers * (10 * self.hidden + 2 * intermediate + 2 * self.heads * self.longest) + 4 * self.vocab
 
 
-def _write_config(settings: PipelineSettings, artifacts: Artifacts, scratch: Path) -> bool:
-    """The model's config.json, written to `scratch`: the published model's (then True), MODEL's,
-    or the preset's at VOCAB_SIZE."""
+# The train settings that shape the model and the corpus: a published model made with other values
+# is not what training with these settings would make.
+SHAPING = ("model", "model_preset", "max_length", "vocab_size", "tokenizer_name", "dataset", "dataset_config",
+           "dataset_split", "text_column", "num_examples", "seed")
+
+
+def published_model(settings: PipelineSettings, store: Store, stage: str) -> Model | None:
+    """The published model the estimate is of: the one a stage after train runs on, or, for train,
+    the one these settings would train (None when they would train another)."""
+    model = find(store, Model())
+    if model is None or stage != "train":
+        return model
+    trained = model.settings
+    return model if all(getattr(trained, key) == getattr(settings, key) for key in SHAPING) else None
+
+
+def _write_config(settings: PipelineSettings, model: Model | None, scratch: Path) -> None:
+    """The model's config.json, written to `scratch`: the published model's, MODEL's, or the
+    preset's at VOCAB_SIZE."""
     from influence_core.modeling import preset_config
 
-    if artifacts.manifest(paths.MODEL) is not None:
-        (scratch / "config.json").write_bytes(artifacts.read_bytes(f"{paths.MODEL}/config.json"))
-        return True
-    if settings.model:
+    if model is not None:
+        (scratch / Model.CONFIG).write_text(json.dumps(model.config()))
+    elif settings.model:
         source = settings.model.rstrip("/")
         if "://" not in source and not Path(source).exists():  # a Hugging Face name: the plan makes no network call
             raise ConfigError(f"plan: MODEL={source} is a Hugging Face name; publish it first (import_model or "
                               "train), then the plan reads its config from the artifacts")
-        (scratch / "config.json").write_bytes(read_uri(f"{source}/config.json", "MODEL"))
+        (scratch / Model.CONFIG).write_bytes(read_uri(f"{source}/{Model.CONFIG}", "MODEL"))
     else:
         preset_config(settings.model_preset, settings.vocab_size, settings.max_length, bos_token_id=0,
                       eos_token_id=0).save_pretrained(scratch)
-    return False
 
 
-def _corpus(settings: PipelineSettings, artifacts: Artifacts, scratch: Path) -> tuple[int, int, int]:
+def _corpus(settings: PipelineSettings, data: TrainData | None, scratch: Path) -> tuple[int, int, int]:
     """Examples, the longest one's tokens and all tokens: of the published data, else upper bounds."""
     from influence_core.data import DEFAULT_DEMO_DOCUMENTS, DEFAULT_HUB_DOCUMENTS
 
-    if artifacts.manifest(paths.TRAIN_DATA) is not None:
+    if data is not None:
         from datasets import load_from_disk
 
-        local = artifacts.fetch(paths.TRAIN_DATA, scratch / paths.TRAIN_DATA)
+        local = data.fetch(scratch / data.relative)
         lengths = [len(ids) for ids in load_from_disk(str(local))["input_ids"]]
         return len(lengths), max(lengths), sum(lengths)
     default = DEFAULT_DEMO_DOCUMENTS if settings.dataset in CORPORA else DEFAULT_HUB_DOCUMENTS
@@ -110,24 +127,36 @@ def _corpus(settings: PipelineSettings, artifacts: Artifacts, scratch: Path) -> 
     return examples, settings.max_length, examples * settings.max_length
 
 
-def measure_shape(settings: PipelineSettings, prompts: int) -> Shape:
-    """The model's and the corpus's shape for these settings, read from the published model and data
-    when they exist (their config and token counts), else from the settings."""
+def measure_shape(settings: PipelineSettings, prompts: int, stage: str = "fit_factors") -> Shape:
+    """The model's and the corpus's shape for these settings and one stage,
+    read from the published model and data when they are what the stage runs on (their config and
+    token counts), else from the settings; the tracked modules and strategy of scoring from the
+    published factors FACTORS_NAME of that model, else from the settings."""
     from influence_core.modeling import skeleton, tracked_names_in
 
-    artifacts = Artifacts(settings.artifacts_uri)
+    store = Store(settings.artifacts_uri)
+    model = published_model(settings, store, stage)
+    data = find(store, TrainData()) if model is not None else None
+    factors = find(store, Factors(settings.factors_name), (model,)) if model is not None else None
     with tempfile.TemporaryDirectory(prefix="plan-") as scratch:
-        from_published = _write_config(settings, artifacts, Path(scratch))
-        model = skeleton(scratch)  # on the meta device, as analysed (GPT-2's Conv1D as Linear)
-        examples, longest, tokens = _corpus(settings, artifacts, Path(scratch))
-    modules = dict(model.named_modules())
-    tracked = tuple((modules[name].in_features + (modules[name].bias is not None), modules[name].out_features)
-                    for name in tracked_names_in(model, settings.tracked_modules))
-    parameters = sum(parameter.numel() for parameter in model.parameters())  # tied weights once
-    config = model.config
+        _write_config(settings, model, Path(scratch))
+        skeleton_model = skeleton(scratch)  # on the meta device, as analysed (GPT-2's Conv1D as Linear)
+        examples, longest, tokens = _corpus(settings, data, Path(scratch))
+    modules = dict(skeleton_model.named_modules())
+
+    def sizes(names: list[str]) -> tuple[tuple[int, int], ...]:
+        return tuple((modules[name].in_features + (modules[name].bias is not None), modules[name].out_features)
+                     for name in names)
+
+    tracked = sizes(tracked_names_in(skeleton_model, settings.tracked_modules))
+    scored = sizes(factors.tracked_modules()) if factors is not None else tracked
+    parameters = sum(parameter.numel() for parameter in skeleton_model.parameters())  # tied weights once
+    config = skeleton_model.config
     return Shape(parameters=parameters, vocab=config.vocab_size, hidden=config.hidden_size,
-                 layers=config.num_hidden_layers, heads=config.num_attention_heads, tracked=tracked,
-                 examples=examples, longest=longest, tokens=tokens, prompts=prompts, from_published=from_published)
+                 layers=config.num_hidden_layers, heads=config.num_attention_heads, tracked=tracked, scored=scored,
+                 scoring_strategy=factors.strategy if factors is not None else settings.factor_strategy,
+                 examples=examples, longest=longest, tokens=tokens, prompts=prompts,
+                 from_published=model is not None and data is not None)
 
 
 def _intermediate(shape: Shape) -> int:
@@ -146,44 +175,63 @@ class Estimate:
         return self.fixed + self.per_example * (self.batch if batch is None else batch)
 
 
+@dataclass(frozen=True)
+class Modules:
+    """The float32 bytes of what a stage holds for a set of tracked modules."""
+
+    covariances: int  # activation a x a and gradient g x g of each (a: inputs plus one for a bias)
+    gradient: int  # one example's gradient over all of them (g x a each)
+    largest: int  # one example's gradient of the largest one
+    cached_inputs: int  # the inputs Kronfluence caches for each, per example at the longest length
+    factors: int  # the factors of a strategy over them
+
+    @classmethod
+    def of(cls, modules: tuple[tuple[int, int], ...], strategy: str, longest: int) -> Modules:
+        if not modules:
+            raise ConfigError("plan: no module of the model to track; set TRACKED_MODULES")
+        covariances = sum(inputs * inputs + outputs * outputs for inputs, outputs in modules) * FLOAT
+        gradient = sum(inputs * outputs for inputs, outputs in modules) * FLOAT
+        factors = {"identity": 0, "diagonal": gradient, "kfac": 2 * covariances,
+                   "ekfac": 2 * covariances + gradient}[strategy]
+        return cls(covariances, gradient, max(inputs * outputs for inputs, outputs in modules) * FLOAT,
+                   sum(inputs for inputs, _ in modules) * FLOAT * longest, factors)
+
+
 def estimates(settings: PipelineSettings, shape: Shape) -> dict[str, Estimate]:
-    """Each stage's memory (fixed and per example of a batch) and published sizes, in bytes."""
+    """Each stage's memory (fixed and per example of a batch) and published sizes, in bytes:
+    fit_factors for FACTOR_STRATEGY and TRACKED_MODULES, the stages after it for the factors'
+    own strategy and modules, scoring one query batch (QUERY_BATCH_SIZE prompts) at a time."""
     weights = shape.parameters * FLOAT
     token_activations = shape.activations_per_token(_intermediate(shape)) * FLOAT * shape.longest
-    covariances = sum(inputs * inputs + outputs * outputs for inputs, outputs in shape.tracked) * FLOAT
-    kronecker = sum(inputs * outputs for inputs, outputs in shape.tracked) * FLOAT  # one gradient, all modules
-    if not shape.tracked:
-        raise ConfigError("plan: no module of the model to track; set TRACKED_MODULES")
-    largest = max(inputs * outputs for inputs, outputs in shape.tracked) * FLOAT  # one module's gradient
-    cached_inputs = sum(inputs for inputs, _ in shape.tracked) * FLOAT * shape.longest
-    strategy = settings.factor_strategy
-    factors = {"identity": 0, "diagonal": kronecker, "kfac": 2 * covariances,
-               "ekfac": 2 * covariances + kronecker}[strategy]
+    fitted = Modules.of(shape.tracked, settings.factor_strategy, shape.longest)
+    scored = Modules.of(shape.scored, shape.scoring_strategy, shape.longest)
     # The eigendecomposition holds one module's covariance and eigenvectors in float64 at a time.
     eigen = 4 * max(inputs * inputs + outputs * outputs for inputs, outputs in shape.tracked) * FLOAT
     rank = settings.query_gradient_rank
-    query = (shape.prompts * sum(rank * (inputs + outputs) if rank and rank < min(inputs, outputs)
-                                 else inputs * outputs for inputs, outputs in shape.tracked) * FLOAT)
-    query_peak = query + shape.prompts * kronecker  # the full gradients, before the low-rank step
-    scores = shape.prompts * shape.examples * FLOAT
-    scoring_fixed = weights + factors + max(query_peak, query + 2 * scores)
-    scoring_per_example = token_activations + cached_inputs + 2 * largest
+    batch = min(settings.query_batch_size or shape.prompts, shape.prompts)  # Kronfluence's query batch
+    query = (batch * sum(rank * (inputs + outputs) if rank and rank < min(inputs, outputs)
+                         else inputs * outputs for inputs, outputs in shape.scored) * FLOAT)
+    query_peak = query + batch * scored.gradient  # the full gradients, before the low-rank step
+    scores = shape.prompts * shape.examples * FLOAT  # every query batch's scores, gathered
+    scoring_fixed = weights + scored.factors + max(query_peak, query + 2 * scores)
+    scoring_per_example = token_activations + scored.cached_inputs + 2 * scored.largest
     shown = 2 * settings.num_influential * shape.prompts  # examples inspect_scores scores per token
     model_files = weights + TOKENIZER_BYTES_PER_TOKEN * shape.vocab + METADATA_BYTES
     return {
         # One micro-batch (BATCH_SIZE / MICRO_BATCHES examples) is in memory at a time.
         "train": Estimate(4 * weights, token_activations // settings.micro_batches, "BATCH_SIZE",
-                          settings.batch_size, {paths.MODEL: model_files}),
-        "fit_factors": Estimate(weights + factors + eigen, token_activations + 3 * largest, "FACTOR_BATCH_SIZE",
-                                settings.factor_batch_size,
-                                {paths.FACTORS(settings.factors_name): factors + METADATA_BYTES}),
-        "inspect_factors": Estimate(2 * factors, 0, None, 0, {}),
+                          settings.batch_size, {Model().relative: model_files}),
+        "fit_factors": Estimate(weights + fitted.factors + eigen, token_activations + 3 * fitted.largest,
+                                "FACTOR_BATCH_SIZE", settings.factor_batch_size,
+                                {Factors(settings.factors_name).relative: fitted.factors + METADATA_BYTES}),
+        "inspect_factors": Estimate(2 * scored.factors, 0, None, 0, {}),
         "compute_scores": Estimate(scoring_fixed, scoring_per_example, "TRAIN_BATCH_SIZE", settings.train_batch_size,
-                                   {paths.SCORES(settings.scores_name):
+                                   {Scores(settings.scores_name).relative:
                                     scores + METADATA_BYTES + PROMPT_BYTES * shape.prompts}),
-        "compute_self_scores": Estimate(weights + factors, token_activations + cached_inputs + 3 * largest,
+        "compute_self_scores": Estimate(weights + scored.factors,
+                                        token_activations + scored.cached_inputs + 3 * scored.largest,
                                         "TRAIN_BATCH_SIZE", settings.train_batch_size,
-                                        {paths.SELF_SCORES(settings.factors_name):
+                                        {SelfScores(settings.factors_name).relative:
                                          shape.examples * FLOAT + METADATA_BYTES}),
         # Per-token scores of the examples the report shows: compute_scores again, on those examples.
         "inspect_scores": Estimate(scoring_fixed, scoring_per_example, None,
@@ -209,19 +257,22 @@ def device_memory() -> tuple[str, int]:
     return "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def make_plan(settings: PipelineSettings, prompts: int) -> dict:
-    """The plan of ../shared/ARCHITECTURE.md: per stage the estimated peak memory, whether it fits
+def make_plan(settings: PipelineSettings, prompts: int, stage: str | None = None) -> dict:
+    """The plan (docs/artifacts.md, "plan"): per stage the estimated peak memory, whether it fits
     the device (DEVICE_MEMORY_GIB, default the detected one), the largest batch that fits, and the
-    published sizes."""
+    published sizes; for one `stage`, of the model and data it runs on."""
     import torch
 
-    shape = measure_shape(settings, prompts)
+    # train is judged on what these settings would train; the stages after it on what they run on.
+    shape = measure_shape(settings, prompts, stage if stage is not None else "fit_factors")
+    trained = measure_shape(settings, prompts, "train") if stage in (None, "train") else shape
+    rows = {**estimates(settings, shape), "train": estimates(settings, trained)["train"]}
     name, detected = device_memory()
     available = int(settings.device_memory_gib * GIB) if settings.device_memory_gib else detected
     gpu = torch.cuda.is_available()
     overhead = CUDA_CONTEXT if gpu else PROCESS_BASELINE
     stages = {}
-    for stage, estimate in estimates(settings, shape).items():
+    for stage, estimate in rows.items():
         peak = int(FRAGMENTATION * estimate.peak())
         room = int((available - overhead) / FRAGMENTATION) - estimate.fixed
         largest = (room // estimate.per_example if estimate.per_example else None) if room > 0 else 0
@@ -239,7 +290,9 @@ def make_plan(settings: PipelineSettings, prompts: int) -> dict:
         "shape": {"parameters": shape.parameters, "tracked_modules": len(shape.tracked), "examples": shape.examples,
                   "longest_example_tokens": shape.longest, "prompts": shape.prompts,
                   "from": "the published model and data" if shape.from_published else
-                          "the settings (the model and data are not published yet: lengths are MAX_LENGTH)"},
+                          "the settings (the model and data are not published yet: lengths are MAX_LENGTH)",
+                  "train_from": "the published model and data" if trained.from_published else
+                                "the settings (they would train another model: lengths are MAX_LENGTH)"},
         "stages": stages,
     }
 
@@ -249,7 +302,7 @@ def render(plan: dict) -> str:
     lines = [f"Plan for {device['name']}, {device['memory_bytes'] / GIB:.1f} GiB ({device['estimate_of']}); "
              f"{shape['parameters']:,} parameters, {shape['tracked_modules']} tracked modules, {shape['examples']:,} "
              f"examples (longest {shape['longest_example_tokens']} tokens), {shape['prompts']} prompts, from "
-             f"{shape['from']}", "",
+             f"{shape['from']}; train from {shape['train_from']}", "",
              f"{'stage':<20} {'peak GiB':>9}  {'fits':<4}  {'batch':<26} {'largest that fits':>17}  published",
              ]
     for stage, row in plan["stages"].items():
@@ -272,7 +325,7 @@ def check_fits(stage: str, settings: CommonSettings, prompts: int = 1) -> None:
     known = {key: value for key, value in settings.model_dump().items() if key in PipelineSettings.model_fields}
     wide = PipelineSettings.model_construct(**{**known, "shard_index": None, "job_completion_index": None})
     try:
-        plan = make_plan(wide, prompts)
+        plan = make_plan(wide, prompts, stage)
     except Exception as error:  # noqa: BLE001 (advice only; the reason is logged)
         log.debug("no memory plan for %s (%s); starting without the check", stage, str(error)[:200] or error)
         return

@@ -36,3 +36,10 @@ def parse_prompts(raw: bytes, source: str) -> list[Prompt]:
     if not prompts:
         raise ConfigError(f"PROMPTS={source}: the list is empty; give at least one prompt")
     return prompts
+
+
+def load_prompts(uri: str) -> list[Prompt]:
+    """The prompts of PROMPTS (a path or URL), validated."""
+    from influence_core.storage import read_uri
+
+    return parse_prompts(read_uri(uri, "PROMPTS"), uri)

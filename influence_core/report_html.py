@@ -6,12 +6,12 @@ from __future__ import annotations
 import base64
 from html import escape
 
+from influence_core.artifacts import Report
 from influence_core.reports import (
     NEAR_CERTAIN_NOTE,
     READING_SCORES,
     RECALL_AT,
     SELF_INFLUENCE_NOTE,
-    distribution_plot_name,
     lds_summary,
 )
 
@@ -104,7 +104,7 @@ def _prompt_section(number: int, entry: dict, images: dict[str, bytes], excerpt_
     if f"recall_at_{RECALL_AT}" in entry:
         parts.append(f'<p class="recall">Recall@{RECALL_AT} {entry[f"recall_at_{RECALL_AT}"]:.2f}: planted documents '
                      f'{escape(str(entry["planted_documents"]))} rank {escape(str(entry["planted_ranks"]))}.</p>')
-    parts.append(_image(images.get(distribution_plot_name(number)), f"Score distribution of prompt {number}"))
+    parts.append(_image(images.get(Report.distribution_plot(number)), f"Score distribution of prompt {number}"))
     for title, key, css in (("Top positive (helpful)", "top_positive", "positive"),
                             ("Top negative (harmful)", "top_negative", "negative")):
         parts.append(f'<div class="{css}"><h3>{title}</h3>{_examples(entry[key], "score", excerpt_chars)}</div>')

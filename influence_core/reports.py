@@ -10,9 +10,23 @@ matplotlib.use("Agg")  # files only; pods and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from kronfluence.factor.covariance import covariance_matrices_save_path  # noqa: E402
+from kronfluence.factor.eigen import eigendecomposition_save_path, lambda_matrices_save_path  # noqa: E402
+from kronfluence.utils.constants import (  # noqa: E402
+    ACTIVATION_COVARIANCE_MATRIX_NAME,
+    ACTIVATION_EIGENVALUES_NAME,
+    GRADIENT_COVARIANCE_MATRIX_NAME,
+    GRADIENT_EIGENVALUES_NAME,
+    HEURISTIC_DAMPING_SCALE,
+    LAMBDA_MATRIX_NAME,
+    NUM_ACTIVATION_COVARIANCE_PROCESSED,
+    NUM_GRADIENT_COVARIANCE_PROCESSED,
+    NUM_LAMBDA_PROCESSED,
+)
 from matplotlib.colors import LogNorm  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from influence_core.artifacts import FactorsReport, Report  # noqa: E402
 from influence_core.prompts import Prompt  # noqa: E402
 
 RECALL_AT = 10
@@ -20,13 +34,16 @@ RECALL_AT = 10
 
 # ---- factors ----------------------------------------------------------------------------------
 
-# Kronfluence stores covariances and the EK-FAC lambda matrix as sums over what it processed
-# (tokens for covariances, examples for lambda), with the counts in these files.
-COUNT_FILES = {"activation_covariance": "num_activation_covariance_processed",
-               "gradient_covariance": "num_gradient_covariance_processed",
-               "lambda_matrix": "num_lambda_processed"}
+# Kronfluence's factor files: their paths by kind, and the counts it divides each sum by (it
+# stores covariances as sums over tokens and the EK-FAC lambda matrix as a sum over examples).
+FACTOR_FILES = {
+    ACTIVATION_COVARIANCE_MATRIX_NAME: (covariance_matrices_save_path, NUM_ACTIVATION_COVARIANCE_PROCESSED),
+    GRADIENT_COVARIANCE_MATRIX_NAME: (covariance_matrices_save_path, NUM_GRADIENT_COVARIANCE_PROCESSED),
+    ACTIVATION_EIGENVALUES_NAME: (eigendecomposition_save_path, None),
+    GRADIENT_EIGENVALUES_NAME: (eigendecomposition_save_path, None),
+    LAMBDA_MATRIX_NAME: (lambda_matrices_save_path, NUM_LAMBDA_PROCESSED),
+}
 TOP_EIGENVALUES = 10
-HEURISTIC_DAMPING_SCALE = 0.1  # Kronfluence's default damping: 0.1 x the mean of the module's lambda
 SPECTRUM_DEFINITIONS = {
     "top_eigenvalues": f"the {TOP_EIGENVALUES} largest eigenvalues",
     "condition_number": "largest / smallest eigenvalue; null when the smallest is not positive (rounding "
@@ -35,21 +52,24 @@ SPECTRUM_DEFINITIONS = {
                       "2007): how many equal eigenvalues would spread the same mass",
     "lambda": "the eigenvalues of the module's Fisher approximation that the scores invert: EK-FAC's corrected "
               "eigenvalues, K-FAC's products of gradient and activation eigenvalues, or the diagonal Fisher",
-    "heuristic_damping": "the damping Kronfluence adds when DAMPING_FACTOR is not set: 0.1 x the mean of lambda",
-    "damped_condition_number": "(largest lambda + heuristic damping) / (smallest lambda + heuristic damping): "
-                               "the conditioning of what is inverted",
+    "heuristic_damping": "what Kronfluence adds when the damping is None (DAMPING_FACTOR=heuristic): 0.1 x the "
+                         "mean of lambda",
+    "damping": "the damping the scores add: DAMPING_FACTOR, or the heuristic damping when it is 'heuristic'",
+    "damped_condition_number": "(largest lambda + damping) / (smallest lambda, at least 0, + damping): the "
+                               "conditioning of what the scores invert",
 }
 
 
 def load_factor(factors_dir: Path, name: str) -> dict[str, torch.Tensor]:
-    """One factor file by module, divided by Kronfluence's count where it stores a sum; empty
+    """One kind of factor by module, divided by Kronfluence's count where it stores a sum; empty
     when the strategy has no such factor."""
-    path = factors_dir / f"{name}.safetensors"
+    save_path, count_name = FACTOR_FILES[name]
+    path = save_path(factors_dir, name)
     if not path.exists():
         return {}
     factors = {module: value.double() for module, value in load_file(str(path)).items()}
-    count_path = factors_dir / f"{COUNT_FILES.get(name, '')}.safetensors"
-    if name in COUNT_FILES and count_path.exists():
+    count_path = save_path(factors_dir, count_name) if count_name else None
+    if count_path is not None and count_path.exists():
         counts = load_file(str(count_path))
         factors = {module: value / counts[module].double().clamp(min=1) for module, value in factors.items()}
     return factors
@@ -71,11 +91,12 @@ def spectrum_statistics(values: torch.Tensor) -> dict:
     }
 
 
-def factor_summary(factors_dir: Path, strategy: str | None) -> dict:
-    """summary.json: spectrum statistics of every tracked module's factors."""
-    activation = load_factor(factors_dir, "activation_eigenvalues")
-    gradient = load_factor(factors_dir, "gradient_eigenvalues")
-    lambdas = load_factor(factors_dir, "lambda_matrix")
+def factor_summary(factors_dir: Path, strategy: str | None, damping_factor: float | str) -> dict:
+    """summary.json: spectrum statistics of every tracked module's factors, conditioned with the
+    damping the scores add (DAMPING_FACTOR)."""
+    activation = load_factor(factors_dir, ACTIVATION_EIGENVALUES_NAME)
+    gradient = load_factor(factors_dir, GRADIENT_EIGENVALUES_NAME)
+    lambdas = load_factor(factors_dir, LAMBDA_MATRIX_NAME)
     modules = {}
     for module in sorted({*activation, *gradient, *lambdas}, key=_module_order):
         entry = {}
@@ -87,13 +108,16 @@ def factor_summary(factors_dir: Path, strategy: str | None) -> dict:
         if spectrum is None and module in activation and module in gradient:
             spectrum = torch.outer(gradient[module], activation[module])  # K-FAC's, as Kronfluence forms them
         if spectrum is not None:
-            damping = HEURISTIC_DAMPING_SCALE * float(spectrum.mean())
+            heuristic = HEURISTIC_DAMPING_SCALE * float(spectrum.mean())
+            damping = heuristic if damping_factor == "heuristic" else float(damping_factor)
             entry["lambda"] = spectrum_statistics(spectrum)
-            entry["heuristic_damping"] = damping
+            entry["heuristic_damping"] = heuristic
+            entry["damping"] = damping
             entry["damped_condition_number"] = ((float(spectrum.max()) + damping) /
                                                 (max(float(spectrum.min()), 0.0) + damping)) if damping > 0 else None
         modules[module.removeprefix("transformer.")] = entry
-    return {"strategy": strategy, "definitions": SPECTRUM_DEFINITIONS, "modules": modules}
+    return {"strategy": strategy, "damping_factor": damping_factor, "definitions": SPECTRUM_DEFINITIONS,
+            "modules": modules}
 
 
 def _module_order(module: str) -> tuple:
@@ -109,9 +133,11 @@ def plot_factors(factors_dir: Path, modules: list[str], out_dir: Path, strategy:
                      ("gradient eigenvector index (ascending eigenvalue)",
                       "activation eigenvector index (ascending eigenvalue)"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    lambdas = load_factor(factors_dir, "lambda_matrix")
-    covariances = {kind: load_factor(factors_dir, f"{kind}_covariance") for kind in ("activation", "gradient")}
-    eigenvalues = {kind: load_factor(factors_dir, f"{kind}_eigenvalues") for kind in ("activation", "gradient")}
+    lambdas = load_factor(factors_dir, LAMBDA_MATRIX_NAME)
+    covariances = {"activation": load_factor(factors_dir, ACTIVATION_COVARIANCE_MATRIX_NAME),
+                   "gradient": load_factor(factors_dir, GRADIENT_COVARIANCE_MATRIX_NAME)}
+    eigenvalues = {"activation": load_factor(factors_dir, ACTIVATION_EIGENVALUES_NAME),
+                   "gradient": load_factor(factors_dir, GRADIENT_EIGENVALUES_NAME)}
     written = []
     for module in modules:
         short = module.removeprefix("transformer.")
@@ -121,7 +147,7 @@ def plot_factors(factors_dir: Path, modules: list[str], out_dir: Path, strategy:
             ax.set_title(f"Lambda matrix (Fisher eigenvalues): {short}")
             ax.set_xlabel(columns)
             ax.set_ylabel(rows)
-            written.append(save_figure(fig, out_dir / f"lambda_matrix_{short}.png"))
+            written.append(save_figure(fig, out_dir / FactorsReport.plot("lambda_matrix", short)))
         present = [kind for kind in ("activation", "gradient") if module in covariances[kind]]
         if present:
             fig, axes = plt.subplots(1, len(present), figsize=(6.5 * len(present), 5), squeeze=False)
@@ -131,7 +157,7 @@ def plot_factors(factors_dir: Path, modules: list[str], out_dir: Path, strategy:
                 ax.set_xlabel(f"{'input' if kind == 'activation' else 'output'} dimension"
                               f"{' (last: bias)' if kind == 'activation' else ''}")
                 ax.set_ylabel(f"{'input' if kind == 'activation' else 'output'} dimension")
-            written.append(save_figure(fig, out_dir / f"covariance_{short}.png"))
+            written.append(save_figure(fig, out_dir / FactorsReport.plot("covariance", short)))
         if any(module in source for source in (*eigenvalues.values(), lambdas)):
             written.append(_plot_spectra(module, short, eigenvalues, lambdas, out_dir))
     return written
@@ -171,7 +197,7 @@ def _plot_spectra(module: str, short: str, eigenvalues: dict, lambdas: dict, out
         ax.set_xlabel("rank")
         ax.set_ylabel("eigenvalue (log scale)")
         ax.grid(True, which="major", alpha=0.3)
-    return save_figure(fig, out_dir / f"eigenvalues_{short}.png")
+    return save_figure(fig, out_dir / FactorsReport.plot("eigenvalues", short))
 
 
 def save_figure(fig: plt.Figure, path: Path, tight_layout: bool = True) -> Path:
@@ -315,11 +341,6 @@ def top_tokens(item: dict, count: int = 3) -> list[tuple[str, float]]:
     return [(item["tokens"][i], item["token_scores"][i]) for i in order if sign * item["token_scores"][i] > 0]
 
 
-def distribution_plot_name(number: int) -> str:
-    """The file of prompt `number`'s (1-based) score distribution."""
-    return f"score_distribution_{number:02d}.png"
-
-
 def render_markdown(report: dict, excerpt_chars: int) -> str:
     lines = [
         f"# Influence report: {report['scores_name']}",
@@ -347,7 +368,7 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
         if f"recall_at_{RECALL_AT}" in entry:
             lines += [f"Recall@{RECALL_AT} {entry[f'recall_at_{RECALL_AT}']:.2f}: planted documents "
                       f"{entry['planted_documents']} rank {entry['planted_ranks']}.", ""]
-        lines += [f"![Score distribution of prompt {number}]({distribution_plot_name(number)})", ""]
+        lines += [f"![Score distribution of prompt {number}]({Report.distribution_plot(number)})", ""]
         for title, key in (("Top positive (helpful)", "top_positive"), ("Top negative (harmful)", "top_negative")):
             lines += [f"### {title}", ""]
             if not entry[key]:

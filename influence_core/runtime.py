@@ -6,6 +6,7 @@ import functools
 import io
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -142,15 +143,31 @@ def refuse_cpu_processes(stage: str) -> None:
 
 @contextmanager
 def shared_work_dir(stage: str) -> Iterator[Path]:
-    """A scratch directory for one stage run. The torchrun processes of a pod share one, since
-    Kronfluence's ranks read the factor files that its main process writes."""
+    """A scratch directory for one stage run, removed afterwards. The torchrun processes of a pod
+    share one, since Kronfluence's ranks read the factor files that its main process writes: the
+    main process makes it, new for this run (never one an earlier run left behind, whatever the
+    rendezvous's run id), and tells the others its name."""
     if world_size() == 1:
         with work_dir() as path:
             yield path
         return
-    path = Path(tempfile.gettempdir()) / f"influence-{stage}-{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}"
-    path.mkdir(exist_ok=True)
-    yield path
+    import torch
+    import torch.distributed as dist
+
+    barrier()  # joins the process group
+    name = [tempfile.mkdtemp(prefix=f"influence-{stage}-") if is_main_process() else None]
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if dist.get_backend() == "nccl" else None
+    dist.broadcast_object_list(name, src=0, device=device)
+    path = Path(name[0])
+    try:
+        yield path
+    except BaseException:
+        if is_main_process():
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    barrier()  # every process is done with it
+    if is_main_process():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def barrier() -> None:

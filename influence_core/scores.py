@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 from kronfluence.arguments import ScoreArguments
+from kronfluence.score.pairwise import pairwise_scores_save_path
 from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer
 
-from influence_core import paths
+from influence_core.artifacts import Scores
 from influence_core.corpus_order import length_sorted, restore_on_main_process
 from influence_core.data import tokenize_prompts
 from influence_core.errors import ConfigError
@@ -63,7 +64,7 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
             target_data_partitions=partition,
             overwrite_output_dir=False,
         )
-        aggregated = local / "pairwise_scores.safetensors"
+        aggregated = pairwise_scores_save_path(local)
         if aggregated.exists():  # every partition is in and Kronfluence has aggregated them
             check_one_row_per_prompt(aggregated, len(prompts))
             restore_on_main_process(aggregated, order)  # before the step is staged: uploaded once
@@ -71,8 +72,8 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
     if aggregated.exists() and is_main_process():
         # The partitions' files hold length-sorted columns; only the aggregate, in corpus order, is
         # published (a rerun restores them from the staged steps, which are never published).
-        for partition_file in local.glob("pairwise_scores_*partition*.safetensors"):
-            partition_file.unlink()
+        for partition in range(settings.score_data_partitions):
+            pairwise_scores_save_path(local, partition=(partition, 0)).unlink(missing_ok=True)
     return local
 
 
@@ -80,7 +81,7 @@ def check_one_row_per_prompt(path: Path, prompts: int) -> None:
     """Kronfluence takes a tracked module's first input dimension for the batch: a module whose
     input is flattened over the batch and the tokens (OPT's fc1 and fc2) gives a row per token."""
     with safe_open(str(path), "pt") as scores_file:
-        rows = scores_file.get_slice("all_modules").get_shape()[0]
+        rows = scores_file.get_slice(Scores.KEY).get_shape()[0]
     if rows != prompts:
         raise ConfigError(f"TRACKED_MODULES: a tracked module sees the tokens of all examples as one batch (its "
                           f"input is flattened), so the scores have {rows} rows for {prompts} prompts; track "
@@ -88,4 +89,5 @@ def check_one_row_per_prompt(path: Path, prompts: int) -> None:
 
 
 def scores_dir(work_dir: Path, scores_name: str) -> Path:
-    return work_dir / paths.SCORES(scores_name)
+    """Where Kronfluence, working in `work_dir`, writes the scores `scores_name`."""
+    return work_dir / Scores(scores_name).relative

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kronfluence.score.self import self_scores_save_path
+
 from influence_core.corpus_order import length_sorted, restore_training_order
 from influence_core.factors import build_analyzer, load_training_examples
 from influence_core.scores import score_arguments, scores_dir
@@ -32,7 +34,7 @@ def compute_self_scores(model_dir: Path, train_dir: Path, settings: ComputeSelfS
         overwrite_output_dir=True,
     )
     local = scores_dir(work_dir, name)
-    restore_training_order(local / "self_scores.safetensors", order)
+    restore_training_order(self_scores_save_path(local), order)
     return local
 
 

@@ -23,6 +23,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -41,14 +42,14 @@ Strategy = Annotated[
     BeforeValidator(lambda value: STRATEGY_ALIASES.get(value, value)),
 ]
 Dtype = Literal["float32", "float64", "bfloat16", "float16"]
-# The damping added to the curvature before it is inverted. 1e-8 is the value of Kronfluence's own
-# default_score_arguments; "heuristic" is its ScoreArguments default, 0.1 x each module's mean
-# eigenvalue, which predicted retraining worse on the demo (LDS 0.56 against 0.66; README, Evaluation).
+# The damping added to the curvature before it is inverted. 1e-8 is the default of Kronfluence's
+# ScoreArguments; "heuristic" is what Kronfluence adds when the damping is None, 0.1 x each module's
+# mean eigenvalue, which predicted retraining worse on the demo (LDS 0.56 against 0.66; README, LDS).
 DEFAULT_DAMPING = 1e-8
 Damping = Annotated[
     PositiveFloat | Literal["heuristic"],
     Field(description="Damping added to the curvature before it is inverted: a number, or 'heuristic' (0.1 x "
-                      "each module's mean eigenvalue)"),
+                      "each module's mean eigenvalue); inspect_factors conditions its summary with it"),
 ]
 
 
@@ -66,11 +67,29 @@ def _regular_expression(value: str | None) -> str | None:
     return value
 
 
+def _free(field: str):
+    """A validator refusing a name whose artifact would be another's (reports/<SCORES_NAME> with
+    SCORES_NAME=lds is the LDS report; influence_core.artifacts.reserved)."""
+
+    def check(value: str, info: ValidationInfo) -> str:
+        from influence_core.artifacts import reserved
+
+        if (info.context or {}).get("recorded"):  # a manifest's record: the lds stage names its own baseline
+            return value
+        taken = reserved(field, value)
+        if taken:
+            raise ValueError(f"the name {value!r} is taken by {taken}; choose another")
+        return value
+
+    return AfterValidator(check)
+
+
 # Settings that several groups below share (as Damping is), each described once.
-FactorsName = Annotated[Name, Field(description="Name of the factors: fit_factors writes "
-                                                "influence/factors_<name>/, the stages after it read them")]
-ScoresName = Annotated[Name, Field(description="Name of the scores: compute_scores writes influence/scores_<name>/, "
-                                               "inspect_scores reports them in reports/<name>/")]
+FactorsName = Annotated[Name, _free("factors_name"), Field(
+    description="Name of the factors: fit_factors writes influence/factors_<name>/, the stages after it read them")]
+ScoresName = Annotated[Name, _free("scores_name"), Field(
+    description="Name of the scores: compute_scores writes influence/scores_<name>/, inspect_scores reports them "
+                "in reports/<name>/")]
 Prompts = Annotated[str, Field(description="Path or URL of the prompts file, a JSON list of {\"prompt\": ..., "
                                            "\"completion\": ...}; default the shipped prompts.json")]
 FactorBatchSize = Annotated[PositiveInt, Field(description="Training examples per batch (per process) while "
@@ -297,8 +316,11 @@ class InspectFactorsSettings(CommonSettings):
     factors_name: FactorsName = "tiny_lm_factors"
     layer_num: NonNegativeInt | None = Field(None, description="Block (0-based) whose modules are plotted; "
                                                                "default the last")
-    output_dir: str | None = Field(None, description="Local path or fsspec URL the plots go to; default "
-                                                      "reports/factors_<name> in ARTIFACTS_URI")
+    output_dir: str | None = Field(None, description="Local path or fsspec URL of a folder of yours the plots go to "
+                                                      "(new, empty, or holding only an earlier run's output: nothing "
+                                                      "else there is deleted); default reports/factors_<name> in "
+                                                      "ARTIFACTS_URI")
+    damping_factor: Damping = DEFAULT_DAMPING
 
 
 # ---- influence scores ----------------------------------------------------------------------------
@@ -371,7 +393,7 @@ class PlanSettings(PipelineSettings):
     """The plan: every stage's estimated peak memory, published sizes and largest batch that fits, for
     these settings (the same as the stages'), before anything runs."""
 
-    as_json: bool = Field(False, alias="json", description="Print the plan as JSON (../shared/ARCHITECTURE.md)")
+    as_json: bool = Field(False, alias="json", description="Print the plan as JSON (docs/artifacts.md, \"plan\")")
 
 
 S = TypeVar("S", bound=CommonSettings)
@@ -381,7 +403,8 @@ def _describe(error: dict) -> str:
     if not error["loc"]:  # a check across settings
         return f"invalid settings: {error['msg'].removeprefix('Value error, ')}"
     field = str(error["loc"][0])
-    return f"invalid setting {field.upper()} (--{field}): {error['msg']}; got {error.get('input')!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"invalid setting {field.upper()} (--{field}): {message}; got {error.get('input')!r}"
 
 
 def load_settings(cls: type[S], argv: list[str] | None = None, prog: str = "python -m jobs") -> S:
@@ -402,7 +425,8 @@ def stage_settings(cls: type[S], settings: CommonSettings) -> S:
 def recorded_settings(cls: type[S], recorded: dict) -> S:
     """A stage's settings as a _SUCCESS manifest recorded them; fields it did not record take their
     defaults, not this process's environment."""
-    return stage_settings(cls, cls.model_construct(**{k: v for k, v in recorded.items() if k in cls.model_fields}))
+    constructed = cls.model_construct(**{k: v for k, v in recorded.items() if k in cls.model_fields})
+    return cls.model_validate(constructed.model_dump(include=set(cls.model_fields)), context={"recorded": True})
 
 
 def _comma_separated(value: object) -> object:
@@ -413,6 +437,16 @@ def _distinct(values: tuple) -> tuple:
     if len(set(values)) != len(values):
         raise ValueError("each strategy may be named once")
     return values
+
+
+def _not_a_baseline(names: tuple) -> tuple:
+    from influence_core.artifacts import LdsReport
+
+    taken = [name for name in names if name in LdsReport.BASELINES or name == LdsReport.IDENTITY]
+    if taken:
+        raise ValueError(f"{', '.join(taken)}: the name of a baseline the lds stage computes itself "
+                         f"({', '.join(LdsReport.BASELINES)}); name the scores otherwise")
+    return names
 
 class LdsSettings(IndexedJobSettings):
     """The linear datamodeling score: the model retrained on random subsets of its training
@@ -430,7 +464,7 @@ class LdsSettings(IndexedJobSettings):
         2, description="Models trained per subset, with training seeds the model's seed, +1, ...; their "
                        "measurements are averaged")
     lds_scores: Annotated[
-        tuple[Name, ...], NoDecode, BeforeValidator(_comma_separated),
+        tuple[Name, ...], NoDecode, BeforeValidator(_comma_separated), AfterValidator(_not_a_baseline),
         Field(min_length=1, description="Comma-separated scores names whose LDS is reported (compute_scores' "
                                         "SCORES_NAME); they must score the prompts of PROMPTS"),
     ] = ("prompt_scores",)
@@ -467,4 +501,6 @@ class FetchReportSettings(CommonSettings):
     """fetch_report: a report copied from the artifacts (a bucket, usually) to a local folder."""
 
     scores_name: ScoresName = "prompt_scores"
-    report_dir: str = Field("./report", description="Local folder the report is copied into (replaced)")
+    report_dir: str = Field("./report", description="Local folder the report is copied into: new, empty, or "
+                                                     "holding a report fetched before (replaced once the new one is "
+                                                     "complete); a folder holding anything else is refused")

@@ -1,26 +1,46 @@
-"""The stages, in one list: `python -m jobs <name>`, the pipeline, the messages for a missing
-input, the tests and the Kubernetes manifest checks all read it.
+"""The stages, in one list: `python -m jobs <name>`, the pipeline, the tests (the lineage test runs
+every stage against changed inputs) and the Kubernetes manifest checks all read it.
 
-Adding a stage: a `Stage` line here (its settings class in settings.py, its outputs from paths.py),
-its module jobs/<name>.py with `main(settings)`, its Job manifest k8s/base/job-<name>.yaml (listed in
-k8s/base/kustomization.yaml), and its section in the README.
+Adding a stage: a `Stage` line here (its settings class in settings.py; the kinds of artifact it
+reads and the artifacts it writes, from artifacts.py), its module jobs/<name>.py with
+`main(settings)`, its Job manifest k8s/base/job-<name>.yaml (listed in k8s/base/kustomization.yaml),
+and its section in the README.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from influence_core import paths, settings
+from influence_core import settings
+from influence_core.artifacts import (
+    Artifact,
+    Evaluation,
+    Factors,
+    FactorsReport,
+    LdsReport,
+    LdsSubset,
+    Model,
+    Report,
+    Scores,
+    SelfScores,
+    TrainData,
+)
 from influence_core.settings import CommonSettings
+
+
+def _nothing(stage_settings: CommonSettings) -> list[Artifact]:
+    return []
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
     settings: type[CommonSettings]
-    outputs: tuple[str, ...] = ()
-    """What it publishes: templates of paths.py, formatted with its settings."""
+    inputs: tuple[type[Artifact], ...] = ()
+    """The kinds of artifact it reads (some only when they exist: self-scores, the LDS report)."""
+    outputs: Callable[[CommonSettings], list[Artifact]] = _nothing
+    """What it publishes below ARTIFACTS_URI, for its settings."""
     pipeline: bool = False
     """One of the analysis stages that `python -m jobs pipeline` (`make demo`) runs, in this order."""
     job: bool = True
@@ -33,45 +53,35 @@ class Stage:
         return f"jobs.{self.name}"
 
     def output_paths(self, stage_settings: CommonSettings) -> list[str]:
-        values = stage_settings.model_dump()
-        return [template.format(**values) for template in self.outputs]
+        return [artifact.relative for artifact in self.outputs(stage_settings)]
+
+
+def _evaluated(evaluate: settings.EvaluateSettings) -> list[Artifact]:
+    names = [f"{evaluate.eval_name}_{strategy}" for strategy in evaluate.strategies]
+    return [Evaluation(), *map(Factors, names), *map(Scores, names)]
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("train", settings.TrainSettings, (paths.TRAIN_DATA, paths.MODEL), pipeline=True),
-    Stage("fit_factors", settings.FitFactorsSettings, (paths.FACTORS,), pipeline=True),
-    Stage("inspect_factors", settings.InspectFactorsSettings, (paths.FACTORS_REPORT,), pipeline=True,
-          main_process_only=True),
-    Stage("compute_scores", settings.ComputeScoresSettings, (paths.SCORES,), pipeline=True),
-    Stage("compute_self_scores", settings.ComputeSelfScoresSettings, (paths.SELF_SCORES,), pipeline=True),
-    Stage("inspect_scores", settings.InspectScoresSettings, (paths.REPORT,), pipeline=True, main_process_only=True),
-    Stage("import_model", settings.ImportModelSettings, (paths.TRAIN_DATA, paths.MODEL)),  # instead of train
+    Stage("train", settings.TrainSettings, (), lambda s: [TrainData(), Model()], pipeline=True),
+    Stage("fit_factors", settings.FitFactorsSettings, (Model, TrainData), lambda s: [Factors(s.factors_name)],
+          pipeline=True),
+    Stage("inspect_factors", settings.InspectFactorsSettings, (Model, Factors),
+          lambda s: [] if s.output_dir else [FactorsReport(s.factors_name)], pipeline=True, main_process_only=True),
+    Stage("compute_scores", settings.ComputeScoresSettings, (Model, TrainData, Factors),
+          lambda s: [Scores(s.scores_name)], pipeline=True),
+    Stage("compute_self_scores", settings.ComputeSelfScoresSettings, (Model, TrainData, Factors),
+          lambda s: [SelfScores(s.factors_name)], pipeline=True),
+    Stage("inspect_scores", settings.InspectScoresSettings, (Scores, Model, TrainData, Factors, SelfScores, LdsReport),
+          lambda s: [Report(s.scores_name)], pipeline=True, main_process_only=True),
+    Stage("import_model", settings.ImportModelSettings, (), lambda s: [TrainData(), Model()]),  # instead of train
     Stage("preview_data", settings.PreviewDataSettings),
-    Stage("lds", settings.LdsSettings, (paths.LDS_REPORT, paths.LDS_SUBSET)),
-    Stage("evaluate", settings.EvaluateSettings, (paths.EVALUATION_REPORT,), job=False),
+    Stage("lds", settings.LdsSettings, (Model, TrainData, Scores, Factors),
+          lambda s: [LdsReport(), *map(LdsSubset, range(s.lds_subsets)), Factors(LdsReport.IDENTITY),
+                     Scores(LdsReport.IDENTITY)]),
+    Stage("evaluate", settings.EvaluateSettings, (Model, TrainData), _evaluated, job=False),
     Stage("pipeline", settings.PipelineSettings, job=False),
-    Stage("plan", settings.PlanSettings, job=False),
-    Stage("fetch_report", settings.FetchReportSettings, job=False),
+    Stage("plan", settings.PlanSettings, (Model, TrainData, Factors), job=False),
+    Stage("fetch_report", settings.FetchReportSettings, (Report,), job=False),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 PIPELINE = tuple(stage for stage in STAGES if stage.pipeline)
-
-
-FIELD = re.compile(r"\{[^}]*\}")
-
-
-def _pattern(template: str) -> re.Pattern:
-    """A template's paths, and anything below them: each {field} is one path segment."""
-    return re.compile("[^/]+".join(map(re.escape, FIELD.split(template))) + "(/.*)?")
-
-
-# The most literal template first (reports/lds is the lds stage's, not a report named "lds"); among
-# equals, the stage listed first (model: train, not import_model).
-_PRODUCERS = [(_pattern(template), name) for template, name in sorted(
-    ((template, stage.name) for stage in STAGES for template in stage.outputs),
-    key=lambda item: -len(FIELD.sub("", item[0])))]
-
-
-def producer_of(relative: str) -> str:
-    """The stage that publishes an artifact path (the first one listed, when several can)."""
-    return next((name for pattern, name in _PRODUCERS if pattern.fullmatch(relative)), "an earlier")

@@ -4,7 +4,8 @@ Stages compute in a local work directory, fetch their inputs into it and publish
 from it. A published output directory ends with `_SUCCESS`, written last; an output without it is
 incomplete, whatever else it holds. An output built in steps (Kronfluence partitions) stages each
 finished step under `_parts/`, so a rerun with the same settings and inputs resumes from them.
-This is the only module that knows about fsspec.
+This is the only module that knows about fsspec; what the artifacts are (their kinds, files and
+lineage) is influence_core.artifacts'.
 
 Retries, multipart uploads, endpoints (FSSPEC_S3_ENDPOINT_URL) and credentials (the standard AWS
 chain, so workload identity works) are s3fs's and botocore's; we only bound the retries so a dead
@@ -13,6 +14,7 @@ endpoint fails in well under a minute.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -30,7 +32,6 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from influence_core.errors import ConfigError, StorageError
-from influence_core.stages import producer_of
 
 SUCCESS = "_SUCCESS"
 PARTS = "_parts"  # staged steps of outputs being built, one folder per settings and inputs
@@ -71,16 +72,23 @@ def fingerprint_of(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
-class Artifacts:
+def below(relative: str, name: str) -> str:
+    """`name` inside the artifact directory `relative` ("" is the store's root)."""
+    return posixpath.join(relative, name) if relative else name
+
+
+class Store:
+    """The files below one URI (ARTIFACTS_URI, or a folder of the user's): read, fetch, publish."""
+
     def __init__(self, uri: str) -> None:
-        self.uri = uri.rstrip("/")
+        self.uri = uri.rstrip("/") or uri
         self.fs, self.root = _filesystem(self.uri)
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
     def path(self, relative: str) -> str:
         return posixpath.join(self.root, relative) if relative else self.root
 
-    def url(self, relative: str) -> str:
+    def url(self, relative: str = "") -> str:
         return redact(f"{self.uri}/{relative}" if relative else self.uri)
 
     def check_reachable(self) -> None:
@@ -96,7 +104,7 @@ class Artifacts:
     def read_bytes(self, relative: str) -> bytes:
         return self.fs.cat_file(self.path(relative))
 
-    def _read_json(self, relative: str) -> dict | None:
+    def read_json(self, relative: str) -> dict | list | None:
         try:
             return json.loads(self.read_bytes(relative))
         except FileNotFoundError:
@@ -104,67 +112,41 @@ class Artifacts:
 
     def manifest(self, relative: str) -> dict | None:
         """The `_SUCCESS` manifest of a complete output, or None."""
-        return self._read_json(f"{relative}/{SUCCESS}")
+        return self.read_json(below(relative, SUCCESS))
 
-    def require(self, *relatives: str) -> dict[str, str]:
-        """Fingerprints of complete inputs; a ConfigError naming the first missing one and its stage,
-        or an input made from another version of a fellow input (factors of a retrained model)."""
-        manifests, fingerprints = {}, {}
-        for relative in relatives:
-            manifest = self.manifest(relative)
-            if manifest is None:
-                stage = producer_of(relative)
-                raise ConfigError(
-                    f"missing input {self.url(relative)} (no {SUCCESS}): run the {stage} stage first "
-                    f"(python -m jobs {stage}) with the same ARTIFACTS_URI"
-                )
-            manifests[relative] = manifest
-            fingerprints[relative] = fingerprint_of(manifest)
-        for relative, manifest in manifests.items():
-            for upstream, recorded in (manifest.get("inputs") or {}).items():
-                if upstream in fingerprints and recorded != fingerprints[upstream]:
-                    raise ConfigError(
-                        f"input {self.url(relative)} was made from another {self.url(upstream)} than the one there "
-                        f"now: rerun the {producer_of(relative)} stage with FORCE=true"
-                    )
-        return fingerprints
-
-    def is_up_to_date(self, relative: str, stage: str, settings: dict, inputs: dict[str, str]) -> bool:
-        """True when `relative` is complete and was made by `stage` from these settings and inputs."""
-        manifest = self.manifest(relative)
-        return bool(manifest) and manifest.get("stage") == stage and manifest.get("settings") == settings and (
-            manifest.get("inputs") == inputs
-        )
-
-    def fetch(self, relative: str, destination: Path) -> Path:
+    def fetch(self, relative: str, destination: Path, remedy: str) -> Path:
         """Copy a complete artifact directory to `destination` and check every file against the
-        sizes and checksums its `_SUCCESS` recorded. A copy, also from a local path: a stage that
-        writes into its input must not change an artifact already marked complete."""
+        sizes and checksums its `_SUCCESS` recorded (`remedy` says what to do when one differs). A
+        copy, also from a local path: a stage that writes into its input must not change an
+        artifact already marked complete."""
         recorded = (self.manifest(relative) or {}).get("files")
         if recorded is None:
-            raise ConfigError(f"input {self.url(relative)}: its {SUCCESS} lists no files to verify: rerun the "
-                              f"{producer_of(relative)} stage with FORCE=true")
+            raise ConfigError(f"input {self.url(relative)}: its {SUCCESS} lists no files to verify: {remedy}")
         destination.mkdir(parents=True, exist_ok=True)
         self._download(relative, destination)
         for name, (size, digest) in recorded.items():
             path = destination / name
             if not path.is_file() or path.stat().st_size != size or _sha256(path) != digest:
-                raise ConfigError(
-                    f"input {self.url(f'{relative}/{name}')} is missing, truncated or changed since "
-                    f"{SUCCESS} was written: rerun the {producer_of(relative)} stage with FORCE=true"
-                )
+                raise ConfigError(f"input {self.url(below(relative, name))} is missing, truncated or changed since "
+                                  f"{SUCCESS} was written: {remedy}")
         return destination
+
+    def _files(self, relative: str) -> list[str]:
+        """The files below a directory (relative to it), leaving out unfinished copies and staged steps."""
+        base = self.path(relative)
+        if not self.fs.exists(base):
+            return []
+        return [posixpath.relpath(path, base) for path in self.fs.find(base)
+                if PARTIAL not in posixpath.basename(path) and f"/{PARTS}/" not in path[len(base):]]
 
     def _download(self, relative: str, destination: Path) -> list[str]:
         """Copy a directory's files here, leaving out unfinished copies and staged steps."""
-        base = self.path(relative)
-        remote = [path for path in self.fs.find(base)
-                  if PARTIAL not in posixpath.basename(path) and f"/{PARTS}/" not in path[len(base):]]
-        names = [posixpath.relpath(path, base) for path in remote]
+        names = self._files(relative)
         for name in names:
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
-        if remote:
-            self.fs.get(remote, [str(destination / name) for name in names])
+        if names:
+            self.fs.get([self.path(below(relative, name)) for name in names],
+                        [str(destination / name) for name in names])
         return names
 
     def _put(self, local: list[Path], remote: list[str]) -> None:
@@ -197,6 +179,52 @@ class Artifacts:
         return Output(self, relative, local_dir, stamp={}).complete(manifest)
 
 
+OWNED = ".influence-jobs"  # in a user's folder: the files a stage wrote there, the only ones it may replace
+
+
+def owned_files(uri: str, setting: str) -> set[str]:
+    """The files a stage wrote into a folder of the user's (empty for a new or empty folder);
+    refused in one line when the folder holds anything else, before any work is done."""
+    folder = Store(uri)
+    present = folder._files("")
+    marker = folder.read_json(OWNED)
+    owned = set(marker.get("files", [])) if isinstance(marker, dict) else set()
+    foreign = sorted(set(present) - owned - {OWNED})
+    if foreign:
+        raise ConfigError(f"{setting}={folder.url()}: the folder holds files this tool did not write "
+                          f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); nothing is deleted there: "
+                          "choose a new or empty folder")
+    return owned
+
+
+def publish_to_folder(local_dir: Path, uri: str, setting: str, manifest: dict | None = None) -> str:
+    """Put the files of `local_dir` into a folder of the user's (OUTPUT_DIR, REPORT_DIR), never
+    clearing it: the folder must be new, empty, or hold only files a stage wrote there before (the
+    OWNED marker lists them); it is refused in one line otherwise. The marker first lists the old
+    and new files (a killed run leaves nothing the next one would take for the user's), then the
+    old `_SUCCESS` goes, the new files come, the old ones not written again go, and `_SUCCESS` comes
+    last: from `manifest`, or `local_dir`'s own when `manifest` is None (a fetched report)."""
+    folder = Store(uri)
+    present, owned = folder._files(""), owned_files(uri, setting)
+    files = {path.relative_to(local_dir).as_posix(): path for path in sorted(local_dir.rglob("*"))
+             if path.is_file() and path.name != SUCCESS}
+    new = set(files) | {SUCCESS}
+    folder._write_json(OWNED, {"files": sorted(owned | new)})
+    if SUCCESS in present:
+        folder.fs.rm_file(folder.path(SUCCESS))
+    folder._put(list(files.values()), [folder.path(name) for name in files])
+    stale = sorted(set(present) - new - {OWNED})
+    if stale:
+        folder.fs.rm([folder.path(name) for name in stale])
+    if manifest is None:
+        folder._put([local_dir / SUCCESS], [folder.path(SUCCESS)])
+    else:
+        folder._write_json(SUCCESS, {**manifest, "files": {name: [path.stat().st_size, _sha256(path)]
+                                                           for name, path in files.items()}})
+    folder._write_json(OWNED, {"files": sorted(new)})
+    return folder.url()
+
+
 class Output:
     """An output directory published in steps. Each finished step (a Kronfluence partition) is
     uploaded at once to a staging folder, <output>/_parts/<hash of settings and inputs>/: a killed
@@ -204,8 +232,10 @@ class Output:
     other settings or inputs uses another folder, so it never picks up stale steps. `complete`
     moves everything into the output and writes `_SUCCESS` last."""
 
-    def __init__(self, artifacts: Artifacts, relative: str, local_dir: Path, stamp: dict) -> None:
-        self.artifacts, self.relative, self.local_dir = artifacts, relative, local_dir
+    def __init__(self, store: Store, relative: str, local_dir: Path, stamp: dict) -> None:
+        if not relative.strip("/"):  # completing it replaces everything below it: never a whole store
+            raise ValueError("an output is a directory below the store's root, not the root itself")
+        self.store, self.relative, self.local_dir = store, relative, local_dir
         digest = hashlib.sha256(json.dumps(stamp, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.staging = f"{relative}/{PARTS}/{digest}"
         self.synced: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) when staged
@@ -213,10 +243,10 @@ class Output:
     def resume(self) -> list[str]:
         """Restore the steps that earlier runs with the same settings and inputs staged (an
         interrupted run, or the other shards); returns their names."""
-        if not self.artifacts.exists(self.staging):
+        if not self.store.exists(self.staging):
             return []
         self.local_dir.mkdir(parents=True, exist_ok=True)
-        names = self.artifacts._download(self.staging, self.local_dir)
+        names = self.store._download(self.staging, self.local_dir)
         self._mark_synced(names)
         return names
 
@@ -237,15 +267,15 @@ class Output:
         """Stage the files that are new or changed since the last sync."""
         files = self._local_files()
         changed = self._unsynced(files)
-        self.artifacts._put([files[name] for name in changed],
-                            [self.artifacts.path(f"{self.staging}/{name}") for name in changed])
+        self.store._put([files[name] for name in changed],
+                        [self.store.path(f"{self.staging}/{name}") for name in changed])
         self._mark_synced(changed)
         return changed
 
     def complete(self, manifest: dict) -> str:
         """Replace the output with the local files (staged ones moved, the rest uploaded), drop
         every staging folder, and write `_SUCCESS` (sizes and checksums of every file) last."""
-        store, files = self.artifacts, self._local_files()
+        store, files = self.store, self._local_files()
         target, staging = store.path(self.relative), store.path(self.staging)
         if store.fs.exists(target):
             # Unmark first, so a reader never sees an old _SUCCESS beside new, half-copied files.
@@ -261,7 +291,7 @@ class Output:
         if store.fs.exists(f"{target}/{PARTS}"):
             store.fs.rm(f"{target}/{PARTS}", recursive=True)
         manifest = {**manifest, "files": {name: [path.stat().st_size, _sha256(path)] for name, path in files.items()}}
-        store._write_json(f"{self.relative}/{SUCCESS}", manifest)
+        store._write_json(below(self.relative, SUCCESS), manifest)
         return store.url(self.relative)
 
 
@@ -269,21 +299,21 @@ class Checkpoints:
     """Training checkpoints published under <relative>/checkpoint-<step>/, each complete with its
     own `_SUCCESS`; only the latest is kept. A rerun with the same stamp resumes from it."""
 
-    def __init__(self, artifacts: Artifacts, relative: str, stamp: dict) -> None:
-        self.artifacts, self.relative, self.stamp = artifacts, relative, stamp
+    def __init__(self, store: Store, relative: str, stamp: dict) -> None:
+        self.store, self.relative, self.stamp = store, relative, stamp
 
     def _steps(self) -> dict[int, str]:
-        base = self.artifacts.path(self.relative)
-        if not self.artifacts.fs.exists(base):
+        base = self.store.path(self.relative)
+        if not self.store.fs.exists(base):
             return {}
-        names = [posixpath.basename(path.rstrip("/")) for path in self.artifacts.fs.ls(base, detail=False)]
+        names = [posixpath.basename(path.rstrip("/")) for path in self.store.fs.ls(base, detail=False)]
         return {int(name.split("-")[1]): f"{self.relative}/{name}" for name in names
                 if re.fullmatch(r"checkpoint-\d+", name)}
 
     def latest(self) -> str | None:
         """The newest complete checkpoint made with this stamp."""
         for _, relative in sorted(self._steps().items(), reverse=True):
-            manifest = self.artifacts.manifest(relative) or {}
+            manifest = self.store.manifest(relative) or {}
             if {key: manifest.get(key) for key in self.stamp} == json.loads(json.dumps(self.stamp, default=str)):
                 return relative
         return None
@@ -291,14 +321,14 @@ class Checkpoints:
     def publish(self, local_dir: Path) -> None:
         """Publish a checkpoint, then drop the older ones."""
         relative = f"{self.relative}/{local_dir.name}"
-        self.artifacts.publish(local_dir, relative, self.stamp)
+        self.store.publish(local_dir, relative, self.stamp)
         for _, older in self._steps().items():
             if older != relative:
-                self.artifacts.fs.rm(self.artifacts.path(older), recursive=True)
+                self.store.fs.rm(self.store.path(older), recursive=True)
 
     def clear(self) -> None:
-        if self.artifacts.exists(self.relative):
-            self.artifacts.fs.rm(self.artifacts.path(self.relative), recursive=True)
+        if self.store.exists(self.relative):
+            self.store.fs.rm(self.store.path(self.relative), recursive=True)
 
 
 def read_uri(uri: str, setting: str) -> bytes:
@@ -314,32 +344,86 @@ def read_uri(uri: str, setting: str) -> bytes:
 
 def download_directory(uri: str, destination: Path) -> Path:
     """Copy every file below a directory URL (any fsspec URL) to `destination`."""
-    source = Artifacts(uri)
     destination.mkdir(parents=True, exist_ok=True)
-    source._download("", destination)
+    Store(uri)._download("", destination)
     return destination
+
+
+# Failures on the way to a server, by class name anywhere in an exception's chain: the builtin
+# ConnectionError and TimeoutError, botocore's connection errors, httpx's (the Hugging Face Hub's
+# client) TransportError, aiohttp's (s3fs's) ClientConnectionError, a DNS lookup's gaierror.
+TRANSIENT = {"ConnectionError", "TimeoutError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+             "TransportError", "TimeoutException", "ClientConnectionError", "ServerDisconnectedError", "gaierror"}
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an error, or one it was raised from, is a network failure or a server's temporary
+    refusal (HTTP 429 or 5xx): worth a retry, unlike bad input."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if any(cls.__name__ in TRANSIENT for cls in type(error).__mro__):
+            return True
+        if getattr(getattr(error, "response", None), "status_code", None) in RETRYABLE_STATUS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def unreachable(what: str, error: BaseException) -> StorageError:
+    """The one line for a transient failure to read `what` (exit 3: worth a retry)."""
+    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return StorageError(f"cannot reach {what} ({reason}); a retry may succeed", exit_code=3)
 
 
 def describe_failure(error: BaseException) -> StorageError | None:
     """A one-line StorageError for failures of the object store (unreachable endpoint, missing
-    bucket or credentials, access denied), or None for any other error."""
+    bucket or credentials, access denied) or any other transient network failure, or None for any
+    other error."""
     try:
         from botocore import exceptions as boto
     except ImportError:  # no S3 support installed: nothing of botocore's can have failed
-        return None
+        boto = None
     endpoint = os.environ.get("FSSPEC_S3_ENDPOINT_URL", "the default AWS endpoint")
-    if isinstance(error, (boto.NoCredentialsError, boto.PartialCredentialsError)):
+    if boto and isinstance(error, (boto.NoCredentialsError, boto.PartialCredentialsError)):
         return StorageError("no credentials for the object store: set AWS_ACCESS_KEY_ID and "
                             "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or workload identity", exit_code=2)
-    if isinstance(error, (boto.EndpointConnectionError, boto.ConnectTimeoutError, boto.ReadTimeoutError)):
+    if boto and isinstance(error, (boto.EndpointConnectionError, boto.ConnectTimeoutError, boto.ReadTimeoutError)):
         return StorageError(f"cannot reach the object store at {endpoint} after {S3_TRIES} tries "
                             f"({type(error).__name__}); check FSSPEC_S3_ENDPOINT_URL and the network", exit_code=3)
     message = str(error).lower()
-    if isinstance(error, boto.ClientError) or (
+    if (boto and isinstance(error, boto.ClientError)) or (
         isinstance(error, (FileNotFoundError, PermissionError)) and ("bucket" in message or "denied" in message)
     ):
         return StorageError(f"object store error at {endpoint}: {str(error).splitlines()[0][:300]}", exit_code=2)
+    if is_transient(error):
+        return unreachable("a server", error)
     return None
+
+
+def content_digest(uri: str, names: list[str] | None = None) -> str:
+    """A digest of what a file or a folder (any fsspec URL) holds: the SHA-256 of each file's bytes,
+    or, in an object store, its ETag (which changes with the content), by relative name. `names`
+    (glob patterns) limits a folder to those files."""
+    fs, root = _filesystem(uri)
+    if any(character in root for character in "*?["):  # a glob of data files
+        paths = {path: path for path in fs.glob(root)}
+    elif fs.isfile(root):
+        paths = {posixpath.basename(root): root}
+    else:
+        paths = {posixpath.relpath(path, root): path for path in fs.find(root)
+                 if names is None or any(fnmatch.fnmatch(posixpath.basename(path), pattern) for pattern in names)}
+    if not paths:
+        raise FileNotFoundError(uri)
+    digest = hashlib.sha256()
+    for name, path in sorted(paths.items()):
+        if isinstance(fs, LocalFileSystem):
+            value = _sha256(Path(path))
+        else:
+            value = str(fs.info(path).get("ETag") or hashlib.sha256(fs.cat_file(path)).hexdigest())
+        digest.update(f"{name}\0{value}\0".encode())
+    return digest.hexdigest()
 
 
 def environment_facts() -> dict:

@@ -18,6 +18,7 @@ from kronfluence.arguments import ScoreArguments
 from kronfluence.utils.dataset import DataLoaderKwargs
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
+from influence_core.artifacts import Scores
 from influence_core.data import PadCollator, tokenize_prompts
 from influence_core.factors import build_analyzer, factors_dir, load_training_examples, tracked_modules
 from influence_core.modeling import weight_count
@@ -55,7 +56,7 @@ class TrainingPaddedTo(PadCollator):
 def recorded_score_arguments(scores_dir: Path) -> ScoreArguments:
     """The ScoreArguments Kronfluence recorded with the pairwise scores (score_arguments.json), so
     per-token scores use exactly what produced the totals they split."""
-    recorded = json.loads((scores_dir / "score_arguments.json").read_text())
+    recorded = json.loads((scores_dir / Scores.ARGUMENTS).read_text())
     known = {field.name for field in dataclasses.fields(ScoreArguments)}
     def parsed(value: object) -> object:  # dtypes are recorded as "torch.float32"
         is_dtype = isinstance(value, str) and value.startswith("torch.")
@@ -79,7 +80,7 @@ def per_token_scores(model_dir: Path, train_dir: Path, factors_name: str, task_n
     args = dataclasses.replace(score_args, compute_per_token_scores=True, compute_per_module_scores=False,
                                data_partitions=1, module_partitions=1)
     results: list[dict[int, list[float]]] = [{} for _ in prompts]
-    tracked = tracked_modules(factors_dir(work_dir, factors_name), config.num_hidden_layers)
+    tracked = tracked_modules(factors_dir(work_dir, factors_name))
     for group in group_prompts(examples, lengths, weight_count(model_dir, tracked)):
         union = sorted({index for number in group for index in examples[number]})
         longest = max(lengths[index] for index in union)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers.tokenization_utils_tokenizers import TOKENIZER_FILE
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -34,7 +35,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
 def load_bpe_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
     """A tokenizer trained by `train_bpe_tokenizer` and saved (e.g. in a training checkpoint),
     exactly as it was: saving it again writes the same files."""
-    return _with_special_tokens(Tokenizer.from_file(str(directory / "tokenizer.json")))
+    return _with_special_tokens(Tokenizer.from_file(str(directory / TOKENIZER_FILE)))
 
 
 def _with_special_tokens(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -14,9 +15,11 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback
 
-from influence_core.data import PadCollator
+from influence_core.artifacts import Model, TrainData
+from influence_core.data import Corpus, PadCollator
 from influence_core.runtime import autocast_dtype, progress_bars
 from influence_core.settings import TrainSettings
+from influence_core.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +82,10 @@ def training_plan(settings: TrainSettings, **changes) -> TrainingPlan:
                         learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio,
                         weight_decay=settings.weight_decay, seed=settings.model_seed,
                         micro_batches=settings.micro_batches, checkpoints=settings.checkpoints,
-                        bf16=autocast_dtype(settings.amp_dtype) == torch.bfloat16)
+                        # MODEL_DTYPE=bfloat16: bfloat16 passes over float32 weights, so that updates under
+                        # bfloat16's precision still add up (in pure bfloat16 each one would round away).
+                        bf16=autocast_dtype(settings.amp_dtype) == torch.bfloat16 or (
+                            settings.model is not None and settings.model_dtype == "bfloat16"))
     return dataclasses.replace(plan, **changes)
 
 
@@ -146,3 +152,17 @@ def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokeniz
         "examples": len(dataset),
         "resumed_from_step": resumed_step,
     }
+
+
+def publish_model(store: Store, work: Path, corpus: Corpus, examples: Dataset, model: PreTrainedModel,
+                  tokenizer: PreTrainedTokenizerBase, metrics: dict, record: dict) -> None:
+    """data/train/ (the tokenized examples, the planted facts of a demo corpus) and model/ (weights,
+    tokenizer, training_metrics.json), model/ last: what train and import_model publish."""
+    examples.save_to_disk(str(work / "data"))
+    if corpus.facts:
+        (work / "data" / TrainData.PLANTED_FACTS).write_text(json.dumps(corpus.facts, indent=2))
+    model.save_pretrained(work / "model")
+    tokenizer.save_pretrained(work / "model")
+    (work / "model" / Model.METRICS).write_text(json.dumps(metrics, indent=2))
+    store.publish(work / "data", TrainData().relative, record)
+    log.info("published %s", store.publish(work / "model", Model().relative, record))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from influence_core.artifacts import Artifact, Manifest
 from influence_core.runtime import (
     barrier,
     configure_logging,
@@ -18,7 +20,7 @@ from influence_core.runtime import (
     shared_work_dir,
 )
 from influence_core.settings import CommonSettings, S, load_settings
-from influence_core.storage import Artifacts, Output, environment_facts
+from influence_core.storage import Output, Store, environment_facts
 
 log = logging.getLogger("jobs")
 
@@ -34,25 +36,43 @@ def parse(cls: type[S], argv: list[str], stage: str) -> S:
     return settings
 
 
-def open_artifacts(uri: str) -> Artifacts:
-    """The artifacts store, checked to be reachable before any work is done."""
-    artifacts = Artifacts(uri)
-    artifacts.check_reachable()
-    return artifacts
+def open_store(uri: str) -> Store:
+    """The artifacts store (or a folder of the user's), checked to be reachable before any work is done."""
+    store = Store(uri)
+    store.check_reachable()
+    return store
+
+
+def run_stage(name: str, settings: CommonSettings) -> None:
+    """Another stage, run in this process with its own settings (its skip, checks and publishing
+    included): the pipeline's stages, the lds stage's baseline, the evaluation's strategies."""
+    from influence_core.stages import BY_NAME
+
+    importlib.import_module(BY_NAME[name].module).main(settings)
 
 
 def fingerprint(settings: CommonSettings) -> dict:
     return settings.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
 
 
-def already_done(artifacts: Artifacts, outputs: list[str], stage: str, settings: CommonSettings,
+def up_to_date(store: Store, relative: str, stage: str, settings: dict, inputs: dict[str, str]) -> bool:
+    """True when `relative` is complete and was made by `stage` from these settings and inputs."""
+    raw = store.manifest(relative)
+    if raw is None:
+        return False
+    made = Manifest.parse(raw)
+    return made.stage == stage and made.settings == settings and made.inputs == inputs
+
+
+def already_done(store: Store, outputs: list[str | Artifact], stage: str, settings: CommonSettings,
                  inputs: dict[str, str]) -> bool:
     """True (and says so) when every output is complete for these settings and inputs."""
     if settings.force:
         return False
-    if all(artifacts.is_up_to_date(output, stage, fingerprint(settings), inputs) for output in outputs):
+    paths = [output.relative if isinstance(output, Artifact) else output for output in outputs]
+    if all(up_to_date(store, path, stage, fingerprint(settings), inputs) for path in paths):
         log.info("%s: %s complete for these settings and inputs; skipping (FORCE=true redoes it)",
-                 stage, ", ".join(artifacts.url(output) for output in outputs))
+                 stage, ", ".join(store.url(path) for path in paths))
         return True
     return False
 
@@ -70,7 +90,7 @@ def manifest(stage: str, settings: CommonSettings, inputs: dict[str, str], start
 
 
 @contextmanager
-def torchrun_stage(stage: str, settings: CommonSettings, artifacts: Artifacts, fetch: list[str], output: str,
+def torchrun_stage(stage: str, settings: CommonSettings, store: Store, fetch: list[Artifact], output: str,
                    inputs: dict[str, str]) -> Iterator[tuple[Path, Output]]:
     """The torchrun protocol of a stage that Kronfluence spreads over a pod's GPUs: several CPU
     processes are refused (each would repeat all the work); the processes share one work directory,
@@ -82,11 +102,11 @@ def torchrun_stage(stage: str, settings: CommonSettings, artifacts: Artifacts, f
     refuse_cpu_processes(stage)
     configure_threads()
     with shared_work_dir(stage) as work:
-        out = Output(artifacts, output, work / output, stamp={"stage": stage, "settings": fingerprint(settings),
-                                                               "inputs": inputs})
+        out = Output(store, output, work / output, stamp={"stage": stage, "settings": fingerprint(settings),
+                                                          "inputs": inputs})
         if is_main_process():
-            for relative in fetch:
-                artifacts.fetch(relative, work / relative)
+            for artifact in fetch:
+                artifact.fetch(work / artifact.relative)
             if restored := out.resume():
                 log.info("restored %d published files of this output", len(restored))
         barrier()

@@ -8,28 +8,29 @@ training example in corpus order); inspect_scores lists the top ones when it exi
 from __future__ import annotations
 
 import logging
-import os
 import time
 
-from influence_core import paths
+from influence_core.artifacts import Factors, Model, SelfScores, TrainData, fingerprints, require
 from influence_core.errors import ConfigError
 from influence_core.plan import check_fits
+from influence_core.runtime import world_size
 from influence_core.settings import ComputeSelfScoresSettings
 from influence_core.storage import work_dir
-from jobs.common import already_done, manifest, open_artifacts
+from jobs.common import already_done, manifest, open_store
 
 log = logging.getLogger("jobs.compute_self_scores")
 
 
 def main(settings: ComputeSelfScoresSettings) -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         raise ConfigError("compute_self_scores runs as one process: start it with --nproc-per-node=1")
     started = time.time()
-    artifacts = open_artifacts(settings.artifacts_uri)
-    factors = paths.FACTORS(settings.factors_name)
-    inputs = artifacts.require(paths.MODEL, paths.TRAIN_DATA, factors)
-    output = paths.SELF_SCORES(settings.factors_name)
-    if already_done(artifacts, [output], "compute_self_scores", settings, inputs):
+    store = open_store(settings.artifacts_uri)
+    model, data, factors = Model(), TrainData(), Factors(settings.factors_name)
+    output = SelfScores(settings.factors_name)
+    require(store, model, data, factors)
+    inputs = fingerprints(model, data, factors)
+    if already_done(store, [output], "compute_self_scores", settings, inputs):
         return
     check_fits("compute_self_scores", settings)  # the batch sizes fit the device, before the model loads
 
@@ -39,12 +40,10 @@ def main(settings: ComputeSelfScoresSettings) -> None:
 
     configure_threads()
     with work_dir() as work:
-        model_dir = artifacts.fetch(paths.MODEL, work / "inputs" / "model")
-        train_dir = artifacts.fetch(paths.TRAIN_DATA, work / "inputs" / "train")
-        artifacts.fetch(factors, factors_dir(work, settings.factors_name))
+        model_dir = model.fetch(work / "inputs" / "model")
+        train_dir = data.fetch(work / "inputs" / "train")
+        factors.fetch(factors_dir(work, settings.factors_name))
         log.info("self-influence of every training example with factors %r", settings.factors_name)
         local = compute_self_scores(model_dir, train_dir, settings, work)
-        strategy = artifacts.manifest(factors)["settings"]["factor_strategy"]
-        record = manifest("compute_self_scores", settings, inputs, started, factor_strategy=strategy)
-        log.info("published %s", artifacts.publish(local, output, record))
-
+        record = manifest("compute_self_scores", settings, inputs, started, factor_strategy=factors.strategy)
+        log.info("published %s", store.publish(local, output.relative, record))

@@ -15,16 +15,14 @@ import json
 import logging
 import time
 
-from influence_core import paths
+from influence_core.artifacts import Evaluation, Factors, Model, Scores, TrainData, fingerprints, require
 from influence_core.errors import ConfigError
-from influence_core.prompts import parse_prompts
+from influence_core.prompts import load_prompts
 from influence_core.settings import ComputeScoresSettings, EvaluateSettings, FitFactorsSettings, stage_settings
-from influence_core.storage import read_uri, work_dir
-from jobs import compute_scores, fit_factors
-from jobs.common import already_done, fingerprint, manifest, open_artifacts
+from influence_core.storage import work_dir
+from jobs.common import already_done, fingerprint, manifest, open_store, run_stage
 
 log = logging.getLogger("jobs.evaluate")
-PLANTED_FACTS = "data/train/planted_facts.json"
 LABELS = {"ekfac": "EK-FAC", "kfac": "K-FAC", "diagonal": "diagonal", "identity": "identity"}
 # The train stage's settings that describe the model and corpus, for the report.
 TRAIN_KEYS = ("dataset", "num_examples", "seed", "model_preset", "max_length", "vocab_size", "batch_size",
@@ -43,13 +41,14 @@ def strategy_settings(settings: EvaluateSettings, strategy: str) -> tuple[FitFac
 
 def main(settings: EvaluateSettings) -> None:
     started = time.time()
-    prompts = parse_prompts(read_uri(settings.prompts, "PROMPTS"), settings.prompts)
-    artifacts = open_artifacts(settings.artifacts_uri)
-    artifacts.require(paths.MODEL, paths.TRAIN_DATA)
-    if not artifacts.exists(PLANTED_FACTS):
-        raise ConfigError(f"evaluate needs a model trained on the demo corpus: {artifacts.url(PLANTED_FACTS)} "
-                          "does not exist (run the train stage with DATASET=demo)")
-    facts = json.loads(artifacts.read_bytes(PLANTED_FACTS))
+    prompts = load_prompts(settings.prompts)
+    store = open_store(settings.artifacts_uri)
+    model, data = Model(), TrainData()
+    require(store, model, data)
+    facts = data.facts()
+    if facts is None:
+        raise ConfigError(f"evaluate needs a model trained on a demo corpus: {data.url} holds no "
+                          f"{TrainData.PLANTED_FACTS} (run the train stage with DATASET=demo or demo-hard)")
     asked = {(prompt.prompt, prompt.completion) for prompt in prompts}
     not_asked = [fact["prompt"] for fact in facts if (fact["prompt"], fact["completion"]) not in asked]
     if len(not_asked) == len(facts):
@@ -62,42 +61,41 @@ def main(settings: EvaluateSettings) -> None:
     runs = {strategy: strategy_settings(settings, strategy) for strategy in settings.strategies}
     for number, (strategy, (fit, score)) in enumerate(runs.items(), start=1):
         log.info("evaluate: strategy %d/%d, %s", number, len(runs), strategy)
-        fit_factors.main(fit)
-        compute_scores.main(score)
-    scores = {strategy: paths.SCORES(score.scores_name) for strategy, (_, score) in runs.items()}
-    inputs = artifacts.require(paths.MODEL, paths.TRAIN_DATA, *scores.values())
-    if already_done(artifacts, [paths.EVALUATION_REPORT], "evaluate", settings, inputs):
+        run_stage("fit_factors", fit)
+        run_stage("compute_scores", score)
+    scores = {strategy: Scores(score.scores_name) for strategy, (_, score) in runs.items()}
+    factors = {strategy: Factors(fit.factors_name) for strategy, (fit, _) in runs.items()}
+    require(store, model, data, *scores.values(), *factors.values())
+    inputs = fingerprints(model, data, *scores.values())
+    if already_done(store, [Evaluation()], "evaluate", settings, inputs):
         return
 
     from datasets import load_from_disk
-    from safetensors.torch import load_file
 
     from influence_core.evaluation import LEXICAL_BASELINES, fact_metrics, lexical_scores, render_markdown
     from influence_core.prompts import Prompt
 
     with work_dir() as work:
-        texts = load_from_disk(str(artifacts.fetch(paths.TRAIN_DATA, work / "train")))["text"]
+        texts = load_from_disk(str(data.fetch(work / "train")))["text"]
         methods = {}
-        for strategy, relative in scores.items():
-            local = artifacts.fetch(relative, work / relative)
-            matrix = load_file(str(local / "pairwise_scores.safetensors"))["all_modules"]
-            scored = [Prompt(**item) for item in json.loads((local / "prompts.json").read_text())]
-            fit, score = runs[strategy]
-            seconds = {stage: artifacts.manifest(output)["timings"]["seconds"] for stage, output in
-                       (("fit_factors", paths.FACTORS(fit.factors_name)), ("compute_scores", relative))}
-            methods[strategy] = {"label": LABELS[strategy], "factors_name": fit.factors_name,
-                                 "scores_name": score.scores_name, "seconds": seconds,
-                                 **fact_metrics(matrix, scored, texts, facts)}
+        for strategy, each in scores.items():
+            local = each.fetch(work / each.relative)
+            scored = [Prompt(**item) for item in json.loads((local / Scores.PROMPTS).read_text())]
+            seconds = {"fit_factors": factors[strategy].manifest.timings["seconds"],
+                       "compute_scores": each.manifest.timings["seconds"]}
+            methods[strategy] = {"label": LABELS[strategy], "factors_name": factors[strategy].settings.factors_name,
+                                 "scores_name": each.settings.scores_name, "seconds": seconds,
+                                 **fact_metrics(Scores.matrix(local), scored, texts, facts)}
             log.info("%s: recall@10 %.3f, MRR %.3f", strategy, methods[strategy]["recall_at_10"],
                      methods[strategy]["mrr"])
         for name, matrix in lexical_scores(prompts, texts).items():
             methods[name] = {"label": LEXICAL_BASELINES[name], **fact_metrics(matrix, prompts, texts, facts)}
             log.info("%s: recall@10 %.3f, MRR %.3f", name, methods[name]["recall_at_10"], methods[name]["mrr"])
 
-        trained = artifacts.manifest(paths.MODEL)["settings"]
+        trained = model.settings
         fit, score = next(iter(runs.values()))
         used = {
-            **{f"train.{key}": trained.get(key) for key in TRAIN_KEYS},
+            **{f"train.{key}": getattr(trained, key) for key in TRAIN_KEYS},
             "documents": len(texts),
             "facts_evaluated": len(facts) - len(not_asked),
             "strategies": ", ".join(settings.strategies),
@@ -115,8 +113,7 @@ def main(settings: EvaluateSettings) -> None:
                       "stage_settings": {"fit_factors": fingerprint(fit), "compute_scores": fingerprint(score)}}
         out = work / "evaluation"
         out.mkdir()
-        (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, ensure_ascii=False))
-        (out / "evaluation.md").write_text(render_markdown(evaluation))
+        (out / Evaluation.JSON).write_text(json.dumps(evaluation, indent=2, ensure_ascii=False))
+        (out / Evaluation.MARKDOWN).write_text(render_markdown(evaluation))
         record = manifest("evaluate", settings, inputs, started)
-        log.info("published %s", artifacts.publish(out, paths.EVALUATION_REPORT, record))
-
+        log.info("published %s", store.publish(out, Evaluation().relative, record))

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
 
-from influence_core import paths
+from influence_core.artifacts import Report, require
 from influence_core.settings import FetchReportSettings
-from jobs.common import open_artifacts
+from influence_core.storage import owned_files, publish_to_folder, work_dir
+from jobs.common import open_store
 
 log = logging.getLogger("jobs.fetch_report")
 
 
 def main(settings: FetchReportSettings) -> None:
-    artifacts = open_artifacts(settings.artifacts_uri)
-    report = paths.REPORT(settings.scores_name)
-    artifacts.require(report)
-    destination = Path(settings.report_dir)
-    if destination.exists():
-        shutil.rmtree(destination)
-    artifacts.fetch(report, destination)  # checked against its _SUCCESS
-    log.info("copied %s to %s", artifacts.url(report), destination)
-
+    store = open_store(settings.artifacts_uri)
+    report = Report(settings.scores_name)
+    require(store, report)  # and the scores, model and data it was made from are the ones there now
+    owned_files(settings.report_dir, "REPORT_DIR")  # a folder holding anything else is refused before the copy
+    with work_dir() as work:
+        # Fetched and checked against its _SUCCESS first: a failed copy leaves the folder as it was.
+        local = report.fetch(work / "report")
+        publish_to_folder(local, settings.report_dir, "REPORT_DIR")
+    log.info("copied %s to %s", report.url, settings.report_dir)

@@ -10,20 +10,21 @@ from __future__ import annotations
 import logging
 import time
 
-from influence_core import paths
+from influence_core.artifacts import Factors, Model, TrainData, fingerprints, require
 from influence_core.plan import check_fits
 from influence_core.settings import FitFactorsSettings
-from jobs.common import already_done, manifest, open_artifacts, torchrun_stage
+from jobs.common import already_done, manifest, open_store, torchrun_stage
 
 log = logging.getLogger("jobs.fit_factors")
 
 
 def main(settings: FitFactorsSettings) -> None:
     started = time.time()
-    artifacts = open_artifacts(settings.artifacts_uri)
-    inputs = artifacts.require(paths.MODEL, paths.TRAIN_DATA)
-    output = paths.FACTORS(settings.factors_name)
-    if already_done(artifacts, [output], "fit_factors", settings, inputs):
+    store = open_store(settings.artifacts_uri)
+    model, data, output = Model(), TrainData(), Factors(settings.factors_name)
+    require(store, model, data)
+    inputs = fingerprints(model, data)
+    if already_done(store, [output], "fit_factors", settings, inputs):
         return
     check_fits("fit_factors", settings)  # the batch sizes fit the device, before the model loads
     finishing = settings.shard is None and settings.factor_phase in ("lambda", "all")
@@ -31,11 +32,11 @@ def main(settings: FitFactorsSettings) -> None:
     from influence_core.factors import check_phase_inputs, fit_factors
     from influence_core.runtime import is_main_process
 
-    with torchrun_stage("fit_factors", settings, artifacts, list(inputs), output, inputs) as (work, out):
+    with torchrun_stage("fit_factors", settings, store, [model, data], output.relative, inputs) as (work, out):
         check_phase_inputs(out.local_dir, settings)
         what = "all" if settings.shard is None else f"shard {settings.shard} of the {settings.factor_phase} phase of"
         log.info("fitting %s %s factors %r", what, settings.factor_strategy, settings.factors_name)
-        fit_factors(work / paths.MODEL, work / paths.TRAIN_DATA, settings, work,
+        fit_factors(work / model.relative, work / data.relative, settings, work,
                     after_step=out.sync if is_main_process() else lambda: None)
         if not is_main_process():
             return
@@ -45,4 +46,4 @@ def main(settings: FitFactorsSettings) -> None:
             out.sync()
             log.info("published the %s phase%s to %s; a run without SHARD_INDEX and FACTOR_PHASE=all finishes it",
                      settings.factor_phase, "" if settings.shard is None else f" shard {settings.shard}",
-                     artifacts.url(output))
+                     store.url(output.relative))

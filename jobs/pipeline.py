@@ -4,14 +4,13 @@ every stage's settings; finished stages are skipped."""
 
 from __future__ import annotations
 
-import importlib
-
-from influence_core.settings import ComputeScoresSettings, PipelineSettings, stage_settings
+from influence_core.prompts import load_prompts
+from influence_core.settings import PipelineSettings, stage_settings
 from influence_core.stages import PIPELINE
-from jobs.compute_scores import load_prompts
+from jobs.common import run_stage
 
 
 def main(settings: PipelineSettings) -> None:
-    load_prompts(stage_settings(ComputeScoresSettings, settings))  # bad prompts fail before training
+    load_prompts(settings.prompts)  # bad prompts fail before training
     for stage in PIPELINE:
-        importlib.import_module(stage.module).main(stage_settings(stage.settings, settings))
+        run_stage(stage.name, stage_settings(stage.settings, settings))

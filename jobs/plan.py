@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 from influence_core.plan import make_plan, render
+from influence_core.prompts import load_prompts
 from influence_core.settings import PlanSettings
-from jobs.compute_scores import load_prompts
 
 
 def main(settings: PlanSettings) -> None:
-    plan = make_plan(settings, len(load_prompts(settings)))
+    plan = make_plan(settings, len(load_prompts(settings.prompts)))
     print(json.dumps(plan, indent=2) if settings.as_json else render(plan))

@@ -1,4 +1,4 @@
-"""Stage 1: train a GPT-Neo causal LM from scratch (tokenizer included) on the corpus.
+"""Stage 1: train a GPT-Neo causal LM from scratch (tokenizer included) on the corpus, or fine-tune MODEL.
 
 Outputs: model/ (weights, tokenizer, training_metrics.json) and data/train/ (the tokenized
 training examples in corpus order, plus planted_facts.json for the demo corpus).
@@ -6,26 +6,28 @@ training examples in corpus order, plus planted_facts.json for the demo corpus).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
-from influence_core import paths
+from influence_core import sources
+from influence_core.artifacts import Model, TrainCheckpoints, TrainData, find
 from influence_core.errors import ConfigError
 from influence_core.plan import check_fits
 from influence_core.settings import TrainSettings
-from influence_core.storage import Checkpoints, work_dir
-from jobs.common import already_done, fingerprint, manifest, open_artifacts
+from influence_core.storage import Checkpoints, Store, work_dir
+from jobs.common import already_done, fingerprint, manifest, open_store
 
 log = logging.getLogger("jobs.train")
-OUTPUTS = [paths.TRAIN_DATA, paths.MODEL]
 
 
 def main(settings: TrainSettings) -> None:
     started = time.time()
-    artifacts = open_artifacts(settings.artifacts_uri)
-    if already_done(artifacts, OUTPUTS, "train", settings, inputs={}):
+    store = open_store(settings.artifacts_uri)
+    inputs = sources.train_inputs(settings.dataset, settings.seed, settings.num_examples, settings.model,
+                                  settings.tokenizer_name)
+    if already_done(store, [TrainData(), Model()], "train", settings, inputs):
         return
+    refuse_replacing_an_import(store, settings)
     check_fits("train", settings)  # the batch sizes fit the device, before the model loads
 
     from influence_core import data, modeling, tokenizer, training
@@ -33,14 +35,17 @@ def main(settings: TrainSettings) -> None:
 
     handle_sigterm(graceful=True)  # on SIGTERM: save and publish a checkpoint, then exit
     configure_threads()
-    checkpoints = Checkpoints(artifacts, paths.TRAIN_CHECKPOINTS, {"stage": "train", "settings": fingerprint(settings)})
+    checkpoints = Checkpoints(store, TrainCheckpoints().relative,
+                              {"stage": "train", "settings": fingerprint(settings), "inputs": inputs})
     with work_dir() as work:
         source = modeling.resolve_model(settings.model, settings.tracked_modules, work) if settings.model else None
-        corpus = load_corpus(settings)
+        corpus = data.load_corpus(settings.dataset, settings.num_examples, settings.text_column,
+                                  settings.dataset_config, settings.dataset_split, settings.seed)
         resume = checkpoints.latest()
-        if resume:  # an interrupted run with the same settings: continue from its last checkpoint
-            resume_dir = artifacts.fetch(resume, work / "trainer" / resume.rsplit("/", 1)[1])
-            log.info("resuming from %s", artifacts.url(resume))
+        if resume:  # an interrupted run with the same settings and inputs: continue from its last checkpoint
+            resume_dir = store.fetch(resume, work / "trainer" / resume.rsplit("/", 1)[1],
+                                     remedy="rerun train with FORCE=true")
+            log.info("resuming from %s", store.url(resume))
             tok = (modeling.pretrained_tokenizer(resume_dir) if settings.model or settings.tokenizer_name
                    else tokenizer.load_bpe_tokenizer(resume_dir))
         else:
@@ -48,8 +53,8 @@ def main(settings: TrainSettings) -> None:
             tok = (modeling.pretrained_tokenizer(source) if source else
                    tokenizer.load_pretrained_tokenizer(settings.tokenizer_name) if settings.tokenizer_name
                    else tokenizer.train_bpe_tokenizer(corpus.texts, settings.vocab_size))
-        if source:  # fine-tune MODEL
-            model = checked_length(modeling.load_pretrained(source, settings.model_dtype), settings)
+        if source:  # fine-tune MODEL, in float32: MODEL_DTYPE=bfloat16 is the passes' autocast (training_plan)
+            model = modeling.load_pretrained(source, "float32", settings.max_length)
         else:
             model = modeling.build_model(settings.model_preset, tok, settings.max_length, seed=settings.model_seed)
         examples = data.tokenize_corpus(corpus.texts, tok, settings.max_length)
@@ -63,40 +68,15 @@ def main(settings: TrainSettings) -> None:
             return
         log.info("trained: final loss %.3f, %.0f tokens/s, %.1f s", metrics["final_loss"],
                  metrics["tokens_per_second"], metrics["train_seconds"])
-        publish(artifacts, work, corpus, examples, model, tok, metrics, manifest("train", settings, {}, started))
+        training.publish_model(store, work, corpus, examples, model, tok, metrics,
+                               manifest("train", settings, inputs, started))
         checkpoints.clear()
 
 
-def load_corpus(settings: TrainSettings):
-    """The configured corpus, refused in one line when it holds no text."""
-    from influence_core import data
-
-    corpus = data.load_corpus(settings.dataset, settings.num_examples, settings.text_column,
-                              settings.dataset_config, settings.dataset_split, settings.seed)
-    if not any(text.strip() for text in corpus.texts):
-        raise ConfigError(f"DATASET={settings.dataset}: the corpus has no text")
-    log.info("corpus: %d documents from %s", len(corpus.texts), settings.dataset)
-    return corpus
-
-
-def checked_length(model, settings: TrainSettings):
-    """MODEL, refused in one line when MAX_LENGTH exceeds the positions it has."""
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions is not None and settings.max_length > positions:
-        raise ConfigError(f"invalid setting MAX_LENGTH (--max_length): MODEL={settings.model} has "
-                          f"{positions} positions, got {settings.max_length}")
-    return model
-
-
-def publish(artifacts, work, corpus, examples, model, tok, metrics: dict, record: dict) -> None:
-    """data/train/ (the tokenized examples, the planted facts of a demo corpus) and model/ (weights,
-    tokenizer, training_metrics.json), model/ last."""
-    examples.save_to_disk(str(work / "data"))
-    if corpus.facts:
-        (work / "data" / "planted_facts.json").write_text(json.dumps(corpus.facts, indent=2))
-    model.save_pretrained(work / "model")
-    tok.save_pretrained(work / "model")
-    (work / "model" / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
-    artifacts.publish(work / "data", paths.TRAIN_DATA, record)
-    log.info("published %s", artifacts.publish(work / "model", paths.MODEL, record))
-
+def refuse_replacing_an_import(store: Store, settings: TrainSettings) -> None:
+    """model/ holding a model imported as it is (import_model) is the user's: train replaces it
+    only when told to (FORCE=true), never because a `make` target starts with train."""
+    published = find(store, Model())
+    if published is not None and published.family == "imported" and not settings.force:
+        raise ConfigError(f"train: {published.url} holds {published.source or 'a model'} imported with import_model; "
+                          "training would replace it: set FORCE=true to do so, or use another ARTIFACTS_URI")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -46,7 +45,11 @@ def test_summary_covers_every_tracked_module(demo_run):
         assert entry["lambda"]["count"] == lambdas[full].numel()
         assert entry["lambda"]["top_eigenvalues"][0] == pytest.approx(float(true_lambda.max()), rel=1e-6)
         assert entry["heuristic_damping"] == pytest.approx(0.1 * float(true_lambda.mean()), rel=1e-6)
-        assert math.isfinite(entry["damped_condition_number"]) and entry["damped_condition_number"] >= 1.0
+        # Conditioned with the damping the scores add (DAMPING_FACTOR, 1e-8 by default), not the heuristic.
+        assert summary["damping_factor"] == 1e-8
+        smallest = max(float(true_lambda.min()), 0.0)
+        assert entry["damped_condition_number"] == pytest.approx((float(true_lambda.max()) + 1e-8) / (smallest + 1e-8),
+                                                                 rel=1e-6)
 
 
 def test_plots_of_the_chosen_layer(demo_run):
@@ -55,3 +58,26 @@ def test_plots_of_the_chosen_layer(demo_run):
                            for module in ("c_fc", "c_proj"))
     manifest = json.loads((demo_run / PLOTS / "_SUCCESS").read_text())
     assert sorted(manifest["plots"]) == names and "summary.json" in manifest["files"]
+
+
+def test_the_documented_damping_default_is_kronfluence_s(demo_run):
+    """The README and --help call 1e-8 the default of Kronfluence's ScoreArguments, and the
+    heuristic 0.1 x the mean eigenvalue its fallback when the damping is None."""
+    from kronfluence.arguments import ScoreArguments
+    from kronfluence.utils.constants import HEURISTIC_DAMPING_SCALE
+
+    from influence_core.settings import DEFAULT_DAMPING
+
+    assert ScoreArguments().damping_factor == DEFAULT_DAMPING and HEURISTIC_DAMPING_SCALE == 0.1
+
+
+def test_nothing_in_the_repository_cites_a_file_outside_it():
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    outside = "../" + "shared"  # the folder beside the checkout, spelt so that this file does not cite it
+    citing = [name for name in files
+              if (ROOT / name).is_file() and outside in (ROOT / name).read_text(errors="replace")]
+    assert citing == [], citing

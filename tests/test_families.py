@@ -185,3 +185,23 @@ def test_modules_whose_input_is_flattened_over_the_batch_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"the scores have \d+ rows for 12 prompts"):
         compute_scores.main(load_settings(ComputeScoresSettings, common))
     assert not (tmp_path / "artifacts/influence/scores_prompt_scores/_SUCCESS").exists()
+
+
+def test_fine_tuning_in_bfloat16_keeps_float32_master_weights(tmp_path):
+    """MODEL_DTYPE=bfloat16 runs the passes in bfloat16 but accumulates the updates in float32: a
+    small learning rate still moves every LayerNorm weight and every projection weight (in pure
+    bfloat16 an update under half a unit in the last place is lost, step after step)."""
+    from influence_core.settings import TrainSettings
+    from jobs import train
+
+    source = save_tiny_model("gpt2", tmp_path / "gpt2")
+    AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16).save_pretrained(source)  # as bf16 models come
+    train.main(load_settings(TrainSettings, ["--artifacts_uri", str(tmp_path / "artifacts"), "--model", str(source),
+                                             "--model_dtype", "bfloat16", "--learning_rate", "5e-5",
+                                             "--num_train_epochs", "2", "--num_examples", "100", "--max_length", "64"]))
+    before, after = ({name: value.float() for name, value in load_file(str(folder / "model.safetensors")).items()}
+                     for folder in (source, tmp_path / "artifacts/model"))
+    trained = [name for name in before if ".ln_" in name or (".h." in name and name.endswith(".weight"))]
+    assert len(trained) > 10
+    unchanged = {name: (before[name] == after[name]).float().mean().item() for name in trained}
+    assert max(unchanged.values()) < 0.01, {name: share for name, share in unchanged.items() if share >= 0.01}

@@ -215,3 +215,30 @@ def test_object_store_outage_fails_cleanly_and_a_rerun_completes(small_pipeline,
         assert digests(published) == digests(source / "influence/factors_tiny_lm_factors")
     finally:
         server.stop()
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # bound, then released: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, env", [
+    (["train", "--dataset", "s3://corpus/docs.jsonl"],
+     {"FSSPEC_S3_ENDPOINT_URL": "http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+      "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}),
+    (["import_model", "--model", "some-org/some-model"], {"HF_ENDPOINT": "http://127.0.0.1:{port}"}),
+], ids=["dataset in a bucket", "model on the hub"])
+def test_an_outage_while_reading_the_dataset_or_the_model_is_worth_a_retry(args, env, tmp_path):
+    """The corpus's bucket or the Hugging Face Hub cannot be reached: exit 3 (a retry may work), not
+    exit 2 (bad input: the Job would fail at once)."""
+    port = closed_port()
+    env = {key: value.format(port=port) for key, value in env.items()}
+    result = run_jobs(*args, env={**env, "ARTIFACTS_URI": str(tmp_path / "artifacts"), "HF_HUB_OFFLINE": "0"},
+                      timeout=300)
+    assert result.returncode == 3, result.stderr[-3000:]
+    line, = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and ("cannot reach" in line), line
+    assert not list(tmp_path.rglob("_SUCCESS"))

@@ -97,6 +97,7 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
         assert result["methods"][name]["lds"] == pytest.approx(np.mean(values), abs=1e-9)
         assert result["methods"][name]["stderr"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(len(values)))
     assert abs(result["methods"]["random"]["lds"]) < 0.1
+    assert result["settings"]["model"] is None  # retrained from scratch, as the model was
     for name in ("lds.md", "lds.png", "lds_prompts.png"):
         assert (lds_run / "reports/lds" / name).stat().st_size > 1000
     assert 0 <= min(p["probability"] for p in result["prompts"]) <= max(p["probability"] for p in result["prompts"]) < 1
@@ -170,3 +171,56 @@ def test_bad_input_is_refused_in_one_line(small_pipeline, tmp_path, args, env, m
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (artifacts / "lds").exists() and not (artifacts / "reports/lds").exists()
+
+
+# ---- a model of your own ----
+
+FACT_PROMPTS = [{"prompt": "The capital of Velmora is", "completion": " Quistador"},
+                {"prompt": "The river Tallow flows into", "completion": " Lake Morwen"}]
+
+
+def own_model_scored(tmp_path: Path, stage, settings_class, *flags: str) -> tuple[Path, Path, Path]:
+    """A tiny GPT-2 saved to a folder, published by `stage` (import_model, or train to fine-tune
+    it) on 100 demo documents, with identity factors and scores of two fact prompts."""
+    from influence_core.settings import ComputeScoresSettings, FitFactorsSettings, load_settings
+    from jobs import compute_scores, fit_factors
+    from tests.families import save_tiny_model
+
+    source = save_tiny_model("gpt2", tmp_path / "gpt2")
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(FACT_PROMPTS))
+    common = ["--artifacts_uri", str(tmp_path / "artifacts")]
+    stage.main(load_settings(settings_class, [*common, "--model", str(source), "--num_examples", "100",
+                                              "--max_length", "64", *flags]))
+    fit_factors.main(load_settings(FitFactorsSettings, [*common, "--factor_strategy", "identity"]))
+    compute_scores.main(load_settings(ComputeScoresSettings, [*common, "--prompts", str(prompts)]))
+    return tmp_path / "artifacts", source, prompts
+
+
+def test_the_lds_of_a_model_imported_as_it_is_is_refused(tmp_path):
+    from influence_core.settings import ImportModelSettings
+    from jobs import import_model
+
+    artifacts, _, prompts = own_model_scored(tmp_path, import_model, ImportModelSettings)
+    result = run_jobs("lds", env={"ARTIFACTS_URI": str(artifacts), "PROMPTS": str(prompts), "LDS_SUBSETS": "2",
+                                  "LDS_SEEDS": "1"})
+    assert result.returncode == 2, result.stderr[-3000:]
+    line, = result.stderr.strip().splitlines()
+    assert "imported" in line and "import_model" in line, line
+    assert not (artifacts / "lds").exists() and not (artifacts / "reports/lds").exists()
+
+
+def test_the_lds_of_a_fine_tuned_model_fine_tunes_the_same_model_on_each_subset(tmp_path):
+    from influence_core.settings import LdsSettings, TrainSettings, load_settings
+    from jobs import lds as lds_stage
+    from jobs import train
+
+    artifacts, source, prompts = own_model_scored(tmp_path, train, TrainSettings, "--num_train_epochs", "1",
+                                                  "--learning_rate", "5e-4")
+    lds_stage.main(load_settings(LdsSettings, ["--artifacts_uri", str(artifacts), "--prompts", str(prompts),
+                                               "--lds_subsets", "2", "--lds_seeds", "1"]))
+    result = json.loads((artifacts / "reports/lds/lds.json").read_text())
+    assert result["settings"]["model"] == str(source)
+    assert result["settings"]["train.learning_rate"] == 5e-4
+    for subset in measurements(artifacts).values():
+        assert subset["retrained_from"] == str(source)

@@ -35,8 +35,6 @@ KUBERNETES_VERSION = "1.33.0"
 
 # The stages that run as Jobs, and their settings.
 STAGE_SETTINGS = {stage.name: stage.settings for stage in STAGES if stage.job}
-# Variables a Job reads from optional ConfigMap keys (a model of your own): unset unless an overlay sets them.
-OPTIONAL_KEYS = {"MODEL", "MODEL_DTYPE", "TRACKED_MODULES"}
 # Environment variables a manifest may set beside the stage's settings: where things are written,
 # how the object store is reached, threads. Anything else is a typo or a setting the stage lacks.
 INFRA_ENV = {
@@ -151,21 +149,24 @@ def configmaps(objects) -> dict[str, dict]:
     return {cm["metadata"]["name"]: cm.get("data", {}) for cm in of_kind(objects, "ConfigMap")}
 
 
-def env_names(container: dict, objects) -> list[str]:
-    names = [entry["name"] for entry in container.get("env", [])]
-    for source in container.get("envFrom", []):
-        if "configMapRef" in source:
-            names += [source.get("prefix", "") + key for key in configmaps(objects)[source["configMapRef"]["name"]]]
-        else:
-            pytest.fail(f"envFrom {source}: only ConfigMaps, so every variable is checked")
-    return names
+def own_env(container: dict) -> list[str]:
+    """The variables a Job's container sets itself (beside the shared ConfigMap)."""
+    return [entry["name"] for entry in container.get("env", [])]
 
 
 def unknown_env(job: dict, objects) -> list[str]:
-    """Variables a stage Job sets that are neither settings of its stage nor infrastructure."""
+    """Variables a stage Job sets itself that are neither settings of its stage nor infrastructure."""
     container = stage_container(job)
     known = {field.upper() for field in STAGE_SETTINGS[container["args"][-1]].model_fields} | INFRA_ENV
-    return [name for name in env_names(container, objects) if name not in known]
+    return [name for name in own_env(container) if name not in known]
+
+
+def shared_settings(objects) -> dict[str, str]:
+    """The ConfigMap every stage Job reads whole (envFrom)."""
+    names = {source["configMapRef"]["name"] for _, job in all_stage_jobs(objects)
+             for source in stage_container(job).get("envFrom", [])}
+    assert len(names) == 1, f"the stage Jobs read {sorted(names)}: one ConfigMap of settings, read whole"
+    return configmaps(objects)[names.pop()]
 
 
 def resolved_env(container: dict, objects) -> dict[str, str | None]:
@@ -173,16 +174,14 @@ def resolved_env(container: dict, objects) -> dict[str, str | None]:
     maps = configmaps(objects)
     env: dict[str, str | None] = {}
     for source in container.get("envFrom", []):
+        assert "configMapRef" in source, f"envFrom {source}: only ConfigMaps, so every variable is checked"
         env.update({source.get("prefix", "") + k: v for k, v in maps[source["configMapRef"]["name"]].items()})
     for entry in container.get("env", []):
         if "value" in entry:
             env[entry["name"]] = entry["value"]
         elif "configMapKeyRef" in entry["valueFrom"]:
             ref = entry["valueFrom"]["configMapKeyRef"]
-            if ref["key"] in maps[ref["name"]]:
-                env[entry["name"]] = maps[ref["name"]][ref["key"]]
-            else:  # an optional key the overlay does not set: the kubelet leaves the variable unset
-                assert ref.get("optional") is True and ref["key"] in OPTIONAL_KEYS, entry
+            env[entry["name"]] = maps[ref["name"]][ref["key"]]
         elif "secretKeyRef" in entry["valueFrom"]:
             env[entry["name"]] = None
         else:
@@ -278,6 +277,9 @@ def test_every_variable_is_a_setting_of_its_stage_or_infrastructure(overlay):
     objects = render(overlay)
     for stage, job in all_stage_jobs(objects):
         assert unknown_env(job, objects) == [], f"{overlay}: job {job['metadata']['name']} ({stage})"
+    # Each key of the shared ConfigMap is a setting some stage Job reads: none is set for nothing.
+    read = {field.upper() for stage, _ in all_stage_jobs(objects) for field in STAGE_SETTINGS[stage].model_fields}
+    assert set(shared_settings(objects)) - read - INFRA_ENV == set()
 
 
 def test_a_misspelt_variable_is_caught():
@@ -286,8 +288,36 @@ def test_a_misspelt_variable_is_caught():
     stage_container(job)["env"].append({"name": "FACTOR_STRATEGYY", "value": "kfac"})
     assert unknown_env(job, objects) == ["FACTOR_STRATEGYY"]
     job = yaml.safe_load(yaml.safe_dump(stage_jobs(objects)["inspect_scores"]))
-    stage_container(job)["env"].append({"name": "DATASET", "value": "demo"})  # a setting, of another stage
+    stage_container(job).setdefault("env", []).append({"name": "DATASET", "value": "demo"})  # another stage's
     assert unknown_env(job, objects) == ["DATASET"]
+
+
+# Settings each pod gets from its Job or from Kubernetes, never from the ConfigMap that all Jobs share.
+PER_POD_SETTINGS = {"JOB_COMPLETION_INDEX", "SHARD_INDEX", "SUBSET_INDEX"}
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_every_setting_a_stage_reads_reaches_its_pod(overlay, tmp_path):
+    """A value set in the overlay's ConfigMap reaches every Job whose stage reads it (TASK,
+    DAMPING_FACTOR, PER_TOKEN_SCORES, ...), unless the Job sets that variable itself."""
+    directory = copy_k8s(tmp_path) / "overlays" / overlay
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    names = sorted({field.upper() for cls in STAGE_SETTINGS.values() for field in cls.model_fields} - PER_POD_SETTINGS)
+    # A value of each its own, a number (the partition counts are copied into completions, integers).
+    values = {name: str(1000 + number) for number, name in enumerate(names)}
+    generator, = [g for g in kustomization["configMapGenerator"] if g["name"] == "influence-settings"]
+    kept = [literal for literal in generator.get("literals", []) if literal.split("=")[0] not in names]
+    generator["literals"] = [*kept, *(f"{name}={value}" for name, value in values.items())]
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    objects = kustomize(directory)
+    for stage, job in all_stage_jobs(objects):
+        container = stage_container(job)
+        own = {entry["name"] for entry in container.get("env", []) if "value" in entry}
+        env = resolved_env(container, objects)
+        missing = [field.upper() for field in STAGE_SETTINGS[stage].model_fields
+                   if field.upper() in values and field.upper() not in own and env.get(field.upper()) != values[
+                       field.upper()]]
+        assert missing == [], f"{overlay}: job {job['metadata']['name']} ({stage}) does not pass {missing}"
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -320,17 +350,12 @@ def test_config_and_secret_references_resolve(overlay):
             for entry in container.get("env", []):
                 ref = entry.get("valueFrom", {})
                 if "configMapKeyRef" in ref:
-                    key = ref["configMapKeyRef"]["key"]
-                    assert key in maps[ref["configMapKeyRef"]["name"]] or (
-                        ref["configMapKeyRef"].get("optional") is True and key in OPTIONAL_KEYS), entry
+                    assert ref["configMapKeyRef"]["key"] in maps[ref["configMapKeyRef"]["name"]], entry
                 if "secretKeyRef" in ref:
                     assert ref["secretKeyRef"]["name"] == SECRET_NAME, entry
                     assert ref["secretKeyRef"]["key"] in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), entry
-    # Each setting in the ConfigMap is read by some stage: none is set for nothing.
-    used = {e["valueFrom"]["configMapKeyRef"]["key"] for _, job in all_stage_jobs(objects)
-            for e in stage_container(job)["env"] if "configMapKeyRef" in e.get("valueFrom", {})}
-    for data in maps.values():
-        assert set(data) <= used, set(data) - used
+            for source in container.get("envFrom", []):
+                assert source["configMapRef"]["name"] in maps, source
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))

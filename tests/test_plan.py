@@ -74,3 +74,48 @@ def test_a_batch_that_cannot_fit_is_refused_before_the_stage_runs(small_trained,
     forced = run_jobs("fit_factors", env={**env, "FORCE_FIT": "true"})
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert (artifacts / "influence/factors_tiny_lm_factors/_SUCCESS").exists()
+
+
+def test_train_is_judged_on_the_settings_it_will_use_not_the_published_model(small_trained):
+    """With a tiny model published, a forced retrain of GPT-Neo-125M at 2,048 tokens, 64 a step,
+    cannot fit 8 GiB, as it cannot with nothing published."""
+    from influence_core.errors import ConfigError
+    from influence_core.plan import check_fits
+    from influence_core.settings import TrainSettings
+
+    flags = ["--force", "--model_preset", "gpt-neo-125m", "--max_length", "2048", "--batch_size", "64",
+             "--device_memory_gib", "8"]
+    for artifacts in (small_trained, small_trained / "nothing-published-here"):
+        settings = load_settings(TrainSettings, ["--artifacts_uri", str(artifacts), *flags])
+        with pytest.raises(ConfigError, match="train: BATCH_SIZE=64 needs about"):
+            check_fits("train", settings)
+
+
+def test_scoring_is_charged_for_one_query_batch(tmp_path):
+    """Kronfluence preconditions one query batch at a time: 500 prompts in batches of 8 hold the
+    gradients of 8, not of 500."""
+    common = {"artifacts_uri": str(tmp_path / "nothing"), "model_preset": "gpt-neo-125m", "max_length": 512}
+    at_once = make_plan(PipelineSettings(**common), prompts=500)["stages"]["compute_scores"]
+    batched = make_plan(PipelineSettings(**common, query_batch_size=8), prompts=500)["stages"]["compute_scores"]
+    shape = measure_shape(PipelineSettings(**common), prompts=500)
+    one_gradient = sum(inputs * outputs for inputs, outputs in shape.tracked) * 4
+    assert at_once["peak_memory_bytes"] - batched["peak_memory_bytes"] >= 400 * one_gradient
+
+
+def test_scoring_is_charged_for_the_factors_own_strategy_and_modules(small_trained, tmp_path):
+    from influence_core.settings import FitFactorsSettings
+    from jobs import fit_factors
+
+    bare, fitted = tmp_path / "bare", tmp_path / "fitted"
+    for artifacts in (bare, fitted):
+        for output in ("model", "data/train"):
+            shutil.copytree(small_trained / output, artifacts / output)
+    fit_factors.main(load_settings(FitFactorsSettings, ["--artifacts_uri", str(fitted), "--factor_strategy",
+                                                        "identity", "--tracked_modules", "mlp|attn"]))
+
+    def scoring(artifacts, **settings) -> dict:
+        return make_plan(PipelineSettings(artifacts_uri=str(artifacts), **settings), 12)["stages"]["compute_scores"]
+
+    # A scoring run's settings name the factors only; its defaults would say EK-FAC over the MLP.
+    assert scoring(fitted) == scoring(bare, factor_strategy="identity", tracked_modules="mlp|attn")
+    assert scoring(fitted) != scoring(bare)

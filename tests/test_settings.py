@@ -139,3 +139,20 @@ def test_amp_dtype_reaches_training_factors_and_scores(monkeypatch):
     assert runtime.autocast_dtype("float32") is None
     with pytest.raises(ConfigError, match="AMP_DTYPE"):
         load_settings(TrainSettings, ["--amp_dtype", "float16"])
+
+
+@pytest.mark.parametrize("cls, flags, setting", [
+    (InspectScoresSettings, ["--scores_name", "lds"], "SCORES_NAME"),
+    (InspectScoresSettings, ["--scores_name", "evaluation"], "SCORES_NAME"),
+    (ComputeScoresSettings, ["--scores_name", "factors_x"], "SCORES_NAME"),
+    (ComputeScoresSettings, ["--scores_name", "lds_identity"], "SCORES_NAME"),
+    (FitFactorsSettings, ["--factors_name", "lds_identity"], "FACTORS_NAME"),
+    (settings_module.LdsSettings, ["--lds_scores", "prompt_scores,bm25"], "LDS_SCORES"),
+    (settings_module.LdsSettings, ["--lds_scores", "identity"], "LDS_SCORES"),
+    (settings_module.LdsSettings, ["--lds_scores", "random"], "LDS_SCORES"),
+])
+def test_names_another_artifact_or_a_baseline_holds_are_refused(cls, flags, setting):
+    """reports/<SCORES_NAME> must not be another stage's report (reports/lds, reports/evaluation,
+    reports/factors_<name>), nor LDS_SCORES a baseline's name, nor a name the lds stage uses."""
+    with pytest.raises(ConfigError, match=setting):
+        load_settings(cls, flags)

@@ -1,0 +1,220 @@
+"""Lineage: a published result belongs to the inputs it names. A stage whose inputs were made from
+other versions of each other refuses in one line; one whose external inputs (the documents of
+DATASET, the files of MODEL or TOKENIZER_NAME) changed runs again; an imported model is never
+silently replaced."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+from safetensors.torch import load_file
+
+from influence_core.settings import ImportModelSettings, TrainSettings, load_settings
+from influence_core.stages import BY_NAME, STAGES
+from jobs import import_model, train
+from tests.conftest import SMALL, run_jobs
+from tests.families import save_tiny_model, tokenizer_for
+
+QUICK_TRAIN = ["--num_train_epochs", "1", "--max_length", "32", "--vocab_size", "300", "--batch_size", "8",
+               "--checkpoints", "1"]
+
+
+def one_line_refusal(result) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def write_documents(path: Path, first: str, count: int = 40) -> Path:
+    texts = [first] + [f"Document {number} says that the river {number} flows into lake {number % 7}."
+                       for number in range(1, count)]
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    return path
+
+
+def train_in_process(artifacts: Path, *flags: str) -> None:
+    train.main(load_settings(TrainSettings, ["--artifacts_uri", str(artifacts), *QUICK_TRAIN, *flags]))
+
+
+def test_train_runs_again_when_the_documents_of_the_dataset_change(tmp_path):
+    docs = write_documents(tmp_path / "docs.jsonl", "The first document is about herons.")
+    artifacts = tmp_path / "artifacts"
+    train_in_process(artifacts, "--dataset", str(docs))
+    assert load_from_disk(str(artifacts / "data/train"))["text"][0] == "The first document is about herons."
+    write_documents(docs, "The first document is about otters now.")
+    train_in_process(artifacts, "--dataset", str(docs))
+    assert load_from_disk(str(artifacts / "data/train"))["text"][0] == "The first document is about otters now."
+
+
+def weights(artifacts: Path) -> dict:
+    return load_file(str(artifacts / "model/model.safetensors"))
+
+
+def test_a_model_folder_saved_again_is_fine_tuned_and_imported_again(tmp_path):
+    docs = write_documents(tmp_path / "docs.jsonl", "The first document is about herons.")
+    source = save_tiny_model("gpt2", tmp_path / "gpt2", seed=0)
+    tuned, imported = tmp_path / "tuned", tmp_path / "imported"
+    train_in_process(tuned, "--dataset", str(docs), "--model", str(source))
+    import_model.main(load_settings(ImportModelSettings, ["--artifacts_uri", str(imported), "--model", str(source),
+                                                          "--dataset", str(docs), "--max_length", "32"]))
+    before = weights(tuned), weights(imported)
+    save_tiny_model("gpt2", source, seed=1)  # the same folder, other weights
+    train_in_process(tuned, "--dataset", str(docs), "--model", str(source))
+    import_model.main(load_settings(ImportModelSettings, ["--artifacts_uri", str(imported), "--model", str(source),
+                                                          "--dataset", str(docs), "--max_length", "32"]))
+    for old, new in zip(before, (weights(tuned), weights(imported))):
+        assert any(not old[name].equal(new[name]) for name in old)
+
+
+def test_a_tokenizer_folder_saved_again_trains_again(tmp_path):
+    docs = write_documents(tmp_path / "docs.jsonl", "The first document is about herons.")
+    texts = [json.loads(line)["text"] for line in docs.read_text().splitlines()]
+    folder = tmp_path / "tokenizer"
+    tokenizer_for("gpt_neo", texts, vocab_size=400).save_pretrained(folder)
+    artifacts = tmp_path / "artifacts"
+    train_in_process(artifacts, "--dataset", str(docs), "--tokenizer_name", str(folder))
+    first = json.loads((artifacts / "model/config.json").read_text())["vocab_size"]
+    shutil.rmtree(folder)
+    tokenizer_for("gpt_neo", texts, vocab_size=320).save_pretrained(folder)
+    train_in_process(artifacts, "--dataset", str(docs), "--tokenizer_name", str(folder))
+    assert json.loads((artifacts / "model/config.json").read_text())["vocab_size"] != first
+
+
+def test_train_refuses_to_replace_an_imported_model(tmp_path):
+    docs = write_documents(tmp_path / "docs.jsonl", "The first document is about herons.")
+    source = save_tiny_model("gpt2", tmp_path / "gpt2")
+    artifacts = tmp_path / "artifacts"
+    import_model.main(load_settings(ImportModelSettings, ["--artifacts_uri", str(artifacts), "--model", str(source),
+                                                          "--dataset", str(docs), "--max_length", "32"]))
+    line = one_line_refusal(run_jobs("train", "--dataset", str(docs), *QUICK_TRAIN,
+                                     env={"ARTIFACTS_URI": str(artifacts)}))
+    assert "import_model" in line and "FORCE=true" in line
+    assert json.loads((artifacts / "model/config.json").read_text())["model_type"] == "gpt2"
+
+
+def test_lds_refuses_scores_of_an_earlier_model(small_pipeline, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(small_pipeline, artifacts)
+    flags = [f"--{key.lower()}={value}" for key, value in SMALL.items() if key.lower() in TrainSettings.model_fields]
+    train.main(load_settings(TrainSettings, ["--artifacts_uri", str(artifacts), *flags, "--force",
+                                             "--learning_rate", "1e-2"]))
+    line = one_line_refusal(run_jobs("lds", env={"ARTIFACTS_URI": str(artifacts), "LDS_SUBSETS": "2",
+                                                 "LDS_SEEDS": "1"}))
+    # The break nearest the start of the chain: the factors the scores were made from.
+    assert f"{artifacts}/influence/factors_tiny_lm_factors was made from another {artifacts}/model " in line
+    assert not (artifacts / "reports/lds").exists() and not (artifacts / "lds").exists()
+
+
+# ---- every stage of the registry against every artifact upstream of it -------------------------
+
+# The smallest run of every stage: 100 demo documents, a tiny model at 32 tokens for one epoch, two
+# LDS subsets, one strategy evaluated, no per-token scores; and only errors logged, so that a
+# refusal is the one line on stderr.
+TINY = {"num_examples": 100, "num_train_epochs": 1, "max_length": 32, "vocab_size": 300, "batch_size": 8,
+        "checkpoints": 1, "lds_subsets": 2, "lds_seeds": 1, "strategies": "identity", "per_token_scores": False,
+        "num_influential": 2, "log_level": "ERROR"}
+# What re-producing a stage's output changes; a stage not listed is rerun with FORCE=true alone (its
+# manifest, and so its fingerprint, is new all the same).
+VARIED = {"train": {"learning_rate": 3e-3}, "fit_factors": {"factor_batch_size": 8},
+          "compute_scores": {"train_batch_size": 8}, "compute_self_scores": {"train_batch_size": 8},
+          "inspect_scores": {"num_influential": 3}}
+
+
+def upstream(stage: str) -> set[str]:
+    """The stages whose outputs `stage` reads, directly or through its inputs' inputs."""
+    found, queue = set(), [kind.producer for kind in BY_NAME[stage].inputs]
+    while queue:
+        producer = queue.pop()
+        if producer not in found:
+            found.add(producer)
+            queue += [kind.producer for kind in BY_NAME[producer].inputs]
+    return found
+
+
+def cli(stage: str, artifacts: Path, **changes) -> list[str]:
+    """`python -m jobs <stage>` arguments: TINY and `changes`, those the stage has."""
+    fields = BY_NAME[stage].settings.model_fields
+    flags = [stage, f"--artifacts_uri={artifacts}"]
+    for key, value in {**TINY, **changes}.items():
+        if key in fields:
+            flags.append((f"--{key}" if value else f"--no-{key}") if isinstance(value, bool) else f"--{key}={value}")
+    return flags
+
+
+def run(stage: str, artifacts: Path, capsys=None, **changes) -> tuple[int, str]:
+    """A stage as `python -m jobs` runs it, in this process: its exit code and what it wrote to stderr."""
+    from jobs.__main__ import main
+
+    if capsys is not None:
+        capsys.readouterr()
+    code = main(cli(stage, artifacts, **changes))
+    return code, capsys.readouterr().err if capsys is not None else ""
+
+
+def manifests(artifacts: Path) -> dict[str, str]:
+    return {path.parent.relative_to(artifacts).as_posix(): path.read_text() for path in artifacts.rglob("_SUCCESS")}
+
+
+# Every stage of the registry that reads artifacts, made once: the chain the scenarios start from.
+ORDER = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "lds", "inspect_scores",
+         "evaluate")
+
+
+@pytest.fixture(scope="module")
+def tiny_chain(tmp_path_factory) -> Path:
+    artifacts = tmp_path_factory.mktemp("chain") / "artifacts"
+    for stage in ORDER:
+        assert run(stage, artifacts)[0] == 0, stage
+    return artifacts
+
+
+SCENARIOS = [(stage.name, producer) for stage in STAGES for producer in sorted(upstream(stage.name))]
+
+
+def test_the_scenarios_cover_every_stage_that_reads_artifacts():
+    assert set(ORDER) >= {producer for _, producer in SCENARIOS}
+    assert {stage for stage, _ in SCENARIOS} == {stage.name for stage in STAGES if stage.inputs}
+
+
+@pytest.mark.parametrize("stage, producer", SCENARIOS, ids=[f"{s}-after-{p}" for s, p in SCENARIOS])
+def test_a_stage_refuses_or_redoes_its_work_after_an_upstream_output_is_made_again(stage, producer, tiny_chain,
+                                                                                  tmp_path, capsys):
+    """`producer`'s output is made again with other settings; then `stage` either refuses in one
+    line (exit 2: its inputs no longer belong together) or runs, and then everything it read and
+    published belongs together: nothing is published from a broken chain, and its own outputs are
+    made again from the new input."""
+    from influence_core.artifacts import FIELD, check_lineage, kind_of
+    from influence_core.storage import Store
+
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(tiny_chain, artifacts)
+    code, err = run(producer, artifacts, capsys, force=True, **VARIED.get(producer, {}))
+    assert code == 0, err[-3000:]
+    before = manifests(artifacts)
+    report_dir = tmp_path / "report"
+    code, err = run(stage, artifacts, capsys, report_dir=report_dir)
+    store = Store(str(artifacts))
+    if code == 2:
+        line, = err.strip().splitlines()
+        assert line.startswith("error: ") and "was made from another" in line, line
+        assert manifests(artifacts) == before  # nothing published
+        return
+    assert code == 0, err[-3000:]
+    published = [path for path, text in manifests(artifacts).items() if before.get(path) != text]
+    touched = [kind_of(path)(relative=path) for path in published]
+    settings = load_settings(BY_NAME[stage].settings, cli(stage, artifacts)[1:])
+    outputs = BY_NAME[stage].outputs(settings)
+    named = [(kind, FIELD.findall(kind.template)) for kind in BY_NAME[stage].inputs]
+    inputs = [kind(getattr(settings, field[0])) if field else kind() for kind, field in named
+              if not field or field[0] in type(settings).model_fields]
+    bound = [artifact for artifact in (*touched, *outputs, *inputs) if artifact.bind(store) is not None]
+    # Raises when anything the stage published, its outputs (made again, or still from what is
+    # there now) or what it read does not belong with what is published now.
+    check_lineage(store, bound)
+    if stage == "fetch_report":  # its output is a folder of the user's: the report there now
+        assert json.loads((report_dir / "_SUCCESS").read_text()) == json.loads(before["reports/prompt_scores"])
