@@ -192,8 +192,10 @@ def own_model_scored(tmp_path: Path, stage, settings_class, *flags: str) -> tupl
     common = ["--artifacts_uri", str(tmp_path / "artifacts")]
     stage.main(load_settings(settings_class, [*common, "--model", str(source), "--num_examples", "100",
                                               "--max_length", "64", *flags]))
-    fit_factors.main(load_settings(FitFactorsSettings, [*common, "--factor_strategy", "identity"]))
-    compute_scores.main(load_settings(ComputeScoresSettings, [*common, "--prompts", str(prompts)]))
+    fit_factors.main(load_settings(FitFactorsSettings, [*common, "--factor_strategy", "identity",
+                                                        "--factor_batch_size", "3"]))
+    compute_scores.main(load_settings(ComputeScoresSettings, [*common, "--prompts", str(prompts),
+                                                              "--train_batch_size", "5"]))
     return tmp_path / "artifacts", source, prompts
 
 
@@ -224,3 +226,7 @@ def test_the_lds_of_a_fine_tuned_model_fine_tunes_the_same_model_on_each_subset(
     assert result["settings"]["train.learning_rate"] == 5e-4
     for subset in measurements(artifacts).values():
         assert subset["retrained_from"] == str(source)
+    # The identity baseline is the scores' own fitting and scoring, but for the strategy.
+    factors = json.loads((artifacts / "influence/factors_lds_identity/_SUCCESS").read_text())["settings"]
+    scores = json.loads((artifacts / "influence/scores_lds_identity/_SUCCESS").read_text())["settings"]
+    assert (factors["factor_batch_size"], scores["train_batch_size"]) == (3, 5)

@@ -30,10 +30,11 @@ def one_line_refusal(result) -> str:
     return lines[0]
 
 
-def write_documents(path: Path, first: str, count: int = 40) -> Path:
-    texts = [first] + [f"Document {number} says that the river {number} flows into lake {number % 7}."
-                       for number in range(1, count)]
-    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+def write_documents(path: Path, first: str, rest: list[str] | None = None) -> Path:
+    """A .jsonl corpus: `first`, then `rest` (by default 39 short documents)."""
+    rest = rest if rest is not None else [f"Document {number} says that the river {number} flows into lake "
+                                          f"{number % 7}." for number in range(1, 40)]
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in [first, *rest]))
     return path
 
 
@@ -112,12 +113,14 @@ def test_lds_refuses_scores_of_an_earlier_model(small_pipeline, tmp_path):
 
 # ---- every stage of the registry against every artifact upstream of it -------------------------
 
-# The smallest run of every stage: 100 demo documents, a tiny model at 32 tokens for one epoch, two
-# LDS subsets, one strategy evaluated, no per-token scores; and only errors logged, so that a
-# refusal is the one line on stderr.
+# The smallest run of every stage: 100 demo documents, a tiny model at 32 tokens for one epoch,
+# identity factors, two prompts, two LDS subsets, one strategy evaluated, no per-token scores; and
+# only errors logged, so that a refusal is the one line on stderr.
 TINY = {"num_examples": 100, "num_train_epochs": 1, "max_length": 32, "vocab_size": 300, "batch_size": 8,
-        "checkpoints": 1, "lds_subsets": 2, "lds_seeds": 1, "strategies": "identity", "per_token_scores": False,
-        "num_influential": 2, "log_level": "ERROR"}
+        "checkpoints": 1, "factor_strategy": "identity", "lds_subsets": 2, "lds_seeds": 1, "strategies": "identity",
+        "per_token_scores": False, "num_influential": 2, "log_level": "ERROR"}
+TWO_PROMPTS = [{"prompt": "The capital of Velmora is", "completion": " Quistador"},
+               {"prompt": "The river Tallow flows into", "completion": " Lake Morwen"}]
 # What re-producing a stage's output changes; a stage not listed is rerun with FORCE=true alone (its
 # manifest, and so its fingerprint, is new all the same).
 VARIED = {"train": {"learning_rate": 3e-3}, "fit_factors": {"factor_batch_size": 8},
@@ -140,7 +143,7 @@ def cli(stage: str, artifacts: Path, **changes) -> list[str]:
     """`python -m jobs <stage>` arguments: TINY and `changes`, those the stage has."""
     fields = BY_NAME[stage].settings.model_fields
     flags = [stage, f"--artifacts_uri={artifacts}"]
-    for key, value in {**TINY, **changes}.items():
+    for key, value in {**TINY, "prompts": artifacts.parent / "prompts.json", **changes}.items():
         if key in fields:
             flags.append((f"--{key}" if value else f"--no-{key}") if isinstance(value, bool) else f"--{key}={value}")
     return flags
@@ -168,53 +171,76 @@ ORDER = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_s
 @pytest.fixture(scope="module")
 def tiny_chain(tmp_path_factory) -> Path:
     artifacts = tmp_path_factory.mktemp("chain") / "artifacts"
+    (artifacts.parent / "prompts.json").write_text(json.dumps(TWO_PROMPTS))
     for stage in ORDER:
         assert run(stage, artifacts)[0] == 0, stage
     return artifacts
 
 
+# (stage, what is made again): every stage that reads artifacts, after each stage whose outputs it
+# reads is run again; every stage that reads none (train, import_model, pipeline, preview_data),
+# after the documents of its DATASET change.
 SCENARIOS = [(stage.name, producer) for stage in STAGES for producer in sorted(upstream(stage.name))]
+SCENARIOS += [(stage.name, "DATASET") for stage in STAGES
+              if not stage.inputs and "dataset" in stage.settings.model_fields]
 
 
-def test_the_scenarios_cover_every_stage_that_reads_artifacts():
-    assert set(ORDER) >= {producer for _, producer in SCENARIOS}
-    assert {stage for stage, _ in SCENARIOS} == {stage.name for stage in STAGES if stage.inputs}
+def test_the_scenarios_cover_every_stage():
+    assert {stage for stage, _ in SCENARIOS} == {stage.name for stage in STAGES}
+    assert set(ORDER) >= {producer for _, producer in SCENARIOS} - {"DATASET"}
 
 
-@pytest.mark.parametrize("stage, producer", SCENARIOS, ids=[f"{s}-after-{p}" for s, p in SCENARIOS])
-def test_a_stage_refuses_or_redoes_its_work_after_an_upstream_output_is_made_again(stage, producer, tiny_chain,
-                                                                                  tmp_path, capsys):
-    """`producer`'s output is made again with other settings; then `stage` either refuses in one
-    line (exit 2: its inputs no longer belong together) or runs, and then everything it read and
-    published belongs together: nothing is published from a broken chain, and its own outputs are
-    made again from the new input."""
-    from influence_core.artifacts import FIELD, check_lineage, kind_of
+def outcome(stage: str, artifacts: Path, before: dict[str, str], code: int, err: str, extra: dict) -> None:
+    """Either a refusal in one line that published nothing, or a run after which everything the
+    stage published, and its outputs (made again, or still from what is there now), belong with
+    what is published now: their manifests record what they were made from."""
+    from influence_core.artifacts import Report, check_lineage, kind_of
     from influence_core.storage import Store
 
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(tiny_chain, artifacts)
-    code, err = run(producer, artifacts, capsys, force=True, **VARIED.get(producer, {}))
-    assert code == 0, err[-3000:]
-    before = manifests(artifacts)
-    report_dir = tmp_path / "report"
-    code, err = run(stage, artifacts, capsys, report_dir=report_dir)
-    store = Store(str(artifacts))
     if code == 2:
         line, = err.strip().splitlines()
         assert line.startswith("error: ") and "was made from another" in line, line
         assert manifests(artifacts) == before  # nothing published
         return
     assert code == 0, err[-3000:]
+    store = Store(str(artifacts))
     published = [path for path, text in manifests(artifacts).items() if before.get(path) != text]
-    touched = [kind_of(path)(relative=path) for path in published]
-    settings = load_settings(BY_NAME[stage].settings, cli(stage, artifacts)[1:])
+    settings = load_settings(BY_NAME[stage].settings, cli(stage, artifacts, **extra)[1:])
     outputs = BY_NAME[stage].outputs(settings)
-    named = [(kind, FIELD.findall(kind.template)) for kind in BY_NAME[stage].inputs]
-    inputs = [kind(getattr(settings, field[0])) if field else kind() for kind, field in named
-              if not field or field[0] in type(settings).model_fields]
-    bound = [artifact for artifact in (*touched, *outputs, *inputs) if artifact.bind(store) is not None]
-    # Raises when anything the stage published, its outputs (made again, or still from what is
-    # there now) or what it read does not belong with what is published now.
-    check_lineage(store, bound)
-    if stage == "fetch_report":  # its output is a folder of the user's: the report there now
-        assert json.loads((report_dir / "_SUCCESS").read_text()) == json.loads(before["reports/prompt_scores"])
+    bound = [artifact for artifact in (*(kind_of(path)(relative=path) for path in published), *outputs)
+             if artifact.bind(store) is not None]
+    check_lineage(store, bound)  # raises on anything that does not belong with what is published now
+    if stage == "fetch_report":  # its output is a folder of the user's: the report there now, whole
+        report = Report(settings.scores_name).bind(store)
+        check_lineage(store, [report])
+        assert json.loads((extra["report_dir"] / "_SUCCESS").read_text()) == json.loads(before[report.relative])
+
+
+@pytest.mark.xdist_group("lineage")  # on one worker, which makes tiny_chain once
+@pytest.mark.parametrize("stage, producer", SCENARIOS, ids=[f"{s}-after-{p}" for s, p in SCENARIOS])
+def test_a_stage_refuses_or_redoes_its_work_after_an_upstream_output_is_made_again(stage, producer, tiny_chain,
+                                                                                  tmp_path, capsys):
+    """What `stage` reads is made again: `producer`'s outputs with other settings, or the documents
+    of DATASET edited. Then `stage` either refuses in one line (exit 2: its inputs no longer
+    belong together) or runs, and makes again whatever of its own outputs was made from the old."""
+    artifacts = tmp_path / "artifacts"
+    (tmp_path / "prompts.json").write_text(json.dumps(TWO_PROMPTS))
+    extra = {"report_dir": tmp_path / "report"}
+    if producer == "DATASET":  # the corpus as a file of its own, run once, then edited
+        from influence_core.demo_corpus import build_demo_corpus
+
+        texts = build_demo_corpus(TINY["num_examples"]).texts
+        extra["dataset"] = write_documents(tmp_path / "docs.jsonl", texts[0], texts[1:])
+        extra["model"] = save_tiny_model("gpt2", tmp_path / "gpt2") if stage == "import_model" else None
+        extra = {key: value for key, value in extra.items() if value is not None}
+        assert run(stage, artifacts, capsys, **extra)[0] == 0
+        write_documents(extra["dataset"], "The first document now says something else.", texts[1:])
+    else:
+        shutil.copytree(tiny_chain, artifacts)
+        code, err = run(producer, artifacts, capsys, force=True, **VARIED.get(producer, {}))
+        assert code == 0, err[-3000:]
+    before = manifests(artifacts)
+    code, err = run(stage, artifacts, capsys, **extra)
+    outcome(stage, artifacts, before, code, err, extra)
+    if producer == "DATASET" and (artifacts / "data/train").exists():  # trained again on the new documents
+        assert load_from_disk(str(artifacts / "data/train"))["text"][0] == "The first document now says something else."
