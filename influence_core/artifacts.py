@@ -74,6 +74,11 @@ class Manifest(BaseModel):
     def extra(self, key: str) -> Any:
         return (self.model_extra or {}).get(key)
 
+    @property
+    def seconds(self) -> float | None:
+        """How long the stage took to make it."""
+        return self.timings.get("seconds")
+
 
 class Artifact:
     """One artifact: its path (the kind's template, formatted with the name it is given) and, once
@@ -164,6 +169,11 @@ class Model(Artifact):
     def source(self) -> str | None:
         """MODEL, for a fine-tuned or imported model."""
         return self.manifest.settings.get("model")
+
+    @property
+    def source_digest(self) -> str | None:
+        """The content digest MODEL had when it was read (influence_core.sources)."""
+        return self.manifest.inputs.get("MODEL")
 
     def config(self) -> dict:
         return self.read_json(self.CONFIG)

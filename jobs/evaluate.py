@@ -81,8 +81,7 @@ def main(settings: EvaluateSettings) -> None:
         for strategy, each in scores.items():
             local = each.fetch(work / each.relative)
             scored = [Prompt(**item) for item in json.loads((local / Scores.PROMPTS).read_text())]
-            seconds = {"fit_factors": factors[strategy].manifest.timings["seconds"],
-                       "compute_scores": each.manifest.timings["seconds"]}
+            seconds = {"fit_factors": factors[strategy].manifest.seconds, "compute_scores": each.manifest.seconds}
             methods[strategy] = {"label": LABELS[strategy], "factors_name": factors[strategy].settings.factors_name,
                                  "scores_name": each.settings.scores_name, "seconds": seconds,
                                  **fact_metrics(Scores.matrix(local), scored, texts, facts)}

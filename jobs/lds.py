@@ -93,8 +93,7 @@ def retrainable(model: Model) -> None:
                           "here, so there is no training to repeat on subsets; fine-tune it on the corpus with "
                           "python -m jobs train (MODEL set) to measure the LDS of its scores")
     if model.family == "fine_tuned":
-        recorded = model.manifest.inputs.get("MODEL")
-        if recorded is not None and sources.model_digest(model.source) != recorded:
+        if model.source_digest is not None and sources.model_digest(model.source) != model.source_digest:
             raise ConfigError(f"lds: MODEL={model.source} has changed since {model.url} was fine-tuned from it, so "
                               "retraining would start from another model: rerun train with FORCE=true")
 

@@ -47,6 +47,16 @@ def run_jobs(*args: str, env: dict | None = None, cwd: Path = ROOT, timeout: int
                           text=True, timeout=timeout)
 
 
+def jobs_in_process(capsys, *args: str) -> tuple[int, str]:
+    """`python -m jobs ...` run in this process (no interpreter to start): its exit code and what it
+    wrote to stderr. Pass `--log_level ERROR` to see a refusal as the one line it is."""
+    from jobs.__main__ import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
 def start_jobs(*args: str, env: dict | None = None) -> subprocess.Popen:
     """`python -m jobs ...` started in the background (to be killed or waited for); stderr piped."""
     return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=jobs_env(env),

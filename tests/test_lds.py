@@ -199,15 +199,16 @@ def own_model_scored(tmp_path: Path, stage, settings_class, *flags: str) -> tupl
     return tmp_path / "artifacts", source, prompts
 
 
-def test_the_lds_of_a_model_imported_as_it_is_is_refused(tmp_path):
+def test_the_lds_of_a_model_imported_as_it_is_is_refused(tmp_path, capsys):
     from influence_core.settings import ImportModelSettings
     from jobs import import_model
+    from tests.conftest import jobs_in_process
 
     artifacts, _, prompts = own_model_scored(tmp_path, import_model, ImportModelSettings)
-    result = run_jobs("lds", env={"ARTIFACTS_URI": str(artifacts), "PROMPTS": str(prompts), "LDS_SUBSETS": "2",
-                                  "LDS_SEEDS": "1"})
-    assert result.returncode == 2, result.stderr[-3000:]
-    line, = result.stderr.strip().splitlines()
+    code, stderr = jobs_in_process(capsys, "lds", "--artifacts_uri", str(artifacts), "--prompts", str(prompts),
+                                   "--lds_subsets", "2", "--lds_seeds", "1", "--log_level", "ERROR")
+    assert code == 2, stderr[-3000:]
+    line, = stderr.strip().splitlines()
     assert "imported" in line and "import_model" in line, line
     assert not (artifacts / "lds").exists() and not (artifacts / "reports/lds").exists()
 

@@ -16,17 +16,18 @@ from safetensors.torch import load_file
 from influence_core.settings import ImportModelSettings, TrainSettings, load_settings
 from influence_core.stages import BY_NAME, STAGES
 from jobs import import_model, train
-from tests.conftest import SMALL, run_jobs
+from tests.conftest import SMALL, jobs_in_process
 from tests.families import save_tiny_model, tokenizer_for
 
 QUICK_TRAIN = ["--num_train_epochs", "1", "--max_length", "32", "--vocab_size", "300", "--batch_size", "8",
                "--checkpoints", "1"]
 
 
-def one_line_refusal(result) -> str:
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+def one_line_refusal(result: tuple[int, str]) -> str:
+    code, stderr = result
+    assert code == 2, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
     return lines[0]
 
 
@@ -86,26 +87,26 @@ def test_a_tokenizer_folder_saved_again_trains_again(tmp_path):
     assert json.loads((artifacts / "model/config.json").read_text())["vocab_size"] != first
 
 
-def test_train_refuses_to_replace_an_imported_model(tmp_path):
+def test_train_refuses_to_replace_an_imported_model(tmp_path, capsys):
     docs = write_documents(tmp_path / "docs.jsonl", "The first document is about herons.")
     source = save_tiny_model("gpt2", tmp_path / "gpt2")
     artifacts = tmp_path / "artifacts"
     import_model.main(load_settings(ImportModelSettings, ["--artifacts_uri", str(artifacts), "--model", str(source),
                                                           "--dataset", str(docs), "--max_length", "32"]))
-    line = one_line_refusal(run_jobs("train", "--dataset", str(docs), *QUICK_TRAIN,
-                                     env={"ARTIFACTS_URI": str(artifacts)}))
+    line = one_line_refusal(jobs_in_process(capsys, "train", "--artifacts_uri", str(artifacts), "--dataset", str(docs),
+                                            *QUICK_TRAIN, "--log_level", "ERROR"))
     assert "import_model" in line and "FORCE=true" in line
     assert json.loads((artifacts / "model/config.json").read_text())["model_type"] == "gpt2"
 
 
-def test_lds_refuses_scores_of_an_earlier_model(small_pipeline, tmp_path):
+def test_lds_refuses_scores_of_an_earlier_model(small_pipeline, tmp_path, capsys):
     artifacts = tmp_path / "artifacts"
     shutil.copytree(small_pipeline, artifacts)
     flags = [f"--{key.lower()}={value}" for key, value in SMALL.items() if key.lower() in TrainSettings.model_fields]
     train.main(load_settings(TrainSettings, ["--artifacts_uri", str(artifacts), *flags, "--force",
                                              "--learning_rate", "1e-2"]))
-    line = one_line_refusal(run_jobs("lds", env={"ARTIFACTS_URI": str(artifacts), "LDS_SUBSETS": "2",
-                                                 "LDS_SEEDS": "1"}))
+    line = one_line_refusal(jobs_in_process(capsys, "lds", "--artifacts_uri", str(artifacts), "--lds_subsets", "2",
+                                            "--lds_seeds", "1", "--log_level", "ERROR"))
     # The break nearest the start of the chain: the factors the scores were made from.
     assert f"{artifacts}/influence/factors_tiny_lm_factors was made from another {artifacts}/model " in line
     assert not (artifacts / "reports/lds").exists() and not (artifacts / "lds").exists()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.conftest import run_jobs
+from tests.conftest import jobs_in_process
 
 
 def files_below(folder: Path) -> dict[str, bytes]:
@@ -15,58 +15,61 @@ def files_below(folder: Path) -> dict[str, bytes]:
             if path.is_file()}
 
 
-def one_line_refusal(result) -> str:
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+def one_line_refusal(result: tuple[int, str]) -> str:
+    code, stderr = result
+    assert code == 2, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
     return lines[0]
 
 
-def test_inspect_factors_refuses_a_folder_holding_other_files_and_writes_into_its_own(small_pipeline, tmp_path):
+def run(capsys, stage: str, artifacts: Path, *flags: str) -> tuple[int, str]:
+    return jobs_in_process(capsys, stage, "--artifacts_uri", str(artifacts), "--log_level", "ERROR", *flags)
+
+
+def test_inspect_factors_refuses_a_folder_holding_other_files_and_writes_into_its_own(small_pipeline, tmp_path,
+                                                                                     capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")
-    env = {"ARTIFACTS_URI": str(small_pipeline)}
-    line = one_line_refusal(run_jobs("inspect_factors", "--output_dir", str(mine), env=env))
+    line = one_line_refusal(run(capsys, "inspect_factors", small_pipeline, "--output_dir", str(mine)))
     assert "OUTPUT_DIR" in line and "notes.txt" in line
     assert files_below(mine) == {"notes.txt": b"my notes"}
 
     plots = tmp_path / "plots"  # does not exist yet
-    first = run_jobs("inspect_factors", "--output_dir", str(plots), "--layer_num", "0", env=env)
-    assert first.returncode == 0, first.stderr[-3000:]
+    code, stderr = run(capsys, "inspect_factors", small_pipeline, "--output_dir", str(plots), "--layer_num", "0")
+    assert code == 0, stderr[-3000:]
     written = files_below(plots)
     assert "_SUCCESS" in written and "summary.json" in written and any("h.0.mlp" in name for name in written)
     # Another folder is another output: written too, not skipped because the first one is complete.
     other = tmp_path / "other"
-    assert run_jobs("inspect_factors", "--output_dir", str(other), "--layer_num", "0", env=env).returncode == 0
+    assert run(capsys, "inspect_factors", small_pipeline, "--output_dir", str(other), "--layer_num", "0")[0] == 0
     assert set(files_below(other)) == set(written)
     # Its own folder is replaced: the plots of layer 0 go, those of layer 1 come.
-    second = run_jobs("inspect_factors", "--output_dir", str(plots), "--layer_num", "1", env=env)
-    assert second.returncode == 0, second.stderr[-3000:]
+    code, stderr = run(capsys, "inspect_factors", small_pipeline, "--output_dir", str(plots), "--layer_num", "1")
+    assert code == 0, stderr[-3000:]
     now = files_below(plots)
     assert any("h.1.mlp" in name for name in now) and not any("h.0.mlp" in name for name in now)
 
 
-def test_fetch_report_refuses_a_folder_holding_other_files(small_pipeline, tmp_path):
+def test_fetch_report_refuses_a_folder_holding_other_files(small_pipeline, tmp_path, capsys):
     here = tmp_path / "here"
     here.mkdir()
     (here / "paper.tex").write_text("my paper")
-    line = one_line_refusal(run_jobs("fetch_report", "--report_dir", str(here),
-                                     env={"ARTIFACTS_URI": str(small_pipeline)}))
+    line = one_line_refusal(run(capsys, "fetch_report", small_pipeline, "--report_dir", str(here)))
     assert "REPORT_DIR" in line and "paper.tex" in line
     assert files_below(here) == {"paper.tex": b"my paper"}
 
 
-def test_a_failed_fetch_keeps_the_report_fetched_before(small_pipeline, tmp_path):
+def test_a_failed_fetch_keeps_the_report_fetched_before(small_pipeline, tmp_path, capsys):
     artifacts = tmp_path / "artifacts"
     shutil.copytree(small_pipeline, artifacts)
     report = tmp_path / "report"
-    first = run_jobs("fetch_report", "--report_dir", str(report), env={"ARTIFACTS_URI": str(artifacts)})
-    assert first.returncode == 0, first.stderr[-3000:]
+    code, stderr = run(capsys, "fetch_report", artifacts, "--report_dir", str(report))
+    assert code == 0, stderr[-3000:]
     before = files_below(report)
     assert "report.html" in before and "report.json" in before
     (artifacts / "reports/prompt_scores/report.html").unlink()  # the published report is damaged
-    again = run_jobs("fetch_report", "--report_dir", str(report), env={"ARTIFACTS_URI": str(artifacts)})
-    line = one_line_refusal(again)
+    line = one_line_refusal(run(capsys, "fetch_report", artifacts, "--report_dir", str(report)))
     assert "report.html" in line
     assert files_below(report) == before
