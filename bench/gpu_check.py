@@ -55,6 +55,7 @@ def main() -> None:
 
     import torch
 
+    from influence_core.artifacts import Model, Report
     from influence_core.plan import make_plan
     from influence_core.runtime import configure_logging
     from influence_core.settings import (
@@ -102,9 +103,10 @@ def main() -> None:
         }
         print(f"{name}: {results['stages'][name]}", flush=True)
     artifacts = work / "artifacts"
-    metrics = json.loads((artifacts / "model/training_metrics.json").read_text())
-    report = json.loads((artifacts / "reports/prompt_scores/report.json").read_text())
-    parameters = sum(tensor.numel() for tensor in _weights(artifacts / "model").values())
+    model_dir, report_dir = artifacts / Model().relative, artifacts / Report("prompt_scores").relative
+    metrics = json.loads((model_dir / Model.METRICS).read_text())
+    report = json.loads((report_dir / Report.JSON).read_text())
+    parameters = sum(tensor.numel() for tensor in _weights(model_dir).values())
     peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in results["device"]), None)
     results |= {
         "parameters": parameters,
@@ -121,8 +123,9 @@ def main() -> None:
 
 def _weights(model_dir: Path) -> dict:
     from safetensors.torch import load_file
+    from transformers.utils import SAFE_WEIGHTS_NAME
 
-    return load_file(str(model_dir / "model.safetensors"))
+    return load_file(str(model_dir / SAFE_WEIGHTS_NAME))
 
 
 if __name__ == "__main__":
