@@ -57,6 +57,15 @@ def jobs_in_process(capsys, *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+def one_line_refusal(result: tuple[int, str]) -> str:
+    """The one line of a refusal (exit 2) that jobs_in_process returned."""
+    code, stderr = result
+    assert code == 2, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    return lines[0]
+
+
 def start_jobs(*args: str, env: dict | None = None) -> subprocess.Popen:
     """`python -m jobs ...` started in the background (to be killed or waited for); stderr piped."""
     return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=jobs_env(env),

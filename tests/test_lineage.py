@@ -16,19 +16,11 @@ from safetensors.torch import load_file
 from influence_core.settings import ImportModelSettings, TrainSettings, load_settings
 from influence_core.stages import BY_NAME, STAGES
 from jobs import import_model, train
-from tests.conftest import SMALL, jobs_in_process
+from tests.conftest import SMALL, jobs_in_process, one_line_refusal
 from tests.families import save_tiny_model, tokenizer_for
 
 QUICK_TRAIN = ["--num_train_epochs", "1", "--max_length", "32", "--vocab_size", "300", "--batch_size", "8",
                "--checkpoints", "1"]
-
-
-def one_line_refusal(result: tuple[int, str]) -> str:
-    code, stderr = result
-    assert code == 2, stderr[-3000:]
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
-    return lines[0]
 
 
 def write_documents(path: Path, first: str, rest: list[str] | None = None) -> Path:

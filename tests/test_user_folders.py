@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.conftest import jobs_in_process
+from tests.conftest import jobs_in_process, one_line_refusal
 
 
 def files_below(folder: Path) -> dict[str, bytes]:
@@ -15,26 +15,24 @@ def files_below(folder: Path) -> dict[str, bytes]:
             if path.is_file()}
 
 
-def one_line_refusal(result: tuple[int, str]) -> str:
-    code, stderr = result
-    assert code == 2, stderr[-3000:]
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
-    return lines[0]
-
-
 def run(capsys, stage: str, artifacts: Path, *flags: str) -> tuple[int, str]:
     return jobs_in_process(capsys, stage, "--artifacts_uri", str(artifacts), "--log_level", "ERROR", *flags)
 
 
-def test_inspect_factors_refuses_a_folder_holding_other_files_and_writes_into_its_own(small_pipeline, tmp_path,
-                                                                                     capsys):
+def refused_beside_a_file_of_yours(capsys, stage: str, artifacts: Path, setting: str, tmp_path: Path) -> None:
+    """`stage` writing to a folder holding a file of yours: one line naming the setting and the file,
+    and the folder as it was."""
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")
-    line = one_line_refusal(run(capsys, "inspect_factors", small_pipeline, "--output_dir", str(mine)))
-    assert "OUTPUT_DIR" in line and "notes.txt" in line
+    line = one_line_refusal(run(capsys, stage, artifacts, f"--{setting.lower()}", str(mine)))
+    assert setting in line and "notes.txt" in line
     assert files_below(mine) == {"notes.txt": b"my notes"}
+
+
+def test_inspect_factors_refuses_a_folder_holding_other_files_and_writes_into_its_own(small_pipeline, tmp_path,
+                                                                                     capsys):
+    refused_beside_a_file_of_yours(capsys, "inspect_factors", small_pipeline, "OUTPUT_DIR", tmp_path)
 
     plots = tmp_path / "plots"  # does not exist yet
     code, stderr = run(capsys, "inspect_factors", small_pipeline, "--output_dir", str(plots), "--layer_num", "0")
@@ -53,12 +51,7 @@ def test_inspect_factors_refuses_a_folder_holding_other_files_and_writes_into_it
 
 
 def test_fetch_report_refuses_a_folder_holding_other_files(small_pipeline, tmp_path, capsys):
-    here = tmp_path / "here"
-    here.mkdir()
-    (here / "paper.tex").write_text("my paper")
-    line = one_line_refusal(run(capsys, "fetch_report", small_pipeline, "--report_dir", str(here)))
-    assert "REPORT_DIR" in line and "paper.tex" in line
-    assert files_below(here) == {"paper.tex": b"my paper"}
+    refused_beside_a_file_of_yours(capsys, "fetch_report", small_pipeline, "REPORT_DIR", tmp_path)
 
 
 def test_a_failed_fetch_keeps_the_report_fetched_before(small_pipeline, tmp_path, capsys):
