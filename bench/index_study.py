@@ -95,9 +95,13 @@ def main() -> None:
         top = [(set(torch.topk(scores[p], 10).indices.tolist()), set(torch.topk(reference[p], 10).indices.tolist()))
                for p in range(len(prompts))]
         overlap = [len(ours & theirs) for ours, theirs in top]
+        # Candidates for exact rescoring (RERANK_TOP_K): how much of the exact top 10 the index's top 100 holds.
+        recall = [len(set(torch.topk(scores[p], 100).indices.tolist()) & theirs) / 10
+                  for p, (_, theirs) in enumerate(top)]
         relative = float(((scores - reference).abs().amax(1) / reference.abs().amax(1)).max())
         return {"pearson_mean": float(np.mean(pearson)), "pearson_min": float(np.min(pearson)),
-                "top10_overlap_mean": float(np.mean(overlap)), "max_relative_error": relative}
+                "top10_overlap_mean": float(np.mean(overlap)), "top10_in_top100_mean": float(np.mean(recall)),
+                "top10_in_top100_min": float(np.min(recall)), "max_relative_error": relative}
 
     rows = []
     for method, dims in (("exact", [0]), ("raw", [16, 32, 64, 128]), ("whitened", [0, 16, 32, 64, 128])):
