@@ -20,7 +20,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from influence_core.errors import ConfigError
-from influence_core.sources import MODEL_FILES
+from influence_core.sources import MODEL_FILES, is_location
 from influence_core.storage import download_directory, is_transient, read_uri, unreachable
 
 # Named sizes. "tiny" trains on a laptop CPU in about a minute; "gpt-neo-125m" is the architecture
@@ -75,7 +75,7 @@ def resolve_model(model: str, tracked_modules: str | None, work_dir: Path) -> Pa
         (config_dir / CONFIG_NAME).write_bytes(read_uri(f"{model.rstrip('/')}/{CONFIG_NAME}", "MODEL"))
         checked_tracked_modules(config_dir, tracked_modules)
         local = download_directory(model, work_dir / "source-model")
-    elif Path(model).exists() or model.startswith((".", "/", "~")):
+    elif is_location(model):
         local = Path(model).expanduser()
         if not local.is_dir():
             raise ConfigError(f"MODEL={model}: {'is not a directory' if local.exists() else 'does not exist'}; "

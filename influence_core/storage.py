@@ -185,7 +185,11 @@ OWNED = ".influence-jobs"  # in a user's folder: the files a stage wrote there, 
 def owned_files(uri: str, setting: str) -> set[str]:
     """The files a stage wrote into a folder of the user's (empty for a new or empty folder);
     refused in one line when the folder holds anything else, before any work is done."""
-    folder = Store(uri)
+    return _folder_files(Store(uri), setting)[1]
+
+
+def _folder_files(folder: Store, setting: str) -> tuple[list[str], set[str]]:
+    """The files in a folder of the user's and those of them a stage wrote (its OWNED marker)."""
     present = folder._files("")
     marker = folder.read_json(OWNED)
     owned = set(marker.get("files", [])) if isinstance(marker, dict) else set()
@@ -194,7 +198,7 @@ def owned_files(uri: str, setting: str) -> set[str]:
         raise ConfigError(f"{setting}={folder.url()}: the folder holds files this tool did not write "
                           f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); nothing is deleted there: "
                           "choose a new or empty folder")
-    return owned
+    return present, owned
 
 
 def publish_to_folder(local_dir: Path, uri: str, setting: str, manifest: dict | None = None) -> str:
@@ -205,7 +209,7 @@ def publish_to_folder(local_dir: Path, uri: str, setting: str, manifest: dict | 
     old `_SUCCESS` goes, the new files come, the old ones not written again go, and `_SUCCESS` comes
     last: from `manifest`, or `local_dir`'s own when `manifest` is None (a fetched report)."""
     folder = Store(uri)
-    present, owned = folder._files(""), owned_files(uri, setting)
+    present, owned = _folder_files(folder, setting)
     files = {path.relative_to(local_dir).as_posix(): path for path in sorted(local_dir.rglob("*"))
              if path.is_file() and path.name != SUCCESS}
     new = set(files) | {SUCCESS}
