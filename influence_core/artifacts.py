@@ -9,6 +9,7 @@ classes, and `require` checks the lineage of a stage's inputs, here and nowhere 
     influence/factors_<name>/     Factors: Kronfluence's factor files, tracked_modules.json
     influence/scores_<name>/      Scores: pairwise_scores.safetensors (prompts x examples, corpus order), prompts.json
     influence/self_scores_<name>/ SelfScores: self_scores.safetensors (one per example, corpus order)
+    index/<name>/                 Index: shard_<n>.safetensors (whitened, projected gradients), projection.json
     reports/factors_<name>/       FactorsReport: plots, summary.json
     reports/<scores_name>/        Report: <scores_name>_report.md, report.json, report.html, plots
     reports/evaluation/           Evaluation: evaluation.json, evaluation.md
@@ -228,6 +229,7 @@ class Scores(Artifact):
     KEY = "all_modules"  # the matrix summed over the tracked modules (Kronfluence's ALL_MODULE_NAME)
     PROMPTS = "prompts.json"
     ARGUMENTS = "score_arguments.json"  # Kronfluence's record of its ScoreArguments
+    RESCORED = "rescored.json"  # query's: {"examples": [...]} scored again exactly; the others are the index's
 
     @property
     def factors_name(self) -> str:
@@ -243,6 +245,11 @@ class Scores(Artifact):
 
     def prompts(self) -> list[dict]:
         return self.read_json(self.PROMPTS)
+
+    def rescored(self) -> dict | None:
+        """For scores a query made from an index: {"rerank_top_k": K, "examples": the training
+        examples whose scores are exact}; None for scores that are all exact."""
+        return self.read_json(self.RESCORED) if self.has(self.RESCORED) else None
 
     @staticmethod
     def matrix(local: Path) -> torch.Tensor:
@@ -264,6 +271,46 @@ class SelfScores(Artifact):
         from safetensors.torch import load_file
 
         return load_file(str(local / SelfScores.VALUES))[Scores.KEY]
+
+
+class Index(Artifact):
+    """The gradient index: each training example's whitened, projected gradient (influence_core.index),
+    in shards of INDEX_SHARD_SIZE examples in corpus order, and the projection that made them."""
+
+    template = "index/{index_name}"
+    producer = "build_index"
+    settings_class = settings_module.BuildIndexSettings
+    PROJECTION = "projection.json"  # influence_core.index.Projection.to_json
+    ROWS = "rows"  # a shard's tensor: examples x floats per example
+
+    @staticmethod
+    def shard(number: int) -> str:
+        return f"shard_{number:05d}.safetensors"
+
+    @staticmethod
+    def shard_count(examples: int, shard_size: int) -> int:
+        return -(-examples // shard_size)
+
+    @property
+    def factors_name(self) -> str:
+        return self.manifest.settings.get("factors_name", "")
+
+    def projection(self) -> dict:
+        return self.read_json(self.PROJECTION)
+
+    def shards(self) -> list[str]:
+        return sorted(name for name in self.manifest.files or {} if name.startswith("shard_"))
+
+    def check_query(self, query: CommonSettings) -> None:
+        """A query must precondition as the index's rows were whitened: the same factors (name;
+        their version is the lineage's) and the same damping and precondition dtype."""
+        built = self.manifest.settings
+        for field in ("factors_name", "damping_factor", "precondition_dtype"):
+            theirs, mine = built.get(field), getattr(query, field)
+            if str(theirs) != str(mine):
+                raise ConfigError(f"{field.upper()}={mine}: the index {self.url} was built with {field.upper()}="
+                                  f"{theirs} (its rows are whitened with them); query with {theirs}, or build "
+                                  f"another index (INDEX_NAME) with {mine}")
 
 
 class FactorsReport(Artifact):
@@ -342,8 +389,8 @@ class LdsSubset(Artifact):
         return self.read_json(self.MEASUREMENTS)
 
 
-KINDS: tuple[type[Artifact], ...] = (Model, TrainData, TrainCheckpoints, Factors, Scores, SelfScores, FactorsReport,
-                                     Report, Evaluation, LdsReport, LdsSubset)
+KINDS: tuple[type[Artifact], ...] = (Model, TrainData, TrainCheckpoints, Factors, Scores, SelfScores, Index,
+                                     FactorsReport, Report, Evaluation, LdsReport, LdsSubset)
 # The most literal template first (reports/lds is the LDS report, not a report named "lds").
 _BY_SPECIFICITY = sorted(KINDS, key=lambda kind: -len(FIELD.sub("", kind.template)))
 

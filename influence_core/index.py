@@ -1,34 +1,47 @@
 """A gradient index of the training examples, and queries against it.
 
-The index holds each training example's loss gradient over the tracked modules, projected per
-module through two random matrices (LoGra, Choe et al. 2024): a module's per-example gradient is
-the sum over tokens of output gradient x input (outputs x inputs), so projecting both sides before
-their outer product, (P_out g_t)(P_in a_t)^T summed over t, gives P_out G P_in^T without ever forming
-G. Entries of P are N(0, 1/k), so E[P^T P] = I and dot products of projected gradients estimate
-those of the gradients themselves; at PROJECTION_DIM 0 (or at least a side's size) that side is
-not projected and the dot products are exact.
+Influence is score(q, t) = g_q^T (F + damping)^-1 g_t, with F the curvature the factors
+approximate. Every strategy Kronfluence fits preconditions a module's gradient G (outputs x
+inputs, a column for the bias included) the same way: rotate it into the factors' eigenbases
+(EK-FAC, K-FAC; no rotation for diagonal and identity), divide it entry by entry by
+(eigenvalue + damping), rotate back. Splitting that division evenly between the two sides,
 
-The index holds raw gradients, not preconditioned ones. The preconditioner F^-1 of every strategy
-is symmetric, so score(q, t) = <F^-1 g_q, g_t>: a query preconditions its own gradients with the
-factors and damping it is asked with (Kronfluence's own preconditioning, the very code
-compute_scores runs), projects them with the index's matrices and takes dot products with the
-stored rows, shard by shard. One index serves every factors and damping choice; building it needs
-no factors at all.
+    score(q, t) = <W(G_q), W(G_t)>,   W(G) = (Q_out^T G Q_in) * (eigenvalue + damping)^-1/2,
+
+so the index stores each training example's whitened gradient W(G_t), and a query whitens its own
+gradient the same way and takes plain dot products: exact when nothing is projected.
+
+Why whitened, and not raw gradients that would serve every factors and damping choice: at the
+small damping the scores use, (F + damping)^-1 lives in the directions of near-zero curvature,
+where training gradients are small, and a random projection of raw gradients loses exactly those
+(bench/index_study.md: Pearson 0.17 with the exact scores at a quarter of the size, 0.89 whitened).
+An index therefore belongs to one set of factors and one damping, which its manifest records.
+
+The whitened gradient of a module is projected to PROJECTION_DIM per side by two random matrices
+with orthonormal rows (scaled so that E[P^T P] = I): P_out W P_in^T, outputs x inputs down to
+k x k. At PROJECTION_DIM 0, or at least a side's size, that side is kept whole.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
 from torch import nn
 
 from influence_core.data import PadCollator
+from influence_core.settings import BuildIndexSettings, IndexSettings, QueryIndexSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,13 +75,13 @@ class Projection:
         for name in names:
             module = model.get_submodule(name)
             outputs, inputs = module.out_features, module.in_features + (module.bias is not None)
-            modules.append(ModuleProjection(name, outputs, inputs, min(dim, outputs) if dim else outputs,
-                                            min(dim, inputs) if dim else inputs))
+            modules.append(ModuleProjection(name, outputs, inputs, min(dim or outputs, outputs),
+                                            min(dim or inputs, inputs)))
         return cls(tuple(modules), seed)
 
     @property
     def size(self) -> int:
-        """Floats stored per training example."""
+        """Numbers stored per training example."""
         return sum(module.size for module in self.modules)
 
     def to_json(self) -> dict:
@@ -78,55 +91,101 @@ class Projection:
     def from_json(cls, recorded: dict) -> Projection:
         return cls(tuple(ModuleProjection(**module) for module in recorded["modules"]), recorded["seed"])
 
-    def matrix(self, module: ModuleProjection, side: str, device: torch.device) -> torch.Tensor | None:
-        """The module's projection of one side ("out" or "in"), k x n; None when not projected."""
+    def matrix(self, module: ModuleProjection, side: str) -> torch.Tensor | None:
+        """The module's projection of one side ("out" or "in"), k x n with orthonormal rows times
+        sqrt(n / k); None when the side is kept whole. Orthonormal rather than Gaussian rows: at k
+        near n a Gaussian matrix's P^T P is far from the identity, an orthonormal one's is not."""
         full, k = (module.outputs, module.out_dim) if side == "out" else (module.inputs, module.in_dim)
         if k == full:
             return None
         key = hashlib.blake2b(f"{self.seed}/{module.name}/{side}".encode(), digest_size=7).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(key, "big"))
-        return (torch.randn(k, full, generator=generator) / math.sqrt(k)).to(device)
+        orthonormal, _ = torch.linalg.qr(torch.randn(full, k, generator=generator, dtype=torch.float64))
+        return (orthonormal.T * math.sqrt(full / k)).float()
 
-    def project(self, gradients: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Full gradients, name -> (n, outputs, inputs), projected and flattened: (n, size)."""
-        parts = []
-        for module in self.modules:
-            gradient = gradients[module.name]
-            p_out, p_in = self.matrix(module, "out", gradient.device), self.matrix(module, "in", gradient.device)
-            if p_out is not None:
-                gradient = torch.einsum("ko,noi->nki", p_out, gradient)
-            if p_in is not None:
-                gradient = torch.einsum("noi,ki->nok", gradient, p_in)
-            parts.append(gradient.reshape(gradient.shape[0], -1))
-        return torch.cat(parts, dim=1)
+
+@dataclass
+class ModuleWhitening:
+    """One module's preconditioner split in halves: the eigenbases (None: no rotation) and the
+    entrywise (eigenvalue + damping)^-1/2 (None: identity strategy)."""
+
+    out_basis: torch.Tensor | None
+    in_basis: torch.Tensor | None
+    scale: torch.Tensor | None
+
+
+def whitening(analyzer, factors_name: str, score_args) -> dict[str, ModuleWhitening]:
+    """The whitening of every tracked module from the factors `factors_name`, prepared by
+    Kronfluence's own code for the strategy (FactorConfig.prepare: the lambda matrix normalised,
+    the damping added, as compute_scores uses them), so the index inverts exactly what it does."""
+    from kronfluence.factor.config import FactorConfig
+    from kronfluence.utils.constants import (
+        ACTIVATION_EIGENVECTORS_NAME,
+        GRADIENT_EIGENVECTORS_NAME,
+        LAMBDA_MATRIX_NAME,
+    )
+
+    strategy = FactorConfig.CONFIGS[analyzer.load_factor_args(factors_name).strategy]
+    factors = analyzer.load_all_factors(factors_name)
+    names = sorted({name for by_module in factors.values() for name in by_module})
+    modules = {}
+    for name in names:
+        storage = {factor: by_module[name] for factor, by_module in factors.items() if name in by_module}
+        strategy.prepare(storage, score_args, torch.device("cpu"))
+        reciprocal = storage.get(LAMBDA_MATRIX_NAME)  # 1 / (eigenvalue + damping), once prepared
+        out_basis, in_basis = storage.get(GRADIENT_EIGENVECTORS_NAME), storage.get(ACTIVATION_EIGENVECTORS_NAME)
+        modules[name] = ModuleWhitening(
+            None if out_basis is None else out_basis.float(), None if in_basis is None else in_basis.float(),
+            None if reciprocal is None else reciprocal.float().squeeze(0).sqrt())
+    return modules
 
 
 class _Recorder:
-    """Forward and backward hooks on the tracked modules that keep each example's projected
-    gradient: the inputs projected on the way forward, the output gradients on the way back, and
-    their outer product summed over the tokens."""
+    """Forward and backward hooks on the tracked modules that keep each example's whitened,
+    projected gradient: the inputs rotated on the way forward, the output gradients on the way
+    back, their outer product summed over the tokens, scaled entry by entry, then projected. Without
+    a scale (identity strategy) the projections fold into the sides (LoGra: P_out G P_in^T without
+    forming G)."""
 
-    def __init__(self, model: nn.Module, projection: Projection, device: torch.device) -> None:
-        self.projection, self.gradients = projection, {}
-        self.matrices = {module.name: (projection.matrix(module, "out", device),
-                                       projection.matrix(module, "in", device)) for module in projection.modules}
+    def __init__(self, model: nn.Module, projection: Projection, whitened: dict[str, ModuleWhitening],
+                 device: torch.device) -> None:
+        self.projection, self.gradients, self.sides = projection, {}, {}
+        for module in projection.modules:
+            white = whitened.get(module.name, ModuleWhitening(None, None, None))
+            p_out, p_in = projection.matrix(module, "out"), projection.matrix(module, "in")
+            # Each side: the rotation (n x n), then, when nothing scales in between, the projection.
+            out_side, in_side = white.out_basis, white.in_basis
+            late = white.scale is not None
+            if not late:
+                out_side = _then(out_side, p_out)
+                in_side = _then(in_side, p_in)
+            self.sides[module.name] = tuple(None if m is None else m.to(device) for m in (
+                out_side, in_side, white.scale, p_out if late else None, p_in if late else None))
         self.handles = [model.get_submodule(module.name).register_forward_hook(self._forward(module.name))
                         for module in projection.modules]
 
     def _forward(self, name: str):
-        p_out, p_in = self.matrices[name]
+        out_side, in_side, scale, p_out, p_in = self.sides[name]
 
         def hook(module: nn.Linear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            activation = inputs[0].detach()
-            if module.bias is not None:  # the bias is a weight on a constant input of 1
+            activation = inputs[0].detach().float()
+            if module.bias is not None:  # the bias is a weight on a constant input of 1 (Kronfluence's layout)
                 activation = torch.cat([activation, activation.new_ones(*activation.shape[:-1], 1)], dim=-1)
-            if p_in is not None:
-                activation = activation @ p_in.T
+            if in_side is not None:
+                activation = activation @ in_side
 
             def backward(gradient: torch.Tensor) -> None:
-                if p_out is not None:
-                    gradient = gradient @ p_out.T
-                self.gradients[name] = torch.einsum("bto,bti->boi", gradient, activation).flatten(1)
+                gradient = gradient.float()
+                if out_side is not None:
+                    gradient = gradient @ out_side
+                rows = torch.einsum("bto,bti->boi", gradient, activation)
+                if scale is not None:
+                    rows = rows * scale
+                    if p_out is not None:
+                        rows = torch.einsum("ko,boi->bki", p_out, rows)
+                    if p_in is not None:
+                        rows = torch.einsum("boi,ki->bok", rows, p_in)
+                self.gradients[name] = rows.flatten(1)
 
             output.register_hook(backward)
 
@@ -138,6 +197,13 @@ class _Recorder:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _then(basis: torch.Tensor | None, projection: torch.Tensor | None) -> torch.Tensor | None:
+    """Rotate (a row vector times basis), then project (times projection^T)."""
+    if projection is None:
+        return basis
+    return projection.T if basis is None else basis @ projection.T
 
 
 @contextmanager
@@ -155,9 +221,11 @@ def _activation_gradients_only(model: nn.Module) -> Iterator[None]:
             parameter.requires_grad_(required[name])
 
 
-def index_rows(model: nn.Module, task, examples: Dataset, projection: Projection, pad_token_id: int, batch_size: int,
-               dtype: torch.dtype) -> torch.Tensor:
-    """Each example's projected training-loss gradient (the task's summed loss), in the order of
+def gradient_rows(model: nn.Module, loss, examples: Dataset, projection: Projection,
+                  whitened: dict[str, ModuleWhitening], pad_token_id: int, batch_size: int,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Each example's whitened, projected gradient of `loss(batch, model)` (a summed loss: the
+    task's training loss for the index, its measurement for the queries), in the order of
     `examples`: (len(examples), projection.size) in `dtype`. Batches are sorted by length (each is
     padded to its longest; an example's gradient depends on it alone)."""
     device = next(model.parameters()).device
@@ -165,61 +233,180 @@ def index_rows(model: nn.Module, task, examples: Dataset, projection: Projection
     order = sorted(range(len(examples)), key=lambda i: -lengths[i])
     collate = PadCollator(pad_token_id)
     rows = torch.empty(len(examples), projection.size, dtype=dtype)
-    recorder = _Recorder(model, projection, device)
+    recorder = _Recorder(model, projection, whitened, device)
+    model.eval()
     try:
         with _activation_gradients_only(model):
             for start in range(0, len(order), batch_size):
                 chosen = order[start:start + batch_size]
                 batch = {key: value.to(device) for key, value in collate([examples[i] for i in chosen]).items()}
-                task.compute_train_loss(batch, model).backward()
+                loss(batch, model).backward()
                 rows[chosen] = recorder.take().to("cpu", dtype)
     finally:
         recorder.close()
     return rows
 
 
-def preconditioned_query_gradients(analyzer, factors_name: str, queries: Dataset, score_args, pad_token_id: int,
-                                   batch_size: int) -> dict[str, torch.Tensor]:
-    """Each query's measurement gradient preconditioned with the factors `factors_name`, by module:
-    name -> (queries, outputs, inputs). Kronfluence's own preconditioning, the first half of
-    compute_pairwise_scores (its modules' PRECONDITION_GRADIENT mode), so the factors, damping and
-    dtypes act exactly as they do there."""
-    from kronfluence.module.tracked_module import ModuleMode
-    from kronfluence.module.utils import (
-        accumulate_iterations,
-        finalize_all_iterations,
-        get_tracked_module_names,
-        prepare_modules,
-        set_factors,
-        set_mode,
-        update_factor_args,
-        update_score_args,
-    )
-    from kronfluence.utils.constants import ACCUMULATED_PRECONDITIONED_GRADIENT_NAME
+# ---- building the index and querying it ----------------------------------------------------------
 
-    model, task = analyzer.model, analyzer.task
-    device = next(model.parameters()).device
-    update_factor_args(model=model, factor_args=analyzer.load_factor_args(factors_name))
-    update_score_args(model=model, score_args=score_args)
-    names = get_tracked_module_names(model=model)
-    set_mode(model=model, mode=ModuleMode.PRECONDITION_GRADIENT, tracked_module_names=names, release_memory=True)
-    for factor_name, factors in analyzer.load_all_factors(factors_name).items():
-        set_factors(model=model, factor_name=factor_name, factors=factors, clone=True)
-    prepare_modules(model=model, tracked_module_names=names, device=device)
-    collate = PadCollator(pad_token_id)
-    for start in range(0, len(queries), batch_size):
-        batch = {key: value.to(device) for key, value in
-                 collate([queries[i] for i in range(start, min(start + batch_size, len(queries)))]).items()}
-        model.zero_grad(set_to_none=True)
-        task.compute_measurement(batch=batch, model=model).backward()
-        accumulate_iterations(model=model, tracked_module_names=names)
-    gradients = {}
-    for name, module in model.named_modules():
-        if name in names:
-            stored = module.storage[ACCUMULATED_PRECONDITIONED_GRADIENT_NAME]
-            # A low-rank query gradient (QUERY_GRADIENT_RANK) is kept as its two factors.
-            gradients[module.name] = (stored[0] @ stored[1] if isinstance(stored, list) else stored).float()
-    model.zero_grad(set_to_none=True)
-    finalize_all_iterations(model=model, tracked_module_names=names)
-    set_mode(model=model, mode=ModuleMode.DEFAULT, release_memory=True)
-    return gradients
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name)
+
+
+def prepared(model_dir: Path, work_dir: Path,
+             settings: IndexSettings) -> tuple[nn.Module, Any, dict[str, ModuleWhitening]]:
+    """The model (on the device), its tokenizer and the whitening of the factors FACTORS_NAME
+    (which lie at <work_dir>/influence/factors_<name>, as Kronfluence looks for them)."""
+    from transformers import AutoTokenizer
+
+    from influence_core.factors import build_analyzer
+    from influence_core.modeling import load_model
+    from influence_core.scores import score_arguments
+
+    analyzer = build_analyzer(model_dir, work_dir, settings.factors_name)
+    whitened = whitening(analyzer, settings.factors_name, score_arguments(settings))
+    del analyzer  # its copy of the model is Kronfluence's, wrapped; the hooks go on a plain one
+    return load_model(model_dir).to(_device()), AutoTokenizer.from_pretrained(model_dir), whitened
+
+
+def build_shards(model_dir: Path, train_dir: Path, work_dir: Path, settings: BuildIndexSettings, local: Path,
+                 after_shard: Callable[[], None] = lambda: None) -> tuple[Projection, int]:
+    """Write the index's shards that `local` does not hold yet (this pod's only, with SHARD_INDEX),
+    calling `after_shard` after each, and its projection.json. Returns the projection and the
+    number of training examples."""
+    from safetensors.torch import save_file
+
+    from influence_core.artifacts import Index
+    from influence_core.factors import factors_dir, load_training_examples, tracked_modules
+    from influence_core.tasks import TASKS
+
+    model, tokenizer, whitened = prepared(model_dir, work_dir, settings)
+    names = tracked_modules(factors_dir(work_dir, settings.factors_name))
+    projection = Projection.plan(model, names, settings.projection_dim, settings.seed)
+    local.mkdir(parents=True, exist_ok=True)
+    (local / Index.PROJECTION).write_text(json.dumps(projection.to_json(), indent=2))
+    examples = load_training_examples(train_dir)
+    size = settings.index_shard_size
+    shards = Index.shard_count(len(examples), size)
+    mine = [n for n in range(shards) if settings.shard is None or n % settings.index_partitions == settings.shard]
+    loss = TASKS["language_modeling"](names).compute_train_loss  # every task trains on the same loss
+    for done, number in enumerate(mine, 1):
+        path, first = local / Index.shard(number), number * size
+        count = min(size, len(examples) - first)
+        if _shard_rows(path) == count:  # restored from an earlier run
+            continue
+        rows = gradient_rows(model, loss, examples.select(range(first, first + count)), projection, whitened,
+                             tokenizer.pad_token_id, settings.train_batch_size, _dtype(settings.index_dtype))
+        partial = path.with_name(path.name + ".partial")
+        save_file({Index.ROWS: rows.contiguous()}, str(partial), metadata={"first": str(first)})
+        partial.replace(path)
+        log.info("index shard %d (%d of %d here): examples %d-%d", number, done, len(mine), first, first + count - 1)
+        after_shard()
+    return projection, len(examples)
+
+
+def _shard_rows(path: Path) -> int | None:
+    """The rows of a shard file, None when there is none (or it cannot be read)."""
+    from safetensors import safe_open
+
+    from influence_core.artifacts import Index
+
+    try:
+        with safe_open(str(path), "pt") as shard:
+            return shard.get_slice(Index.ROWS).get_shape()[0]
+    except Exception:  # noqa: BLE001 - missing or unreadable: built again
+        return None
+
+
+def query_rows(model: nn.Module, tokenizer, queries: Dataset, projection: Projection,
+               whitened: dict[str, ModuleWhitening], task: str, names: Sequence[str], batch_size: int) -> torch.Tensor:
+    """The queries' measurement gradients, whitened and projected as the index's rows are."""
+    from influence_core.tasks import TASKS
+
+    measure = TASKS[task](list(names)).compute_measurement
+    return gradient_rows(model, measure, queries, projection, whitened, tokenizer.pad_token_id, batch_size)
+
+
+def score_shards(queries: torch.Tensor, shards: Iterable[Path], chunk: int = 256) -> torch.Tensor:
+    """Dot products of the query rows with every row of the shards, read one at a time (memory-
+    mapped, `chunk` rows at a time), in order: queries x training examples."""
+    from safetensors import safe_open
+
+    from influence_core.artifacts import Index
+
+    device, parts = _device(), []
+    queries = queries.to(device, torch.float32)
+    for path in shards:
+        with safe_open(str(path), "pt") as shard:
+            rows = shard.get_slice(Index.ROWS)
+            count = rows.get_shape()[0]
+            for start in range(0, count, chunk):
+                block = rows[start:min(start + chunk, count)].to(device, torch.float32)
+                parts.append((queries @ block.T).cpu())
+    return torch.cat(parts, dim=1)
+
+
+def answer(model_dir: Path, train_dir: Path, work_dir: Path, shards: Iterable[Path], recorded: dict,
+           prompts: list, settings: QueryIndexSettings) -> tuple[torch.Tensor, list[int]]:
+    """The prompts scored against the index (its shards in order, its projection as `recorded`),
+    then each prompt's RERANK_TOP_K best candidates scored again exactly: prompts x training
+    examples, and the examples whose scores are exact (in corpus order)."""
+    from transformers import AutoConfig
+
+    from influence_core.data import tokenize_prompts
+    from influence_core.factors import factors_dir, load_training_examples, tracked_modules
+    from influence_core.scores import rescore
+
+    context = AutoConfig.from_pretrained(model_dir).max_position_embeddings
+    model, tokenizer, whitened = prepared(model_dir, work_dir, settings)
+    queries = tokenize_prompts(prompts, tokenizer, context)
+    names = tracked_modules(factors_dir(work_dir, settings.factors_name))
+    projection = Projection.from_json(recorded)
+    rows = query_rows(model, tokenizer, queries, projection, whitened, settings.task, names,
+                      settings.query_batch_size or len(prompts))
+    scores = score_shards(rows, shards)
+    del model
+    if not settings.rerank_top_k:
+        return scores, []
+    top = min(settings.rerank_top_k, scores.shape[1])
+    candidates = sorted(set(torch.topk(scores, top, dim=1).indices.flatten().tolist()))
+    log.info("scoring the %d candidates of %d prompts again exactly", len(candidates), len(prompts))
+    examples = load_training_examples(train_dir).select(candidates)
+    scores[:, candidates] = rescore(model_dir, examples, queries, settings, work_dir).to(scores.dtype)
+    return scores, candidates
+
+
+def write_scores(local: Path, scores: torch.Tensor, asked: list[dict], exact: list[int],
+                 settings: QueryIndexSettings) -> Path:
+    """The scores in compute_scores' format (Kronfluence's file and key, its score_arguments.json),
+    the prompts asked, and which examples were scored exactly (rescored.json)."""
+    from safetensors.torch import save_file
+
+    from influence_core.artifacts import Scores
+    from influence_core.scores import score_arguments
+
+    local.mkdir(parents=True, exist_ok=True)
+    save_file({Scores.KEY: scores.float().contiguous()}, str(local / Scores.MATRIX))
+    (local / Scores.PROMPTS).write_text(json.dumps(asked, indent=2, ensure_ascii=False))
+    arguments = score_arguments(settings, query_gradient_low_rank=settings.query_gradient_rank).to_dict()
+    (local / Scores.ARGUMENTS).write_text(json.dumps(arguments, indent=2, default=str))
+    (local / Scores.RESCORED).write_text(json.dumps({"rerank_top_k": settings.rerank_top_k, "examples": exact}))
+    return local
+
+
+def print_answer(scores: torch.Tensor, exact: list[int], train_dir: Path, top_k: int) -> None:
+    """One prompt's `top_k` most helpful documents, a line each: rank, score (exact or from the
+    index), the example's index and its first words."""
+    from datasets import load_from_disk
+
+    texts = load_from_disk(str(train_dir))["text"]
+    rescored = set(exact)
+    print(f"{'rank':>4}  {'score':>11}  {'':5}  {'example':>7}  text")
+    for rank, example in enumerate(torch.topk(scores, min(top_k, len(scores))).indices.tolist(), 1):
+        words = " ".join(texts[example].split()[:12])
+        print(f"{rank:>4}  {float(scores[example]):>11.4g}  {'exact' if example in rescored else 'index':5}  "
+              f"{example:>7}  {words}")

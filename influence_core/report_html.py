@@ -67,6 +67,8 @@ def _token_spans(tokens: list[str], scores: list[float]) -> str:
 
 def _example(item: dict, label: str, excerpt_chars: int) -> str:
     head = f"<b>#{item['index']}</b> · {label} <b>{_score(item['score'])}</b>"
+    if "exact" in item:  # scores a query made from the gradient index
+        head += " · exact" if item["exact"] else " · index estimate"
     if "token_scores" in item:
         head += f" · {len(item['tokens'])} tokens, summing to {_score(sum(item['token_scores']))}"
         body = f'<div class="tokens">{_token_spans(item["tokens"], item["token_scores"])}</div>'

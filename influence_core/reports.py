@@ -246,6 +246,21 @@ def build_report(scores: torch.Tensor, prompts: list[Prompt], texts: list[str], 
     return report
 
 
+def attach_rescored(report: dict, exact: list[int], rerank_top_k: int) -> None:
+    """Scores a query made from the gradient index: mark each listed example's score as exact
+    (scored again, RERANK_TOP_K) or the index's estimate."""
+    exact_set = set(exact)
+    report["rescored"] = {"rerank_top_k": rerank_top_k, "exact_examples": len(exact_set)}
+    for entry in report["prompts"]:
+        for item in entry["top_positive"] + entry["top_negative"]:
+            item["exact"] = item["index"] in exact_set
+
+
+def _source(item: dict) -> str:
+    """How a listed score was made, when it may be the index's estimate."""
+    return {True: " (exact)", False: " (index estimate)"}.get(item.get("exact"), "")
+
+
 def _excerpt(text: str, limit: int) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1].rstrip() + "…"
@@ -356,6 +371,10 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
                   f"{RECALL_AT}, averaged over the fact prompts).", ""]
     if "lds" in report:
         lines += [f"**{lds_summary(report['lds'])}**", ""]
+    if "rescored" in report:
+        lines += [f"Scores from the gradient index; each prompt's top {report['rescored']['rerank_top_k']} "
+                  f"candidates ({report['rescored']['exact_examples']} examples in all) scored again exactly, "
+                  "and marked so.", ""]
     for number, entry in enumerate(report["prompts"], start=1):
         lines += [f"## {number}. {entry['prompt']} → {entry['completion'].strip()}", ""]
         if "probability" in entry:
@@ -375,7 +394,7 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
                 lines += ["(none)", ""]
             for item in entry[key]:
                 excerpt = _excerpt(item["text"], excerpt_chars)
-                lines.append(f"- **#{item['index']}** score {item['score']:.4g}: {excerpt}")
+                lines.append(f"- **#{item['index']}** score {item['score']:.4g}{_source(item)}: {excerpt}")
                 if tokens := top_tokens(item):
                     shown = ", ".join(f"`{piece.strip() or repr(piece)}` {score:+.3g}" for piece, score in tokens)
                     lines.append(f"  - most influential tokens: {shown}")

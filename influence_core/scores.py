@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from kronfluence.arguments import ScoreArguments
 from kronfluence.score.pairwise import pairwise_scores_save_path
 from safetensors import safe_open
@@ -19,7 +20,7 @@ from influence_core.errors import ConfigError
 from influence_core.factors import build_analyzer, data_partitions, load_training_examples
 from influence_core.prompts import Prompt
 from influence_core.runtime import autocast_dtype, is_main_process
-from influence_core.settings import ComputeScoresSettings, ScoringSettings, kronfluence_damping
+from influence_core.settings import ComputeScoresSettings, QueryIndexSettings, ScoringSettings, kronfluence_damping
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,21 @@ def compute_scores(model_dir: Path, train_dir: Path, prompts: list[Prompt], sett
         for partition in range(settings.score_data_partitions):
             pairwise_scores_save_path(local, partition=(partition, 0)).unlink(missing_ok=True)
     return local
+
+
+def rescore(model_dir: Path, examples: Dataset, queries: Dataset, settings: QueryIndexSettings, work_dir: Path,
+            name: str = "rescored") -> torch.Tensor:
+    """The queries' exact scores against some training examples (the index's candidates), as
+    compute_scores computes them: queries x examples. Kronfluence writes under `work_dir`, where the
+    factors must lie."""
+    analyzer = build_analyzer(model_dir, work_dir, settings.factors_name, settings.task)
+    analyzer.compute_pairwise_scores(
+        scores_name=name, factors_name=settings.factors_name, query_dataset=queries, train_dataset=examples,
+        per_device_query_batch_size=settings.query_batch_size or len(queries),
+        per_device_train_batch_size=settings.train_batch_size,
+        score_args=score_arguments(settings, query_gradient_low_rank=settings.query_gradient_rank),
+        overwrite_output_dir=True)
+    return analyzer.load_pairwise_scores(name)[Scores.KEY]
 
 
 def check_one_row_per_prompt(path: Path, prompts: int) -> None:

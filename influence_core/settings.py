@@ -369,6 +369,54 @@ class ComputeSelfScoresSettings(ScoringSettings):
     outliers, mislabelled or memorised text. The scoring settings mean what they do for compute_scores."""
 
 
+class IndexSettings(ScoringSettings):
+    """The gradient index (README, "Ask new questions"): which one, and how its rows are made. The
+    scoring settings (factors, damping, dtypes) mean what they do for compute_scores; an index is
+    whitened with one set of factors and one damping, which every query of it must use."""
+
+    index_name: Name = Field("index", description="Name of the index: build_index writes index/<name>/, query "
+                                                   "reads it")
+
+
+class BuildIndexSettings(IndexSettings, ShardSettings):
+    """build_index: each training example's whitened, projected gradient, once, for queries later."""
+
+    projection_dim: NonNegativeInt = Field(
+        256, description="Size each side of a tracked module's gradient (outputs x inputs) is projected to; 0 "
+                         "or at least a side's size keeps that side whole (exact scores)")
+    index_dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16", description="Dtype the index stores its rows in")
+    index_shard_size: PositiveInt = Field(1024, description="Training examples per index shard (file), in corpus "
+                                                            "order; each is published as soon as it is done")
+    index_partitions: PositiveInt = Field(
+        1, description="Pods the shards are spread over (an Indexed Job); pod i builds shards i, i + "
+                       "INDEX_PARTITIONS, ...; a run without SHARD_INDEX builds the missing ones and publishes")
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> BuildIndexSettings:
+        self._check_index(self.shard, self.index_partitions, "shard", "INDEX_PARTITIONS")
+        return self
+
+
+class QueryIndexSettings(QuerySettings, IndexSettings):
+    """query: the prompts scored against the index, without a pass over the training examples."""
+
+    scores_name: ScoresName = "query_scores"
+    rerank_top_k: NonNegativeInt = Field(
+        100, description="Each prompt's top candidates by the index that are scored again exactly (Kronfluence, "
+                         "as compute_scores); 0: none")
+    prompt: str | None = Field(None, description="One prompt to answer at the terminal instead of PROMPTS (with "
+                                                 "--completion); nothing is published")
+    completion: str | None = Field(None, description="The completion of --prompt whose influence is asked")
+    top_k: PositiveInt = Field(10, description="Documents printed for --prompt")
+
+    @model_validator(mode="after")
+    def _prompt_and_completion(self) -> QueryIndexSettings:
+        if (self.prompt is None) != (self.completion is None):
+            raise ValueError("PROMPT and COMPLETION go together: one question is a prompt and its completion")
+        return self
+
+
 class InspectScoresSettings(CommonSettings):
     """inspect_scores: the report of a prompt's most helpful and most harmful training examples."""
 

@@ -131,6 +131,21 @@ class Store:
                                   f"{SUCCESS} was written: {remedy}")
         return destination
 
+    def fetch_file(self, relative: str, name: str, destination: Path, remedy: str) -> Path:
+        """One file of a complete artifact, checked against the size and checksum its `_SUCCESS`
+        recorded: read where it lies in a local store (never written to), else copied to
+        `destination`. For an artifact read a file at a time (the index's shards)."""
+        size, digest = ((self.manifest(relative) or {}).get("files") or {}).get(name, (None, None))
+        source = self.path(below(relative, name))
+        path = Path(source) if self.is_local else destination
+        if not self.is_local and self.fs.exists(source):
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(source, str(destination))
+        if digest is None or not path.is_file() or path.stat().st_size != size or _sha256(path) != digest:
+            raise ConfigError(f"input {self.url(below(relative, name))} is missing, truncated or changed since "
+                              f"{SUCCESS} was written: {remedy}")
+        return path
+
     def _files(self, relative: str) -> list[str]:
         """The files below a directory (relative to it), leaving out unfinished copies and staged steps."""
         base = self.path(relative)

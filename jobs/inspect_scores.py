@@ -62,7 +62,13 @@ def main(settings: InspectScoresSettings) -> None:
     from influence_core.lds import completion_probabilities
     from influence_core.modeling import load_model
     from influence_core.prompts import Prompt
-    from influence_core.reports import attach_lds, attach_probabilities, attach_self_influence, build_report
+    from influence_core.reports import (
+        attach_lds,
+        attach_probabilities,
+        attach_rescored,
+        attach_self_influence,
+        build_report,
+    )
 
     with work_dir() as work:
         scores_dir = scores.fetch(work / "scores")
@@ -73,6 +79,8 @@ def main(settings: InspectScoresSettings) -> None:
         names = {"scores_name": settings.scores_name, "factors_name": scores.factors_name,
                  "strategy": scores.strategy}
         report = build_report(matrix, prompts, texts, data.facts(), settings.num_influential, names)
+        if (rescored := scores.rescored()) is not None:
+            attach_rescored(report, rescored["examples"], rescored["rerank_top_k"])
         model_dir = model.fetch(work / "model")
         attach_probabilities(report, completion_probabilities(load_model(model_dir),
                                                               AutoTokenizer.from_pretrained(model_dir), prompts))

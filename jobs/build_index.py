@@ -1,0 +1,46 @@
+"""Build the gradient index: each training example's gradient of the tracked modules, whitened
+with the factors FACTORS_NAME and projected to PROJECTION_DIM per side, once, so that new prompts
+are scored without another pass over the corpus (python -m jobs query).
+
+Output: index/<index_name>/ (shard_<n>.safetensors of INDEX_SHARD_SIZE examples each, in corpus
+order, and projection.json). Each finished shard is staged at once: a killed build resumes, and an
+Indexed Job's pods (SHARD_INDEX or JOB_COMPLETION_INDEX of INDEX_PARTITIONS) build theirs apart;
+a run without SHARD_INDEX builds what is missing and publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from influence_core.artifacts import Factors, Index, Model, TrainData, fingerprints, require
+from influence_core.settings import BuildIndexSettings
+from jobs.common import already_done, manifest, open_store, torchrun_stage
+
+log = logging.getLogger("jobs.build_index")
+
+
+def main(settings: BuildIndexSettings) -> None:
+    started = time.time()
+    store = open_store(settings.artifacts_uri)
+    model, data, factors, output = Model(), TrainData(), Factors(settings.factors_name), Index(settings.index_name)
+    require(store, model, data, factors)
+    inputs = fingerprints(model, data, factors)
+    if already_done(store, [output], "build_index", settings, inputs):
+        return
+
+    from influence_core.index import build_shards
+    from influence_core.runtime import is_main_process
+
+    with torchrun_stage("build_index", settings, store, [model, data, factors], output.relative, inputs) as (
+            work, out):
+        if not is_main_process():  # the shards spread over pods, not over a pod's processes
+            return
+        projection, examples = build_shards(work / model.relative, work / data.relative, work, settings,
+                                            work / output.relative, after_shard=out.sync)
+        if settings.shard is not None:
+            log.info("built shard %d's part of the index; a run without SHARD_INDEX publishes it", settings.shard)
+            return
+        record = manifest("build_index", settings, inputs, started, factor_strategy=factors.strategy,
+                          examples=examples, floats_per_example=projection.size)
+        log.info("published %s", out.complete(record))

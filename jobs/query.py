@@ -1,0 +1,55 @@
+"""Ask the gradient index: score the prompts of PROMPTS against every training example without a
+pass over the corpus (the index holds their whitened gradients), then score each prompt's
+RERANK_TOP_K best candidates again exactly, as compute_scores would.
+
+Output: influence/scores_<scores_name>/ in compute_scores' format (pairwise_scores.safetensors,
+corpus order; prompts.json), plus rescored.json: the examples whose scores are exact. With
+--prompt and --completion: one question, its TOP_K documents printed, nothing published.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from influence_core.artifacts import Factors, Index, Model, Scores, TrainData, digest_of, fingerprints, require
+from influence_core.prompts import Prompt, load_prompts
+from influence_core.settings import QueryIndexSettings
+from jobs.common import already_done, manifest, open_store
+
+log = logging.getLogger("jobs.query")
+
+
+def main(settings: QueryIndexSettings) -> None:
+    started = time.time()
+    one = settings.prompt is not None
+    prompts = [Prompt(prompt=settings.prompt, completion=settings.completion)] if one else load_prompts(
+        settings.prompts)
+    store = open_store(settings.artifacts_uri)
+    model, data, factors, index = Model(), TrainData(), Factors(settings.factors_name), Index(settings.index_name)
+    require(store, model, data, factors, index)
+    index.check_query(settings)
+    output, asked = Scores(settings.scores_name), [prompt.model_dump() for prompt in prompts]
+    inputs = {**fingerprints(model, data, factors, index), "PROMPTS": digest_of(asked)}
+    if not one and already_done(store, [output], "query", settings, inputs):
+        return
+
+    from influence_core.index import answer, print_answer, write_scores
+
+    with tempfile.TemporaryDirectory(prefix="query-") as temporary:
+        work = Path(temporary)
+        for artifact in (model, data, factors):
+            artifact.fetch(work / artifact.relative)
+        remedy = "rerun the build_index stage with FORCE=true"
+        shards = (store.fetch_file(index.relative, name, work / "shard", remedy) for name in index.shards())
+        scores, exact = answer(work / model.relative, work / data.relative, work, shards, index.projection(), prompts,
+                               settings)
+        if one:
+            print_answer(scores[0], exact, work / data.relative, settings.top_k)
+            return
+        local = write_scores(work / output.relative, scores, asked, exact, settings)
+        record = manifest("query", settings, inputs, started, factor_strategy=factors.strategy,
+                          rescored=len(exact))
+        log.info("published %s", store.publish(local, output.relative, record))
