@@ -114,11 +114,12 @@ K8S_JOBS := $(patsubst k8s/base/job-%.yaml,%,$(wildcard k8s/base/job-*.yaml))
 # order they run. Indexed Jobs compute a data partition per pod; the stage's own Job aggregates.
 K8S_FIT_FACTORS_SHARDED := fit-factors-covariance fit-factors-eigendecomposition fit-factors-lambda fit-factors
 K8S_COMPUTE_SCORES_SHARDED := compute-scores-shards compute-scores
+K8S_BUILD_INDEX_SHARDED := build-index-shards build-index
 # lds: an Indexed Job retrains a subset per pod, then the lds Job correlates (README, "Linear datamodeling score").
 K8S_LDS := lds-retrain lds
 
 .PHONY: build push docker-run k8s-render deploy-local-secret deploy-local-storage \
-	deploy-fit-factors-sharded deploy-compute-scores-sharded
+	deploy-fit-factors-sharded deploy-compute-scores-sharded deploy-build-index-sharded
 
 ## build: the image for every stage, tagged $(IMAGE_REF)
 build:
@@ -197,3 +198,9 @@ deploy-fit-factors-sharded:
 ## compute-scores-shards (a pod per data partition), then compute-scores (aggregates).
 deploy-compute-scores-sharded:
 	@for job in $(K8S_COMPUTE_SCORES_SHARDED); do $(MAKE) --no-print-directory deploy-$$job TAG=$(TAG) || exit 1; done
+
+## deploy-build-index-sharded [OVERLAY=local|cloud]: the gradient index built over pods:
+## build-index-shards (a pod per INDEX_PARTITIONS), then build-index (publishes). deploy-build-index
+## builds it in one pod; deploy-query asks it (README, "Ask new questions").
+deploy-build-index-sharded:
+	@for job in $(K8S_BUILD_INDEX_SHARDED); do $(MAKE) --no-print-directory deploy-$$job TAG=$(TAG) || exit 1; done

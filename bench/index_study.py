@@ -1,127 +1,147 @@
-"""Groundwork for a gradient index (issue "Ask a new question in seconds"): how well dot products
-of projected per-example gradients reproduce compute_scores' EK-FAC scores, on published artifacts
-(`make demo` leaves them in ./artifacts). Writes bench/index_study.md.
+"""The gradient index against compute_scores, on the demo and demo-hard at the defaults (issue "Ask
+a new question in seconds"). Writes bench/index_study.md and bench/index_study.json.
 
-Three ways, each at several projection sizes k per side of each tracked module:
-- exact: the index's machinery unprojected (influence_core.index: LoGra-style hooks for the training
-  gradients, Kronfluence's own preconditioning for the queries); must equal compute_scores;
-- raw: raw training gradients projected with Gaussian matrices, queries preconditioned in full and
-  projected the same way (an index that serves every factors and damping choice);
-- whitened: both sides rotated into the factors' eigenbases and scaled by (eigenvalue + sqrt(damping))
-  ^-1/2 per side before the projection (K-FAC with the damping split between the sides; the index
-  then belongs to one set of factors).
+Per corpus, through the stages as a user runs them (ARTIFACTS_URI ./artifacts and
+./artifacts/demo-hard, as `make demo` and `make eval` leave them): train, fit_factors and
+compute_scores (skipped when complete), build_index, then query without rescoring (the index's own
+scores) and with RERANK_TOP_K (the default); per prompt the Pearson correlation with compute_scores'
+scores over the training examples and the overlap of the top 10; the times of compute_scores (run
+again under another name), build_index, both queries and one question at the terminal, back to
+back; and, unless --no-lds, the LDS of the three scores from one `python -m jobs lds` run
+(LDS_SCORES naming all three; the retrained subsets are shared).
 
-    python bench/index_study.py [--artifacts ./artifacts]
+    python bench/index_study.py [--no-lds] [--projection_dims 64,128,256]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+CORPORA = {"demo": {}, "demo-hard": {"DATASET": "demo-hard", "PROMPTS": str(ROOT / "prompts-hard.json")}}
+
+
+def jobs(env: dict, *args: str) -> float:
+    """`python -m jobs ...` with `env`; its wall time in seconds."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "jobs", *args, "--log_level", "WARNING"], cwd=ROOT,
+                            env={**os.environ, **env}, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"python -m jobs {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - started
+
+
+def compare(artifacts: Path, name: str) -> dict:
+    from influence_core.artifacts import Scores
+
+    exact = Scores.matrix(artifacts / Scores("prompt_scores").relative).double()
+    ours = Scores.matrix(artifacts / Scores(name).relative).double()
+    pearson = [float(np.corrcoef(ours[p].numpy(), exact[p].numpy())[0, 1]) for p in range(len(exact))]
+    overlap = [len(set(torch.topk(ours[p], 10).indices.tolist()) & set(torch.topk(exact[p], 10).indices.tolist()))
+               for p in range(len(exact))]
+    return {"pearson_mean": round(float(np.mean(pearson)), 4), "pearson_min": round(float(np.min(pearson)), 4),
+            "top10_overlap_mean": round(float(np.mean(overlap)), 2), "top10_overlap_min": int(np.min(overlap))}
+
+
+def study(corpus: str, env: dict, dims: list[int], lds: bool) -> dict:
+    artifacts = Path(env["ARTIFACTS_URI"])
+    for stage in ("train", "fit_factors", "compute_scores"):
+        jobs(env, stage)
+    row: dict = {"corpus": corpus, "seconds": {}}
+    seconds = row["seconds"]
+    seconds["compute_scores"] = jobs(env, "compute_scores", "--scores_name", "index_study_exact", "--force")
+    for dim in dims:  # the index's own scores at other sizes, without rescoring
+        jobs(env, "build_index", "--index_name", f"study_{dim}", "--projection_dim", str(dim))
+        jobs(env, "query", "--index_name", f"study_{dim}", "--rerank_top_k", "0", "--scores_name", f"study_{dim}",
+             "--force")
+        row[f"projection_dim_{dim}"] = compare(artifacts, f"study_{dim}")
+    seconds["build_index"] = jobs(env, "build_index", "--force")
+    seconds["query_index_only"] = jobs(env, "query", "--rerank_top_k", "0", "--scores_name", "query_index",
+                                       "--force")
+    seconds["query_reranked"] = jobs(env, "query", "--scores_name", "query_scores", "--force")
+    prompts = json.loads(Path(env.get("PROMPTS", ROOT / "prompts.json")).read_text())
+    seconds["one_question"] = jobs(env, "query", "--prompt", prompts[0]["prompt"], "--completion",
+                                   prompts[0]["completion"])
+    row["index"] = compare(artifacts, "query_index")
+    row["reranked"] = compare(artifacts, "query_scores")
+    row["index_bytes"] = sum(path.stat().st_size for path in (artifacts / "index/index").iterdir())
+    if lds:
+        jobs(env, "lds", "--lds_scores", "prompt_scores,query_index,query_scores")
+        methods = json.loads((artifacts / "reports/lds/lds.json").read_text())["methods"]
+        row["lds"] = {name: {"lds": round(methods[name]["lds"], 4), "stderr": round(methods[name]["stderr"], 4)}
+                      for name in ("prompt_scores", "query_index", "query_scores")}
+    return row
+
+
+def render(result: dict) -> str:
+    lines = [f"# Gradient index study ({result['date']})", "",
+             "`python bench/index_study.py`: the demo and demo-hard at the defaults (600 documents, the tiny "
+             "model, EK-FAC, damping 1e-8, PROJECTION_DIM 256, INDEX_DTYPE float16, RERANK_TOP_K 100), "
+             f"{result['machine']}. Per prompt, Pearson with compute_scores' scores over the training "
+             "examples and the overlap of the top 10 (mean / worst prompt).", "",
+             "| corpus | scores | Pearson (mean / min) | top-10 overlap (mean / min) | LDS ± s.e. |",
+             "|---|---|---|---|---|"]
+    for row in result["rows"]:
+        lds = row.get("lds", {})
+
+        def cell(name: str, lds: dict = lds) -> str:
+            return f"{lds[name]['lds']:.3f} ± {lds[name]['stderr']:.3f}" if name in lds else "-"
+
+        lines.append(f"| {row['corpus']} | compute_scores | 1 | 10 | {cell('prompt_scores')} |")
+        for key, label, name in (("index", "query, the index alone (RERANK_TOP_K=0)", "query_index"),
+                                 ("reranked", "query, top 100 rescored (the default)", "query_scores")):
+            item = row[key]
+            lines.append(f"| {row['corpus']} | {label} | {item['pearson_mean']:.3f} / {item['pearson_min']:.3f} | "
+                         f"{item['top10_overlap_mean']:.2f} / {item['top10_overlap_min']} | {cell(name)} |")
+    lines += ["", "The index alone at other sizes (PROJECTION_DIM per side of each module; 0 keeps it whole):", "",
+              "| corpus | PROJECTION_DIM | Pearson (mean / min) | top-10 overlap (mean / min) |", "|---|---|---|---|"]
+    for row in result["rows"]:
+        for key, item in row.items():
+            if key.startswith("projection_dim_"):
+                lines.append(f"| {row['corpus']} | {key.removeprefix('projection_dim_')} | {item['pearson_mean']:.3f} "
+                             f"/ {item['pearson_min']:.3f} | {item['top10_overlap_mean']:.2f} / "
+                             f"{item['top10_overlap_min']} |")
+    lines += ["", "Seconds, each a `python -m jobs` process (start-up and model loading included), run back to back:",
+              "", "| corpus | compute_scores | build_index | query, index alone | query, rescored | one question "
+              "(--prompt) | index size |", "|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        s = row["seconds"]
+        lines.append(f"| {row['corpus']} | {s['compute_scores']:.1f} | {s['build_index']:.1f} | "
+                     f"{s['query_index_only']:.1f} | {s['query_reranked']:.1f} | {s['one_question']:.1f} | "
+                     f"{row['index_bytes'] / 2**20:.0f} MiB |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--artifacts", default=str(ROOT / "artifacts"))
-    parser.add_argument("--factors_name", default="tiny_lm_factors")
-    parser.add_argument("--scores_name", default="prompt_scores")
+    parser.add_argument("--no-lds", dest="lds", action="store_false")
+    parser.add_argument("--projection_dims", default="64,128")
     args = parser.parse_args()
-
-    import numpy as np
-    import torch
-    from kronfluence.factor.eigen import eigendecomposition_save_path
-    from kronfluence.utils.constants import (
-        ACTIVATION_EIGENVALUES_NAME,
-        ACTIVATION_EIGENVECTORS_NAME,
-        GRADIENT_EIGENVALUES_NAME,
-        GRADIENT_EIGENVECTORS_NAME,
-    )
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
-
-    from influence_core.artifacts import Factors, Model, Scores, TrainData
-    from influence_core.data import tokenize_prompts
-    from influence_core.factors import build_analyzer, factors_dir, load_training_examples, tracked_modules
-    from influence_core.index import Projection, index_rows, preconditioned_query_gradients
-    from influence_core.modeling import load_model
-    from influence_core.prompts import Prompt
-    from influence_core.scores import score_arguments
-    from influence_core.settings import DEFAULT_DAMPING, ComputeScoresSettings
-    from influence_core.tasks import TASKS
-
-    artifacts = Path(args.artifacts)
-    model_dir, local_factors = artifacts / Model().relative, artifacts / Factors(args.factors_name).relative
-    scores_dir = artifacts / Scores(args.scores_name).relative
-    reference = Scores.matrix(scores_dir).double()
-    prompts = [Prompt(**item) for item in json.loads((scores_dir / Scores.PROMPTS).read_text())]
-    names = tracked_modules(local_factors)
-    model, tokenizer = load_model(model_dir), AutoTokenizer.from_pretrained(model_dir)
-    task = TASKS["language_modeling"](names)
-    examples = load_training_examples(artifacts / TrainData().relative)
-    queries = tokenize_prompts(prompts, tokenizer, model.config.max_position_embeddings)
-    eigen = {name: load_file(str(eigendecomposition_save_path(local_factors, name))) for name in (
-        ACTIVATION_EIGENVECTORS_NAME, ACTIVATION_EIGENVALUES_NAME, GRADIENT_EIGENVECTORS_NAME,
-        GRADIENT_EIGENVALUES_NAME)}
-
-    class Whitened(Projection):
-        def matrix(self, module, side, device):
-            vectors, values = ((GRADIENT_EIGENVECTORS_NAME, GRADIENT_EIGENVALUES_NAME) if side == "out" else
-                               (ACTIVATION_EIGENVECTORS_NAME, ACTIVATION_EIGENVALUES_NAME))
-            basis, spectrum = eigen[vectors][module.name].float(), eigen[values][module.name].float().clamp(min=0)
-            whiten = (basis / (spectrum + math.sqrt(DEFAULT_DAMPING)).sqrt()).T
-            projection = super().matrix(module, side, device)
-            return whiten.to(device) if projection is None else projection @ whiten.to(device)
-
-    class Measurement:  # a query's gradient is its measurement's
-        def compute_train_loss(self, batch, model):
-            return task.compute_measurement(batch, model)
-
-    work = Path(__import__("tempfile").mkdtemp(prefix="index-study-"))
-    __import__("shutil").copytree(local_factors, factors_dir(work, args.factors_name))
-    analyzer = build_analyzer(model_dir, work, args.factors_name)
-    preconditioned = preconditioned_query_gradients(analyzer, args.factors_name, queries,
-                                                    score_arguments(ComputeScoresSettings()), tokenizer.pad_token_id,
-                                                    len(queries))
-
-    def compare(scores: torch.Tensor) -> dict:
-        pearson = [float(np.corrcoef(scores[p].numpy(), reference[p].numpy())[0, 1]) for p in range(len(prompts))]
-        top = [(set(torch.topk(scores[p], 10).indices.tolist()), set(torch.topk(reference[p], 10).indices.tolist()))
-               for p in range(len(prompts))]
-        overlap = [len(ours & theirs) for ours, theirs in top]
-        # Candidates for exact rescoring (RERANK_TOP_K): how much of the exact top 10 the index's top 100 holds.
-        recall = [len(set(torch.topk(scores[p], 100).indices.tolist()) & theirs) / 10
-                  for p, (_, theirs) in enumerate(top)]
-        relative = float(((scores - reference).abs().amax(1) / reference.abs().amax(1)).max())
-        return {"pearson_mean": float(np.mean(pearson)), "pearson_min": float(np.min(pearson)),
-                "top10_overlap_mean": float(np.mean(overlap)), "top10_in_top100_mean": float(np.mean(recall)),
-                "top10_in_top100_min": float(np.min(recall)), "max_relative_error": relative}
-
+    dims = [int(dim) for dim in args.projection_dims.split(",") if dim]
+    base = os.environ.get("ARTIFACTS_URI", str(ROOT / "artifacts"))
     rows = []
-    for method, dims in (("exact", [0]), ("raw", [16, 32, 64, 128]), ("whitened", [0, 16, 32, 64, 128])):
-        for dim in dims:
-            kind = Whitened if method == "whitened" else Projection
-            projection = kind(Projection.plan(model, names, dim, seed=0).modules, 0)
-            started = time.perf_counter()
-            train = index_rows(model, task, examples, projection, tokenizer.pad_token_id, 32, torch.float32).double()
-            seconds = time.perf_counter() - started
-            if method == "whitened":
-                query = index_rows(model, Measurement(), queries, projection, tokenizer.pad_token_id, 32,
-                                   torch.float32).double()
-            else:
-                query = projection.project(preconditioned).double()
-            rows.append({"method": method, "k": dim, "floats_per_example": projection.size,
-                         "index_seconds": round(seconds, 2), **compare(query @ train.T)})
-            print(rows[-1], flush=True)
-    out = ROOT / "bench" / "index_study.json"
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "examples": len(examples), "prompts": len(prompts),
-                               "rows": rows}, indent=2))
+    for corpus, extra in CORPORA.items():
+        env = {"ARTIFACTS_URI": base if corpus == "demo" else f"{base}/demo-hard", **extra}
+        rows.append(study(corpus, env, dims, args.lds))
+        print(json.dumps(rows[-1]), flush=True)
+    import platform
+
+    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+                                                           f"torch {torch.__version__}", "rows": rows}
+    (ROOT / "bench" / "index_study.json").write_text(json.dumps(result, indent=2))
+    (ROOT / "bench" / "index_study.md").write_text(render(result))
+    print(render(result))
 
 
 if __name__ == "__main__":

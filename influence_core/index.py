@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -250,7 +251,9 @@ def gradient_rows(model: nn.Module, loss, examples: Dataset, projection: Project
 # ---- building the index and querying it ----------------------------------------------------------
 
 def _device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """This process's GPU (torchrun's LOCAL_RANK), else the CPU."""
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else (
+        torch.device("cpu"))
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -275,24 +278,27 @@ def prepared(model_dir: Path, work_dir: Path,
 
 def build_shards(model_dir: Path, train_dir: Path, work_dir: Path, settings: BuildIndexSettings, local: Path,
                  after_shard: Callable[[], None] = lambda: None) -> tuple[Projection, int]:
-    """Write the index's shards that `local` does not hold yet (this pod's only, with SHARD_INDEX),
-    calling `after_shard` after each, and its projection.json. Returns the projection and the
-    number of training examples."""
+    """Write the index's shards that `local` does not hold yet (this pod's only, with SHARD_INDEX;
+    this process's share of them under torchrun), calling `after_shard` after each, and its
+    projection.json. Returns the projection and the number of training examples."""
     from safetensors.torch import save_file
 
     from influence_core.artifacts import Index
     from influence_core.factors import factors_dir, load_training_examples, tracked_modules
+    from influence_core.runtime import is_main_process, rank, world_size
     from influence_core.tasks import TASKS
 
     model, tokenizer, whitened = prepared(model_dir, work_dir, settings)
     names = tracked_modules(factors_dir(work_dir, settings.factors_name))
     projection = Projection.plan(model, names, settings.projection_dim, settings.seed)
     local.mkdir(parents=True, exist_ok=True)
-    (local / Index.PROJECTION).write_text(json.dumps(projection.to_json(), indent=2))
+    if is_main_process():
+        (local / Index.PROJECTION).write_text(json.dumps(projection.to_json(), indent=2))
     examples = load_training_examples(train_dir)
     size = settings.index_shard_size
     shards = Index.shard_count(len(examples), size)
-    mine = [n for n in range(shards) if settings.shard is None or n % settings.index_partitions == settings.shard]
+    pod = [n for n in range(shards) if settings.shard is None or n % settings.index_partitions == settings.shard]
+    mine = pod[rank()::world_size()]  # a pod's torchrun processes (a GPU each) share its shards
     loss = TASKS["language_modeling"](names).compute_train_loss  # every task trains on the same loss
     for done, number in enumerate(mine, 1):
         path, first = local / Index.shard(number), number * size

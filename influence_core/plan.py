@@ -13,7 +13,8 @@ Memory is counted in float32 tensors, what each stage holds at its peak:
   QUERY_GRADIENT_RANK r: r x (g + a)), one module's per-example gradients, and the score matrix;
 - compute_self_scores: as compute_scores without prompts;
 - inspect_scores: as compute_scores, on the examples the report shows (per-token scores);
-- inspect_factors: the factors.
+- inspect_factors: the factors;
+- build_index and query: see index_estimates.
 On a CPU the figure is the process's peak resident memory, so it adds what the interpreter and its
 libraries take (PROCESS_BASELINE); on a GPU it is the device memory torch allocates, plus the CUDA
 context (CUDA_CONTEXT) where it is compared with the device's memory.
@@ -50,6 +51,13 @@ FRAGMENTATION = 1.2
 METADATA_BYTES = 3500
 PROMPT_BYTES = 100
 TOKENIZER_BYTES_PER_TOKEN = 60  # tokenizer.json: a vocabulary entry and a merge rule per token
+# The index: a shard file's safetensors header and its line in _SUCCESS; a module's entry in
+# projection.json; an example's index in rescored.json; the rows query multiplies at a time
+# (influence_core.index.score_shards).
+SHARD_HEADER_BYTES = 250
+MODULE_PROJECTION_BYTES = 120
+RESCORED_BYTES = 6
+QUERY_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -236,6 +244,44 @@ def estimates(settings: PipelineSettings, shape: Shape) -> dict[str, Estimate]:
         # Per-token scores of the examples the report shows: compute_scores again, on those examples.
         "inspect_scores": Estimate(scoring_fixed, scoring_per_example, None,
                                    min(settings.train_batch_size, shown), {}),
+        **index_estimates(settings, shape, weights, token_activations, scored, scoring_per_example),
+    }
+
+
+def index_row_floats(modules: tuple[tuple[int, int], ...], projection_dim: int) -> int:
+    """Numbers an index stores per training example: each module's outputs x inputs, each side
+    projected to PROJECTION_DIM (0: kept whole), as influence_core.index.Projection.plan does."""
+    return sum(min(projection_dim or outputs, outputs) * min(projection_dim or inputs, inputs)
+               for inputs, outputs in modules)
+
+
+def index_estimates(settings: PipelineSettings, shape: Shape, weights: int, token_activations: int,
+                    scored: Modules, scoring_per_example: int) -> dict[str, Estimate]:
+    """build_index: the weights, the whitening (the factors), a batch's activations and, per example
+    of it, one module's rotated gradient, its scaled and projected copies, and the shard being
+    built (INDEX_SHARD_SIZE rows in float32 and INDEX_DTYPE). query: the weights, the whitening,
+    the prompts' rows, a block of index rows in float32 and the scores; rescoring the candidates
+    is compute_scores on them."""
+    from influence_core.artifacts import Index
+
+    row = index_row_floats(shape.scored, settings.projection_dim)
+    stored = {"float16": 2, "bfloat16": 2, "float32": 4}[settings.index_dtype]
+    shard = min(settings.index_shard_size, shape.examples)
+    shards = Index.shard_count(shape.examples, settings.index_shard_size)
+    published = shape.examples * row * stored + shards * SHARD_HEADER_BYTES + METADATA_BYTES + (
+        MODULE_PROJECTION_BYTES * len(shape.scored))
+    queries = shape.prompts * row * FLOAT
+    scores = shape.prompts * shape.examples * FLOAT
+    rescored = min(shape.examples, shape.prompts * settings.rerank_top_k)
+    return {
+        "build_index": Estimate(weights + scored.factors + shard * row * (FLOAT + stored),
+                                token_activations + 3 * scored.largest, "TRAIN_BATCH_SIZE", settings.train_batch_size,
+                                {Index(settings.index_name).relative: published}),
+        "query": Estimate(weights + scored.factors + queries + QUERY_BLOCK * row * (FLOAT + stored) + 2 * scores,
+                          scoring_per_example if rescored else 0, "TRAIN_BATCH_SIZE" if rescored else None,
+                          settings.train_batch_size,
+                          {Scores("query_scores").relative: scores + METADATA_BYTES + PROMPT_BYTES * shape.prompts
+                           + RESCORED_BYTES * rescored}),
     }
 
 

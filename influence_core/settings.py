@@ -398,13 +398,18 @@ class BuildIndexSettings(IndexSettings, ShardSettings):
         return self
 
 
-class QueryIndexSettings(QuerySettings, IndexSettings):
-    """query: the prompts scored against the index, without a pass over the training examples."""
+class RerankSettings(CommonSettings):
+    """How many of the index's candidates a query scores again exactly."""
 
-    scores_name: ScoresName = "query_scores"
     rerank_top_k: NonNegativeInt = Field(
         100, description="Each prompt's top candidates by the index that are scored again exactly (Kronfluence, "
                          "as compute_scores); 0: none")
+
+
+class QueryIndexSettings(QuerySettings, RerankSettings, IndexSettings):
+    """query: the prompts scored against the index, without a pass over the training examples."""
+
+    scores_name: ScoresName = "query_scores"
     prompt: str | None = Field(None, description="One prompt to answer at the terminal instead of PROMPTS (with "
                                                  "--completion); nothing is published")
     completion: str | None = Field(None, description="The completion of --prompt whose influence is asked")
@@ -437,7 +442,7 @@ class PipelineSettings(InspectScoresSettings, ComputeSelfScoresSettings, Compute
     # The last base's fields come first: --help lists them in the order the stages run.
 
 
-class PlanSettings(PipelineSettings):
+class PlanSettings(PipelineSettings, BuildIndexSettings, RerankSettings):
     """The plan: every stage's estimated peak memory, published sizes and largest batch that fits, for
     these settings (the same as the stages'), before anything runs."""
 

@@ -30,14 +30,16 @@ def main(settings: BuildIndexSettings) -> None:
         return
 
     from influence_core.index import build_shards
-    from influence_core.runtime import is_main_process
+    from influence_core.runtime import barrier, is_main_process
 
     with torchrun_stage("build_index", settings, store, [model, data, factors], output.relative, inputs) as (
             work, out):
-        if not is_main_process():  # the shards spread over pods, not over a pod's processes
-            return
         projection, examples = build_shards(work / model.relative, work / data.relative, work, settings,
-                                            work / output.relative, after_shard=out.sync)
+                                            work / output.relative,
+                                            after_shard=out.sync if is_main_process() else lambda: None)
+        barrier()  # the other processes' shards are in the shared work folder
+        if not is_main_process():
+            return
         if settings.shard is not None:
             log.info("built shard %d's part of the index; a run without SHARD_INDEX publishes it", settings.shard)
             return

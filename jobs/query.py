@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from influence_core.artifacts import Factors, Index, Model, Scores, TrainData, digest_of, fingerprints, require
+from influence_core.errors import ConfigError
 from influence_core.prompts import Prompt, load_prompts
 from influence_core.settings import QueryIndexSettings
 from jobs.common import already_done, manifest, open_store
@@ -32,6 +33,11 @@ def main(settings: QueryIndexSettings) -> None:
     require(store, model, data, factors, index)
     index.check_query(settings)
     output, asked = Scores(settings.scores_name), [prompt.model_dump() for prompt in prompts]
+    if not one and not settings.force and (there := Scores(settings.scores_name).bind(store)) and (
+            there.made_by != "query"):
+        raise ConfigError(f"SCORES_NAME={settings.scores_name}: {there.url} holds the {there.made_by} stage's scores; "
+                          "publish the query's under another SCORES_NAME (default query_scores), or FORCE=true to "
+                          "replace them")
     inputs = {**fingerprints(model, data, factors, index), "PROMPTS": digest_of(asked)}
     if not one and already_done(store, [output], "query", settings, inputs):
         return

@@ -156,8 +156,8 @@ def manifests(artifacts: Path) -> dict[str, str]:
 
 
 # Every stage of the registry that reads artifacts, made once: the chain the scenarios start from.
-ORDER = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "lds", "inspect_scores",
-         "evaluate")
+ORDER = ("train", "fit_factors", "inspect_factors", "compute_scores", "compute_self_scores", "build_index", "lds",
+         "inspect_scores", "evaluate")
 
 
 @pytest.fixture(scope="module")

@@ -47,9 +47,11 @@ SHARDED_TARGETS = {
     "deploy-fit-factors-sharded": ["fit-factors-covariance", "fit-factors-eigendecomposition", "fit-factors-lambda",
                                    "fit-factors"],
     "deploy-compute-scores-sharded": ["compute-scores-shards", "compute-scores"],
+    "deploy-build-index-sharded": ["build-index-shards", "build-index"],
     "deploy-lds": ["lds-retrain", "lds"],
 }
-PARTITION_JOBS = {"fit-factors-covariance", "fit-factors-lambda", "compute-scores-shards"}  # a data partition each
+PARTITION_JOBS = {"fit-factors-covariance", "fit-factors-lambda", "compute-scores-shards",  # a data partition each
+                  "build-index-shards"}  # index shards each
 INDEXED = PARTITION_JOBS | {"lds-retrain"}  # lds-retrain: a pod per LDS subset
 MAX_INDEXED_COMPLETIONS = 100_000  # the Job API's limit when backoffLimitPerIndex is set
 PER_INDEX_ENV = ("SHARD_INDEX", "JOB_COMPLETION_INDEX")  # set by Kubernetes (or a user), never by a manifest
@@ -80,6 +82,8 @@ def partitions_seen(loaded) -> int:
     if isinstance(loaded, settings.FitFactorsSettings):
         assert loaded.factor_phase in ("covariance", "lambda"), loaded.factor_phase
         return getattr(loaded, f"{loaded.factor_phase}_data_partitions")
+    if isinstance(loaded, settings.BuildIndexSettings):
+        return loaded.index_partitions
     return loaded.score_data_partitions
 
 
@@ -137,7 +141,7 @@ def test_indexed_jobs_run_a_pod_per_partition_their_pods_see(overlay, monkeypatc
         with pytest.raises(ConfigError, match="out of range"):
             load_stage_settings(job, objects, monkeypatch, JOB_COMPLETION_INDEX=str(count))
     # The aggregating steps take no shard, so they finish the stage.
-    for name in ("fit-factors-eigendecomposition", "fit-factors", "compute-scores"):
+    for name in ("fit-factors-eigendecomposition", "fit-factors", "compute-scores", "build-index"):
         assert load_stage_settings(jobs[name], objects, monkeypatch).shard is None
 
 
@@ -145,7 +149,8 @@ def test_a_partition_count_set_in_an_overlay_sets_completions(tmp_path):
     cloud = copy_k8s(tmp_path) / "overlays" / "cloud"
     text = (cloud / "kustomization.yaml").read_text()
     for old, new in (("- COVARIANCE_DATA_PARTITIONS=8", "- COVARIANCE_DATA_PARTITIONS=3"),
-                     ("- SCORE_DATA_PARTITIONS=8", "- SCORE_DATA_PARTITIONS=5")):
+                     ("- SCORE_DATA_PARTITIONS=8", "- SCORE_DATA_PARTITIONS=5"),
+                     ("- INDEX_PARTITIONS=8", "- INDEX_PARTITIONS=4")):
         assert text.count(old) == 1, old
         text = text.replace(old, new)
     (cloud / "kustomization.yaml").write_text(text)
@@ -153,7 +158,7 @@ def test_a_partition_count_set_in_an_overlay_sets_completions(tmp_path):
     completions = {name: (jobs[name]["spec"]["completions"], jobs[name]["spec"]["parallelism"])
                    for name in PARTITION_JOBS}
     assert completions == {"fit-factors-covariance": (3, 3), "fit-factors-lambda": (8, 8),
-                           "compute-scores-shards": (5, 5)}
+                           "compute-scores-shards": (5, 5), "build-index-shards": (4, 4)}
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
@@ -282,16 +287,20 @@ def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, 
     settings_env = k8s / "base" / "settings.env"
     settings_env.write_text(settings_env.read_text().replace("NUM_EXAMPLES=600", "NUM_EXAMPLES=100")
                             .replace("NUM_TRAIN_EPOCHS=10", "NUM_TRAIN_EPOCHS=1")
-                            .replace("LDS_SUBSETS=16", "LDS_SUBSETS=2").replace("LDS_SEEDS=2", "LDS_SEEDS=1"))
+                            .replace("LDS_SUBSETS=16", "LDS_SUBSETS=2").replace("LDS_SEEDS=2", "LDS_SEEDS=1")
+                            .replace("INDEX_SHARD_SIZE=1024", "INDEX_SHARD_SIZE=30").replace("RERANK_TOP_K=100",
+                                                                                          "RERANK_TOP_K=5"))
     objects = kustomize(k8s / "overlays" / "local")
     jobs = jobs_by_name(objects)
     rendered_uri = resolved_env(stage_container(jobs["train"]), objects)["ARTIFACTS_URI"]
     # The manifest's path, in the test's fresh bucket: s3://artifacts/influence -> s3://test-.../influence
     artifacts_uri = s3_bucket + "/" + rendered_uri.removeprefix("s3://").partition("/")[2]
     order = ["train", *make_steps("deploy-fit-factors-sharded", "local"), "inspect-factors",
-             *make_steps("deploy-compute-scores-sharded", "local"), "compute-self-scores", "inspect-scores"]
+             *make_steps("deploy-compute-scores-sharded", "local"), "compute-self-scores", "inspect-scores",
+             *make_steps("deploy-build-index-sharded", "local"), "query"]
     lds_order = [*make_steps("deploy-lds", "local"), "inspect-scores"]  # then the report states the LDS
-    assert {stage_of(jobs[name]) for name in order + lds_order} == {stage.name for stage in PIPELINE} | {"lds"}
+    assert {stage_of(jobs[name]) for name in order + lds_order} == {stage.name for stage in PIPELINE} | {
+        "lds", "build_index", "query"}
     logs = {name: run_job(jobs[name], objects, tmp_path, s3_env, artifacts_uri) for name in order}
     # lds-retrain runs a pod per subset, lds correlates.
     lds_logs = [run_job(jobs[name], objects, tmp_path / "lds", s3_env, artifacts_uri) for name in lds_order]
@@ -306,7 +315,10 @@ def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, 
         assert f"shard {index} of the lambda phase" in log, log[-2000:]
     for index, log in enumerate(logs["compute-scores-shards"]):
         assert f"(shard {index} of 2)" in log, log[-2000:]
-    for name in ("fit-factors-eigendecomposition", "fit-factors", "compute-scores"):
+    for index, log in enumerate(logs["build-index-shards"]):  # 100 examples: shards 0-3, two a pod
+        assert re.findall(r"index shard (\d+) ", log) == [str(index), str(index + 2)], log[-2000:]
+    assert "index shard" not in logs["build-index"][0]  # every shard restored, none built again
+    for name in ("fit-factors-eigendecomposition", "fit-factors", "compute-scores", "build-index"):
         assert re.search(r"restored \d+ published files", logs[name][0]), logs[name][0][-2000:]
 
     import fsspec
@@ -319,6 +331,10 @@ def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, 
     scores_dir = f"{artifacts_uri}/influence/scores_{env['SCORES_NAME']}"
     assert json.loads(fs.cat_file(f"{scores_dir}/_SUCCESS"))["settings"]["score_data_partitions"] == 2
     assert not fs.glob(f"{scores_dir}/pairwise_scores_data_partition*")  # length-sorted: not published
+    # The query Job scored the prompts against the index into its own scores, beside compute_scores'.
+    queried = json.loads(fs.cat_file(f"{artifacts_uri}/influence/scores_query_scores/_SUCCESS"))
+    assert queried["stage"] == "query" and queried["settings"]["rerank_top_k"] == 5
+    assert len(fs.ls(f"{artifacts_uri}/index/index")) == 4 + 2  # four shards, projection.json, _SUCCESS
 
     # The report lands where `make fetch-report` looks, with every prompt and its ranked examples.
     report_dir = f"{artifacts_uri}/reports/{env['SCORES_NAME']}"
