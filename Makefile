@@ -7,7 +7,7 @@ ARTIFACTS_URI ?= ./artifacts
 SCORES_NAME ?= prompt_scores
 export ARTIFACTS_URI
 
-.PHONY: install demo eval lds lds-study bench plan test lint fetch-report clean
+.PHONY: install demo eval lds lds-study bench plan test test-fast lint docs docs-serve settings-docs fetch-report clean
 
 install: $(VENV)/.installed
 
@@ -52,14 +52,14 @@ lds: install
 	@echo "LDS: $(ARTIFACTS_URI)/reports/lds/lds.md"
 
 ## lds-study: the LDS of the choices behind the defaults (tracked modules, damping, task, strategy, an
-## ensemble over training seeds) on the demo, into bench/lds_study.md (about 20 minutes on 2 CPU cores)
+## ensemble over training seeds) on the demo, into docs/results/lds_study.md (about 20 minutes on 2 CPU cores)
 lds-study: install
 	$(PY) bench/lds_study.py
 
 ## bench: every stage timed at the demo size and 5x, beside the original approach and bare Kronfluence
-## (bench/results.md); the cost curve of every stage over 600-4,800 documents with the plan's estimates
-## beside the measured memory and sizes (bench/cost_curve.md); bfloat16 against float32 scores
-## (bench/precision.md). About 30 minutes on 2 CPU cores
+## (docs/results/results.md); the cost curve of every stage over 600-4,800 documents with the plan's estimates
+## beside the measured memory and sizes (docs/results/cost_curve.md); bfloat16 against float32 scores
+## (docs/results/precision.md). About 30 minutes on 2 CPU cores
 bench: install
 	$(PY) bench/run.py
 	$(PY) bench/cost_curve.py
@@ -69,7 +69,12 @@ bench: install
 ## after installing what it needs: the virtual environment and Chromium (test-chromium)
 TEST_WORKERS ?= 2
 test: install test-chromium
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -m slow -n $(TEST_WORKERS) --dist loadgroup
+
+## test-fast: the in-process tests alone (every test not marked slow in tests/conftest.py), about a minute
+test-fast: install
+	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
 
 ## test-chromium: headless Chromium for tests/test_report_html.py, Debian's `chromium` package,
 ## installed with apt-get (through sudo when not root) only when `chromium` is not on PATH
@@ -92,8 +97,19 @@ fetch-report: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+## docs: the documentation site from docs/ into site/ (mkdocs build --strict: broken links fail);
+## docs-serve: the same, served at http://127.0.0.1:8000; settings-docs: docs/settings.md from the code
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+settings-docs: install
+	$(PY) -m influence_core.settings_reference > docs/settings.md
+
 clean:
-	rm -rf artifacts .pytest_cache
+	rm -rf artifacts .pytest_cache site
 
 # ---- Containers and Kubernetes (docker/, k8s/; README: "Run locally with docker", "Run on Kubernetes")
 REGISTRY ?= localhost:5000

@@ -2,7 +2,7 @@
 the demo corpus, the tiny model) and once with the small model, each a fresh process; per stage
 the wall time with the fitted exponent of time against corpus size, and the measured peak RSS and
 published sizes beside what `python -m jobs plan` estimated for the same settings beforehand.
-Writes bench/cost_curve.md and bench/cost_curve.json.
+Writes docs/results/cost_curve.md and bench/cost_curve.json.
 
     python bench/cost_curve.py
 """

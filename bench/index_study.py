@@ -1,5 +1,5 @@
 """The gradient index against compute_scores, on the demo and demo-hard at the defaults (issue "Ask
-a new question in seconds"). Writes bench/index_study.md and bench/index_study.json.
+a new question in seconds"). Writes docs/results/index_study.md and bench/index_study.json.
 
 Per corpus, through the stages as a user runs them (ARTIFACTS_URI ./artifacts and
 ./artifacts/demo-hard, as `make demo` and `make eval` leave them): train, fit_factors and
@@ -140,7 +140,7 @@ def main() -> None:
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
                                                            f"torch {torch.__version__}", "rows": rows}
     (ROOT / "bench" / "index_study.json").write_text(json.dumps(result, indent=2))
-    (ROOT / "bench" / "index_study.md").write_text(render(result))
+    (ROOT / "docs" / "results" / "index_study.md").write_text(render(result))
     print(render(result))
 
 

@@ -5,7 +5,7 @@ Each variant is fitted and scored by the stages under a name of its own, in ARTI
 one `python -m jobs lds` run correlates them all with the same retrained subsets. Ensembles average
 the scores of models trained with other training seeds (TRAINING_SEED) on the same corpus and
 tokenizer, correlated here with the published subsets by influence_core.lds. Writes
-bench/lds_study.md and bench/lds_study.json.
+docs/results/lds_study.md and bench/lds_study.json.
 
     python bench/lds_study.py [--members 3]
 """
@@ -126,7 +126,7 @@ def main() -> None:
     study = {"subsets": result["subsets"], "seeds": result["seeds"], "rows": rows, "seconds": seconds,
              "total_seconds": time.time() - started, "prompts": result["prompts"]}
     (ROOT / "bench" / "lds_study.json").write_text(json.dumps(study, indent=2, ensure_ascii=False))
-    (ROOT / "bench" / "lds_study.md").write_text(render(study))
+    (ROOT / "docs" / "results" / "lds_study.md").write_text(render(study))
     print(render(study))
 
 

@@ -2,7 +2,7 @@
 ways (AMP_DTYPE), compared per prompt (Pearson correlation over all training documents, overlap
 of the ten most helpful). On a CPU, autocast runs bfloat16 in software (slower; the point here is
 agreement); on a GPU with bfloat16 tensor cores AMP_DTYPE=auto picks it. Writes
-bench/precision.md and bench/precision.json.
+docs/results/precision.md and bench/precision.json.
 
     python bench/precision.py [--num_examples 600]
 """

@@ -1,5 +1,5 @@
 """`make bench`: every stage timed at the demo size and at 5 times that, side by side with the
-original scripts' approach and with bare Kronfluence calls; writes bench/results.md and .json.
+original scripts' approach and with bare Kronfluence calls; writes docs/results/results.md and .json.
 
 Each measurement is a fresh process (wall seconds and its own peak RSS, via wait4), and the
 median of REPEATS runs where it says so. Ratios are what to read: absolute times depend on the
@@ -216,7 +216,7 @@ def machine() -> str:
 def write(name: str, results: dict, rendered: str) -> None:
     """bench/<name>.json and bench/<name>.md, and the table printed."""
     (ROOT / "bench" / f"{name}.json").write_text(json.dumps(results, indent=2))
-    (ROOT / "bench" / f"{name}.md").write_text(rendered)
+    (ROOT / "docs" / "results" / f"{name}.md").write_text(rendered)
     print(rendered)
 
 

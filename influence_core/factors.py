@@ -54,7 +54,7 @@ def build_analyzer(model_dir: Path, work_dir: Path, factors_name: str, task_name
     )
     analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=PadCollator(tokenizer.pad_token_id)))
     # Kronfluence runs gc.collect() around every step, which walks every object of torch,
-    # transformers and datasets (0.2 s each on CPU); what is alive now lives to the end anyway.
+    # transformers and datasets (slow on a CPU); what is alive now lives to the end anyway.
     gc.freeze()
     return analyzer
 

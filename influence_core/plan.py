@@ -32,19 +32,19 @@ from pathlib import Path
 from influence_core.artifacts import Factors, Model, Scores, SelfScores, TrainData, find
 from influence_core.demo_corpus import CORPORA
 from influence_core.errors import ConfigError
-from influence_core.settings import CommonSettings, PipelineSettings
+from influence_core.settings import CommonSettings, PlanSettings
 from influence_core.storage import Store, read_uri
 
 log = logging.getLogger(__name__)
 FLOAT = 4  # bytes of a float32
 GIB = 2**30
 # The interpreter with torch, transformers, datasets and kronfluence imported, and the allocator's
-# slack around it: measured as peak RSS on CPU (torch 2.13, Linux), 460-490 MiB.
+# slack around it, as peak RSS on a CPU (docs/results/cost_curve.md measures the plan against it).
 PROCESS_BASELINE = 500 * 2**20
 CUDA_CONTEXT = GIB // 2  # what the CUDA runtime takes on the device before the first tensor
 # Freed blocks are not all reusable for the next, differently shaped tensors (glibc on CPU, torch's
 # caching allocator on GPU): the peak exceeds the live tensors. 1.2 is the middle of what the CPU
-# measurements in bench/cost_curve.md show (their Kronfluence stages exceed the live tensors by 10-30%).
+# measurements in docs/results/cost_curve.md show (their Kronfluence stages exceed the live tensors by 10-30%).
 FRAGMENTATION = 1.2
 # What a published directory holds besides its tensors: the _SUCCESS manifest (settings, checksums)
 # and Kronfluence's argument and metadata files; scores also the prompts scored.
@@ -92,7 +92,7 @@ SHAPING = ("model", "model_preset", "max_length", "vocab_size", "tokenizer_name"
            "dataset_split", "text_column", "num_examples", "seed")
 
 
-def published_model(settings: PipelineSettings, store: Store, stage: str) -> Model | None:
+def published_model(settings: PlanSettings, store: Store, stage: str) -> Model | None:
     """The published model the estimate is of: the one a stage after train runs on, or, for train,
     the one these settings would train (None when they would train another)."""
     model = find(store, Model())
@@ -102,7 +102,7 @@ def published_model(settings: PipelineSettings, store: Store, stage: str) -> Mod
     return model if all(getattr(trained, key) == getattr(settings, key) for key in SHAPING) else None
 
 
-def _write_config(settings: PipelineSettings, model: Model | None, scratch: Path) -> None:
+def _write_config(settings: PlanSettings, model: Model | None, scratch: Path) -> None:
     """The model's config.json, written to `scratch`: the published model's, MODEL's, or the
     preset's at VOCAB_SIZE."""
     from influence_core.modeling import preset_config
@@ -120,7 +120,7 @@ def _write_config(settings: PipelineSettings, model: Model | None, scratch: Path
                       eos_token_id=0).save_pretrained(scratch)
 
 
-def _corpus(settings: PipelineSettings, data: TrainData | None, scratch: Path) -> tuple[int, int, int]:
+def _corpus(settings: PlanSettings, data: TrainData | None, scratch: Path) -> tuple[int, int, int]:
     """Examples, the longest one's tokens and all tokens: of the published data, else upper bounds."""
     from influence_core.data import DEFAULT_DEMO_DOCUMENTS, DEFAULT_HUB_DOCUMENTS
 
@@ -135,7 +135,7 @@ def _corpus(settings: PipelineSettings, data: TrainData | None, scratch: Path) -
     return examples, settings.max_length, examples * settings.max_length
 
 
-def measure_shape(settings: PipelineSettings, prompts: int, stage: str = "fit_factors") -> Shape:
+def measure_shape(settings: PlanSettings, prompts: int, stage: str = "fit_factors") -> Shape:
     """The model's and the corpus's shape for these settings and one stage,
     read from the published model and data when they are what the stage runs on (their config and
     token counts), else from the settings; the tracked modules and strategy of scoring from the
@@ -205,7 +205,7 @@ class Modules:
                    sum(inputs for inputs, _ in modules) * FLOAT * longest, factors)
 
 
-def estimates(settings: PipelineSettings, shape: Shape) -> dict[str, Estimate]:
+def estimates(settings: PlanSettings, shape: Shape) -> dict[str, Estimate]:
     """Each stage's memory (fixed and per example of a batch) and published sizes, in bytes:
     fit_factors for FACTOR_STRATEGY and TRACKED_MODULES, the stages after it for the factors'
     own strategy and modules, scoring one query batch (QUERY_BATCH_SIZE prompts) at a time."""
@@ -255,7 +255,7 @@ def index_row_floats(modules: tuple[tuple[int, int], ...], projection_dim: int) 
                for inputs, outputs in modules)
 
 
-def index_estimates(settings: PipelineSettings, shape: Shape, weights: int, token_activations: int,
+def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_activations: int,
                     scored: Modules, scoring_per_example: int) -> dict[str, Estimate]:
     """build_index: the weights, the whitening (the factors), a batch's activations and, per example
     of it, one module's rotated gradient, its scaled and projected copies, and the shard being
@@ -303,7 +303,7 @@ def device_memory() -> tuple[str, int]:
     return "cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def make_plan(settings: PipelineSettings, prompts: int, stage: str | None = None) -> dict:
+def make_plan(settings: PlanSettings, prompts: int, stage: str | None = None) -> dict:
     """The plan (docs/artifacts.md, "plan"): per stage the estimated peak memory, whether it fits
     the device (DEVICE_MEMORY_GIB, default the detected one), the largest batch that fits, and the
     published sizes; for one `stage`, of the model and data it runs on."""
@@ -368,8 +368,8 @@ def check_fits(stage: str, settings: CommonSettings, prompts: int = 1) -> None:
         return
     # The stage's settings, the other stages' at their defaults (no environment: a shard index set
     # for this stage would not fit the others' partition counts).
-    known = {key: value for key, value in settings.model_dump().items() if key in PipelineSettings.model_fields}
-    wide = PipelineSettings.model_construct(**{**known, "shard_index": None, "job_completion_index": None})
+    known = {key: value for key, value in settings.model_dump().items() if key in PlanSettings.model_fields}
+    wide = PlanSettings.model_construct(**{**known, "shard_index": None, "job_completion_index": None})
     try:
         plan = make_plan(wide, prompts, stage)
     except Exception as error:  # noqa: BLE001 (advice only; the reason is logged)

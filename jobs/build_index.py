@@ -14,6 +14,7 @@ import logging
 import time
 
 from influence_core.artifacts import Factors, Index, Model, TrainData, fingerprints, require
+from influence_core.plan import check_fits
 from influence_core.settings import BuildIndexSettings
 from jobs.common import already_done, manifest, open_store, torchrun_stage
 
@@ -28,6 +29,8 @@ def main(settings: BuildIndexSettings) -> None:
     inputs = fingerprints(model, data, factors)
     if already_done(store, [output], "build_index", settings, inputs):
         return
+
+    check_fits("build_index", settings)  # the batch fits the device, before the model loads
 
     from influence_core.index import build_shards
     from influence_core.runtime import barrier, is_main_process

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from influence_core.artifacts import Factors, Index, Model, Scores, TrainData, digest_of, fingerprints, require
 from influence_core.errors import ConfigError
+from influence_core.plan import check_fits
 from influence_core.prompts import Prompt, load_prompts
 from influence_core.settings import QueryIndexSettings
 from jobs.common import already_done, manifest, open_store
@@ -41,6 +42,8 @@ def main(settings: QueryIndexSettings) -> None:
     inputs = {**fingerprints(model, data, factors, index), "PROMPTS": digest_of(asked)}
     if not one and already_done(store, [output], "query", settings, inputs):
         return
+
+    check_fits("query", settings, len(prompts))
 
     from influence_core.index import answer, print_answer, write_scores
 

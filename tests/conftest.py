@@ -26,12 +26,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# The slow lane (`make test` runs it after the fast one; `make test-fast` leaves it out): tests that
+# read a pipeline's or a training run's artifacts, or that start processes (they say so with
+# `pytest.mark.slow` themselves, or for their whole module with `pytestmark`).
+SLOW_FIXTURES = {"demo_run", "small_pipeline", "s3_pipeline", "small_trained", "tiny_chain", "lds_run", "s3_env"}
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in its own hook
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         groups = [group for name, group in SHARED_FIXTURES.items() if name in item.fixturenames]
         if groups:
             item.add_marker(pytest.mark.xdist_group(groups[0]))
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 def jobs_env(env: dict | None = None) -> dict:
@@ -64,6 +72,19 @@ def one_line_refusal(result: tuple[int, str]) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
     return lines[0]
+
+
+def assert_a_real_picture(path, least: tuple[int, int] = (400, 300)) -> None:
+    """A PNG of at least `least` pixels that draws something: many colours, and no single colour
+    (the background) covering nearly all of it."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width >= least[0] and image.height >= least[1], (path, image.size)
+        pixels = image.convert("RGB")
+        colours = pixels.getcolors(maxcolors=1 << 20)
+    assert len(colours) > 20, path
+    assert max(count for count, _ in colours) < 0.97 * image.width * image.height, path
 
 
 def start_jobs(*args: str, env: dict | None = None) -> subprocess.Popen:

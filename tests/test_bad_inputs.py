@@ -117,6 +117,7 @@ def test_bad_corpus_is_refused_in_one_line(case, tmp_path):
     assert expected in str(refused.value) and "\n" not in str(refused.value)
 
 
+@pytest.mark.slow
 def test_bad_corpus_stops_the_train_stage_in_one_line(tmp_path):
     """The refusals above, as the train stage reports them (one case: they share the path)."""
     path = tmp_path / "docs.jsonl"

@@ -29,6 +29,8 @@ from jobs import compute_scores, fit_factors, import_model, inspect_factors, ins
 from tests.conftest import ROOT, run_jobs
 from tests.families import ADDS_BOS, CONFIGS, save_tiny_model
 
+pytestmark = pytest.mark.slow  # a tiny model of each family imported, fine-tuned and scored
+
 FAMILIES = [family for family in CONFIGS if family in MLP_PROJECTIONS]
 PROMPTS = [{"prompt": "The capital of Velmora is", "completion": " Quistador"},
            {"prompt": "The river Tallow flows into", "completion": " Lake Morwen"}]

@@ -21,6 +21,8 @@ from influence_core.stages import PIPELINE, Stage
 from influence_core.storage import PARTIAL
 from tests.conftest import SMALL, run_jobs, start_jobs
 
+pytestmark = pytest.mark.slow  # stages killed and cut off, as processes
+
 
 def outputs(stage: Stage) -> list[str]:
     """What a stage publishes at its default settings (SMALL changes no name)."""

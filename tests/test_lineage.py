@@ -35,6 +35,7 @@ def train_in_process(artifacts: Path, *flags: str) -> None:
     train.main(load_settings(TrainSettings, ["--artifacts_uri", str(artifacts), *QUICK_TRAIN, *flags]))
 
 
+@pytest.mark.slow
 def test_train_runs_again_when_the_documents_of_the_dataset_change(tmp_path):
     docs = write_documents(tmp_path / "docs.jsonl", "The first document is about herons.")
     artifacts = tmp_path / "artifacts"
@@ -49,6 +50,7 @@ def weights(artifacts: Path) -> dict:
     return load_file(str(artifacts / "model/model.safetensors"))
 
 
+@pytest.mark.slow
 def test_a_model_folder_saved_again_is_fine_tuned_and_imported_again(tmp_path):
     docs = write_documents(tmp_path / "docs.jsonl", "The first document is about herons.")
     source = save_tiny_model("gpt2", tmp_path / "gpt2", seed=0)
@@ -65,6 +67,7 @@ def test_a_model_folder_saved_again_is_fine_tuned_and_imported_again(tmp_path):
         assert any(not old[name].equal(new[name]) for name in old)
 
 
+@pytest.mark.slow
 def test_a_tokenizer_folder_saved_again_trains_again(tmp_path):
     docs = write_documents(tmp_path / "docs.jsonl", "The first document is about herons.")
     texts = [json.loads(line)["text"] for line in docs.read_text().splitlines()]

@@ -24,6 +24,8 @@ import yaml
 from influence_core import settings
 from influence_core.stages import BY_NAME, STAGES
 
+pytestmark = pytest.mark.slow  # kustomize, kubeconform and make, as processes
+
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 # make prints "Entering directory" lines when run under make (as `make test` runs pytest): off.

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from datasets import load_from_disk
 from safetensors.torch import load_file
 
 from influence_core.demo_corpus import FACTS
-from tests.conftest import ROOT, run_jobs
+from tests.conftest import ROOT, assert_a_real_picture, run_jobs
 
 
 def test_every_stage_output_is_complete(demo_run):
-    for output in ("model", "data/train", "influence/factors_tiny_lm_factors", "influence/scores_prompt_scores",
-                   "influence/self_scores_tiny_lm_factors", "reports/factors_tiny_lm_factors", "reports/prompt_scores"):
+    made_by = {"model": "train", "data/train": "train", "influence/factors_tiny_lm_factors": "fit_factors",
+               "influence/scores_prompt_scores": "compute_scores",
+               "influence/self_scores_tiny_lm_factors": "compute_self_scores",
+               "reports/factors_tiny_lm_factors": "inspect_factors", "reports/prompt_scores": "inspect_scores"}
+    for output, stage in made_by.items():
         manifest = json.loads((demo_run / output / "_SUCCESS").read_text())
-        assert manifest["stage"] and manifest["versions"]["kronfluence"] == "1.0.1"
+        assert manifest["stage"] == stage and manifest["versions"]["kronfluence"] == "1.0.1"
+        # Every file the output holds is listed with its size: nothing unlisted, nothing missing.
+        on_disk = {path.relative_to(demo_run / output).as_posix(): path.stat().st_size
+                   for path in (demo_run / output).rglob("*") if path.is_file() and path.name != "_SUCCESS"}
+        assert {name: size for name, (size, _) in manifest["files"].items()} == on_disk, output
     metrics = json.loads((demo_run / "model" / "training_metrics.json").read_text())
     assert metrics["final_loss"] < metrics["loss_curve"][0]["loss"] / 2
-    assert metrics["tokens_per_second"] > 0
+    assert metrics["examples"] == 600 and metrics["steps"] == 380  # 10 epochs of 600 at 16 a step
+    # The rate is the tokens trained on over the time it took, not a figure of its own.
+    assert metrics["tokens_per_second"] == pytest.approx(metrics["non_padding_tokens"] / metrics["train_seconds"])
 
 
 def test_report_lists_every_prompt_with_ranked_examples(demo_run, demo_report):
@@ -74,8 +84,7 @@ def test_plots_are_real_pngs(demo_run):
     score_plots = sorted((demo_run / "reports/prompt_scores").glob("score_distribution*.png"))
     assert len(score_plots) == 1 + len(json.loads((ROOT / "prompts.json").read_text()))  # the grid, one per prompt
     for plot in [*factor_plots, *score_plots]:
-        data = plot.read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        assert_a_real_picture(plot)
 
 
 def test_rerun_of_a_complete_stage_is_skipped(demo_run):

@@ -1,7 +1,7 @@
 """The pre-flight plan: its published sizes match what the stages publish, its batch limits are
 consistent with its own estimate, and a stage whose batch cannot fit is refused before it runs.
 (Its memory estimate against measured peak RSS at four corpus sizes and two models is
-bench/cost_curve.md: a measurement, not a test.)"""
+docs/results/cost_curve.md: a measurement, not a test.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from influence_core.plan import FRAGMENTATION, GIB, PROCESS_BASELINE, estimates, make_plan, measure_shape
-from influence_core.settings import PipelineSettings, PlanSettings, load_settings
+from influence_core.settings import PlanSettings, load_settings
 from jobs import plan as plan_stage
 from tests.conftest import run_jobs
 
@@ -36,7 +36,7 @@ def test_published_sizes_are_within_5_percent_of_the_demo_s(demo_run, capsys):
 
 
 def test_before_training_the_plan_reads_the_settings(tmp_path):
-    settings = PipelineSettings(artifacts_uri=str(tmp_path / "nothing"), num_examples=800, max_length=64)
+    settings = PlanSettings(artifacts_uri=str(tmp_path / "nothing"), num_examples=800, max_length=64)
     shape = measure_shape(settings, prompts=3)
     assert (shape.examples, shape.longest, shape.tokens, shape.from_published) == (800, 64, 800 * 64, False)
     assert shape.tracked == ((129, 512), (513, 128)) * 4  # the tiny preset's MLP, a bias column each
@@ -46,7 +46,7 @@ def test_the_largest_batch_that_fits_is_where_the_estimate_crosses_the_device(tm
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the CPU's form, on any machine
-    settings = PipelineSettings(artifacts_uri=str(tmp_path / "nothing"), device_memory_gib=0.6)
+    settings = PlanSettings(artifacts_uri=str(tmp_path / "nothing"), device_memory_gib=0.6)
     plan = make_plan(settings, prompts=4)
     shape = measure_shape(settings, prompts=4)
     for stage, estimate in estimates(settings, shape).items():
@@ -56,7 +56,7 @@ def test_the_largest_batch_that_fits_is_where_the_estimate_crosses_the_device(tm
         room = (0.6 * GIB - PROCESS_BASELINE) / FRAGMENTATION  # on CPU: what the tensors may take
         assert estimate.peak(largest) <= room < estimate.peak(largest + 1), stage
         assert plan["stages"][stage]["fits"] == (estimate.batch <= largest), stage
-    bigger = PipelineSettings(artifacts_uri=str(tmp_path / "nothing"), factor_batch_size=64)
+    bigger = PlanSettings(artifacts_uri=str(tmp_path / "nothing"), factor_batch_size=64)
     assert (make_plan(bigger, 4)["stages"]["fit_factors"]["peak_memory_bytes"]
             > make_plan(settings, 4)["stages"]["fit_factors"]["peak_memory_bytes"])
 
@@ -95,9 +95,9 @@ def test_scoring_is_charged_for_one_query_batch(tmp_path):
     """Kronfluence preconditions one query batch at a time: 500 prompts in batches of 8 hold the
     gradients of 8, not of 500."""
     common = {"artifacts_uri": str(tmp_path / "nothing"), "model_preset": "gpt-neo-125m", "max_length": 512}
-    at_once = make_plan(PipelineSettings(**common), prompts=500)["stages"]["compute_scores"]
-    batched = make_plan(PipelineSettings(**common, query_batch_size=8), prompts=500)["stages"]["compute_scores"]
-    shape = measure_shape(PipelineSettings(**common), prompts=500)
+    at_once = make_plan(PlanSettings(**common), prompts=500)["stages"]["compute_scores"]
+    batched = make_plan(PlanSettings(**common, query_batch_size=8), prompts=500)["stages"]["compute_scores"]
+    shape = measure_shape(PlanSettings(**common), prompts=500)
     one_gradient = sum(inputs * outputs for inputs, outputs in shape.tracked) * 4
     assert at_once["peak_memory_bytes"] - batched["peak_memory_bytes"] >= 400 * one_gradient
 
@@ -114,7 +114,7 @@ def test_scoring_is_charged_for_the_factors_own_strategy_and_modules(small_train
                                                         "identity", "--tracked_modules", "mlp|attn"]))
 
     def scoring(artifacts, **settings) -> dict:
-        return make_plan(PipelineSettings(artifacts_uri=str(artifacts), **settings), 12)["stages"]["compute_scores"]
+        return make_plan(PlanSettings(artifacts_uri=str(artifacts), **settings), 12)["stages"]["compute_scores"]
 
     # A scoring run's settings name the factors only; its defaults would say EK-FAC over the MLP.
     assert scoring(fitted) == scoring(bare, factor_strategy="identity", tracked_modules="mlp|attn")

@@ -27,6 +27,8 @@ import json, os, pathlib, sys
 from influence_core import factors
 from influence_core.runtime import barrier
 from influence_core.settings import FitFactorsSettings
+
+pytestmark = pytest.mark.slow  # torchrun processes
 writes = []
 original_write, original_replace = pathlib.Path.write_text, os.replace
 def write_text(self, *args, **kwargs):

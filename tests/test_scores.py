@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing
 from datasets import Dataset
@@ -42,6 +43,7 @@ def test_restored_scores_follow_the_corpus_once(tmp_path):
     assert load_file(str(self_scores))["all_modules"].tolist() == [11.0, 13.0, 10.0, 12.0]
 
 
+@pytest.mark.slow
 def test_several_processes_restore_a_shared_scores_file_once(tmp_path):
     """Every torchrun process of a pod finishes compute_scores on the one file in their shared work
     directory: it is permuted once, by one process, whatever the others do meanwhile."""

@@ -42,6 +42,8 @@ from tests.test_manifests import (
     stage_jobs,
 )
 
+pytestmark = pytest.mark.slow  # kustomize and make as processes; the local overlay's Jobs run
+
 # The make targets and the Jobs they deploy, in order: a stage's own Job comes last and aggregates.
 SHARDED_TARGETS = {
     "deploy-fit-factors-sharded": ["fit-factors-covariance", "fit-factors-eigendecomposition", "fit-factors-lambda",
@@ -239,18 +241,6 @@ def test_make_deploys_the_sharded_steps_in_order(overlay):
     assert any(line.startswith("## deploy-fit-factors-sharded") for line in help_lines)
     # Each step alone too, by its Job's name.
     assert make_steps("deploy-fit-factors-lambda", overlay) == ["fit-factors-lambda"]
-
-
-def test_the_readme_names_the_sharded_steps_and_targets():
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Run on Kubernetes"):]
-    section = section[:section.index("\n## ", 1)]
-    assert "Spread over pods" in section
-    for target, names in SHARDED_TARGETS.items():
-        assert f"make {target}" in section
-        assert all(name in section for name in names)
-    for key in ("COVARIANCE_DATA_PARTITIONS", "LAMBDA_DATA_PARTITIONS", "SCORE_DATA_PARTITIONS"):
-        assert key in section
 
 
 # ==== the local overlay's sharded Jobs, run ====

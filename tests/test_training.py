@@ -10,6 +10,8 @@ from influence_core.data import PadCollator, load_corpus, tokenize_corpus
 from influence_core.modeling import build_model
 from influence_core.tokenizer import train_bpe_tokenizer
 
+pytestmark = pytest.mark.slow  # trains
+
 
 class CountingCollator(PadCollator):
     computed_tokens = 0  # token positions the model is run on, padding included
