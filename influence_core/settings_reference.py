@@ -98,11 +98,11 @@ def render() -> str:
     for klass in order:
         doc = inspect.getdoc(klass) or ""
         lines += [f"## {klass.__name__}", "", " ".join(doc.split()), "",
-                  "| setting | flag | type | default | read by | what it does |", "|---|---|---|---|---|---|"]
+                  "| setting, flag | type | default | read by | what it does |", "|---|---|---|---|---|"]
         for field in groups[klass]:
             info = klass.model_fields[field]
             name = info.alias or field
-            lines.append(f"| `{name.upper()}` | `--{name}` | {_cell(_field_type(info))} | `{_cell(_default(info))}` | "
+            lines.append(f"| `{name.upper()}`<br>`--{name}` | {_cell(_field_type(info))} | `{_cell(_default(info))}` | "
                          f"{_readers(readers[(klass, field)], everyone)} | {_cell(info.description or '')} |")
         lines.append("")
     return "\n".join(lines)
