@@ -10,8 +10,12 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.families import save_tiny_model
+
+pytestmark = pytest.mark.slow  # torchrun processes
 
 SHARE = """
 import json, os
@@ -27,8 +31,6 @@ import json, os, pathlib, sys
 from influence_core import factors
 from influence_core.runtime import barrier
 from influence_core.settings import FitFactorsSettings
-
-pytestmark = pytest.mark.slow  # torchrun processes
 writes = []
 original_write, original_replace = pathlib.Path.write_text, os.replace
 def write_text(self, *args, **kwargs):
