@@ -257,9 +257,9 @@ def index_row_floats(modules: tuple[tuple[int, int], ...], projection_dim: int) 
 
 def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_activations: int,
                     scored: Modules, scoring_per_example: int) -> dict[str, Estimate]:
-    """build_index: the weights, the whitening (the factors), a batch's activations and, per example
-    of it, one module's rotated gradient, its scaled and projected copies, and the shard being
-    built (INDEX_SHARD_SIZE rows in float32 and INDEX_DTYPE). query: the weights, the whitening,
+    """build_index: the weights, the whitening (the factors), the shard being built (INDEX_SHARD_SIZE
+    rows in INDEX_DTYPE) and, per example of a batch, its activations, one module's rotated gradient
+    with its scaled and projected copies, and its row in float32. query: the weights, the whitening,
     the prompts' rows, a block of index rows in float32 and the scores; rescoring the candidates
     is compute_scores on them."""
     from influence_core.artifacts import Index
@@ -274,8 +274,9 @@ def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_ac
     scores = shape.prompts * shape.examples * FLOAT
     rescored = min(shape.examples, shape.prompts * settings.rerank_top_k)
     return {
-        "build_index": Estimate(weights + scored.factors + shard * row * (FLOAT + stored),
-                                token_activations + 3 * scored.largest, "TRAIN_BATCH_SIZE", settings.train_batch_size,
+        "build_index": Estimate(weights + scored.factors + shard * row * stored,
+                                token_activations + 3 * scored.largest + row * FLOAT, "TRAIN_BATCH_SIZE",
+                                settings.train_batch_size,
                                 {Index(settings.index_name).relative: published}),
         "query": Estimate(weights + scored.factors + queries + QUERY_BLOCK * row * (FLOAT + stored) + 2 * scores,
                           scoring_per_example if rescored else 0, "TRAIN_BATCH_SIZE" if rescored else None,
