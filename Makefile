@@ -40,7 +40,7 @@ eval: install
 	$(HARD) $(PY) -m jobs evaluate
 	@echo "Evaluation: $(ARTIFACTS_URI)/reports/evaluation/evaluation.md, $(ARTIFACTS_URI)/demo-hard/reports/evaluation/evaluation.md"
 
-## lds: the linear datamodeling score of the demo's scores (README, "Linear datamodeling score"): trains,
+## lds: the linear datamodeling score of the demo's scores (docs/guides/lds.md): trains,
 ## fits and scores first (each skipped when done), retrains the model on LDS_SUBSETS random halves of its
 ## data, correlates, and writes the report again with the LDS in it (about 8 minutes on 2 CPU cores)
 lds: install
@@ -111,7 +111,7 @@ settings-docs: install
 clean:
 	rm -rf artifacts .pytest_cache site
 
-# ---- Containers and Kubernetes (docker/, k8s/; README: "Run locally with docker", "Run on Kubernetes")
+# ---- Containers and Kubernetes (docker/, k8s/; docs/guides/docker.md, docs/guides/kubernetes.md)
 REGISTRY ?= localhost:5000
 IMAGE ?= influence-jobs
 # The tag is the commit, marked -dirty when the work tree has changes, so an image says what it holds.
@@ -126,12 +126,12 @@ ARGS ?=
 DOCKER_RUN_FLAGS ?=
 # Every Job of k8s/base (job-<name>.yaml): a stage's own Job, or a step of a stage spread over pods.
 K8S_JOBS := $(patsubst k8s/base/job-%.yaml,%,$(wildcard k8s/base/job-*.yaml))
-# fit-factors and compute-scores spread over pods (README, "Spread over pods"): their Jobs in the
+# fit-factors and compute-scores spread over pods (docs/guides/kubernetes.md, "Spread over pods"): their Jobs in the
 # order they run. Indexed Jobs compute a data partition per pod; the stage's own Job aggregates.
 K8S_FIT_FACTORS_SHARDED := fit-factors-covariance fit-factors-eigendecomposition fit-factors-lambda fit-factors
 K8S_COMPUTE_SCORES_SHARDED := compute-scores-shards compute-scores
 K8S_BUILD_INDEX_SHARDED := build-index-shards build-index
-# lds: an Indexed Job retrains a subset per pod, then the lds Job correlates (README, "Linear datamodeling score").
+# lds: an Indexed Job retrains a subset per pod, then the lds Job correlates (docs/guides/lds.md).
 K8S_LDS := lds-retrain lds
 
 .PHONY: build push docker-run k8s-render deploy-local-secret deploy-local-storage \
@@ -217,6 +217,6 @@ deploy-compute-scores-sharded:
 
 ## deploy-build-index-sharded [OVERLAY=local|cloud]: the gradient index built over pods:
 ## build-index-shards (a pod per INDEX_PARTITIONS), then build-index (publishes). deploy-build-index
-## builds it in one pod; deploy-query asks it (README, "Ask new questions").
+## builds it in one pod; deploy-query asks it (docs/guides/ask-new-questions.md).
 deploy-build-index-sharded:
 	@for job in $(K8S_BUILD_INDEX_SHARDED); do $(MAKE) --no-print-directory deploy-$$job TAG=$(TAG) || exit 1; done

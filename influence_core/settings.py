@@ -44,7 +44,7 @@ Strategy = Annotated[
 Dtype = Literal["float32", "float64", "bfloat16", "float16"]
 # The damping added to the curvature before it is inverted. 1e-8 is the default of Kronfluence's
 # ScoreArguments; "heuristic" is what Kronfluence adds when the damping is None, 0.1 x each module's
-# mean eigenvalue, which predicted retraining worse on the demo (LDS 0.56 against 0.66; README, LDS).
+# mean eigenvalue, which predicted retraining worse on the demo (docs/guides/lds.md, "The defaults, chosen by LDS").
 DEFAULT_DAMPING = 1e-8
 Damping = Annotated[
     PositiveFloat | Literal["heuristic"],
@@ -164,7 +164,7 @@ class DeviceSettings(CommonSettings):
 
 
 class ModelSettings(DeviceSettings, TrackedModulesSettings):
-    """A model of your own (README, "Analyse your own model")."""
+    """A model of your own (docs/guides/own-model.md)."""
 
     model: str | None = Field(None, description="A Hugging Face model name, a local directory or an fsspec URL of "
                                                 "a saved causal LM (safetensors): train fine-tunes it, import_model "
@@ -370,7 +370,7 @@ class ComputeSelfScoresSettings(ScoringSettings):
 
 
 class IndexSettings(ScoringSettings):
-    """The gradient index (README, "Ask new questions"): which one, and how its rows are made. The
+    """The gradient index (docs/guides/ask-new-questions.md): which one, and how its rows are made. The
     scoring settings (factors, damping, dtypes) mean what they do for compute_scores; an index is
     whitened with one set of factors and one damping, which every query of it must use."""
 

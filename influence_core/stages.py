@@ -4,7 +4,7 @@ every stage against changed inputs) and the Kubernetes manifest checks all read 
 Adding a stage: a `Stage` line here (its settings class in settings.py; the kinds of artifact it
 reads and the artifacts it writes, from artifacts.py), its module jobs/<name>.py with
 `main(settings)`, its Job manifest k8s/base/job-<name>.yaml (listed in k8s/base/kustomization.yaml),
-and its section in the README.
+and its page docs/stages/<name>.md (in mkdocs.yml's nav).
 """
 
 from __future__ import annotations

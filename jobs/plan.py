@@ -1,5 +1,5 @@
 """`python -m jobs plan [--json]`: each stage's estimated peak memory, published sizes and the
-largest batch sizes that fit the device, for the same settings the stages read (README, "Plan")."""
+largest batch sizes that fit the device, for the same settings the stages read (docs/stages/index.md)."""
 
 from __future__ import annotations
 

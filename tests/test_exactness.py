@@ -13,9 +13,9 @@ Relative error here is per prompt: max_j |pipeline_ij - autograd_ij| / max_j |au
 largest deviation measured against the size of that prompt's scores (an entry-wise ratio is
 meaningless for the scores that are near zero).
 
-Sign convention (README): a positive score means a gradient step on the training example lowers
-the completion's measurement, i.e. the example helps the model produce the completion. Checked by
-taking that step.
+Sign convention (the reports' "Reading the scores"): a positive score means a gradient step on the
+training example lowers the completion's measurement, i.e. the example helps the model produce the
+completion. Checked by taking that step.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ def test_plots_of_the_chosen_layer(demo_run):
 
 
 def test_the_documented_damping_default_is_kronfluence_s(demo_run):
-    """The README and --help call 1e-8 the default of Kronfluence's ScoreArguments, and the
+    """The docs and --help call 1e-8 the default of Kronfluence's ScoreArguments, and the
     heuristic 0.1 x the mean eigenvalue its fallback when the damping is None."""
     from kronfluence.arguments import ScoreArguments
     from kronfluence.utils.constants import HEURISTIC_DAMPING_SCALE

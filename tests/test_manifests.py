@@ -125,7 +125,7 @@ def all_stage_jobs(objects) -> list[tuple[str, dict]]:
 
 
 def partial(job: dict) -> bool:
-    """A step of a stage spread over pods (README, "Spread over pods"): an Indexed Job (a data
+    """A step of a stage spread over pods (docs/guides/kubernetes.md, "Spread over pods"): an Indexed Job (a data
     partition per pod) or a FACTOR_PHASE before `all`. The stage's own Job runs it whole."""
     env = {entry["name"]: entry.get("value") for entry in stage_container(job).get("env", [])}
     return job["spec"].get("completionMode") == "Indexed" or env.get("FACTOR_PHASE", "all") != "all"
@@ -333,7 +333,7 @@ def test_settings_values_are_valid_for_each_stage(overlay, monkeypatch):
                 monkeypatch.delenv(name)
         env = {name: value for name, value in resolved_env(stage_container(job), objects).items()
                if name.lower() in fields}
-        if stage == "import_model":  # deployed once MODEL is set in the overlay (README)
+        if stage == "import_model":  # deployed once MODEL is set in the overlay (docs/guides/own-model.md)
             env.setdefault("MODEL", "EleutherAI/pythia-160m")
         for name, value in env.items():
             monkeypatch.setenv(name, value)

@@ -1,4 +1,4 @@
-"""fit_factors and compute_scores spread over pods (README, "Spread over pods"): Indexed Jobs whose
+"""fit_factors and compute_scores spread over pods (docs/guides/kubernetes.md, "Spread over pods"): Indexed Jobs whose
 pods each compute one data partition, and plain Jobs that aggregate, deployed in order by
 `make deploy-fit-factors-sharded` and `make deploy-compute-scores-sharded`.
 
