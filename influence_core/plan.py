@@ -56,8 +56,9 @@ TOKENIZER_BYTES_PER_TOKEN = 60  # tokenizer.json: a vocabulary entry and a merge
 # (influence_core.index.score_shards).
 SHARD_HEADER_BYTES = 250
 MODULE_PROJECTION_BYTES = 120
-RESCORED_BYTES = 6
+RESCORED_BYTES = 5
 QUERY_BLOCK = 256
+QUERY_METADATA_BYTES = 2600  # a query's _SUCCESS and score_arguments.json: no Kronfluence metadata files
 
 
 @dataclass(frozen=True)
@@ -281,8 +282,8 @@ def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_ac
         "query": Estimate(weights + scored.factors + queries + QUERY_BLOCK * row * (FLOAT + stored) + 2 * scores,
                           scoring_per_example if rescored else 0, "TRAIN_BATCH_SIZE" if rescored else None,
                           settings.train_batch_size,
-                          {Scores("query_scores").relative: scores + METADATA_BYTES + PROMPT_BYTES * shape.prompts
-                           + RESCORED_BYTES * rescored}),
+                          {Scores("query_scores").relative: scores + QUERY_METADATA_BYTES
+                           + PROMPT_BYTES * shape.prompts + RESCORED_BYTES * rescored}),
     }
 
 

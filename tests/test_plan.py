@@ -26,8 +26,10 @@ def test_published_sizes_are_within_5_percent_of_the_demo_s(demo_run, capsys):
     assert set(plan["stages"]) >= {"train", "fit_factors", "compute_scores", "compute_self_scores", "inspect_scores"}
     assert plan["shape"]["examples"] == 600 and plan["shape"]["prompts"] == 12
     checked = []
-    for row in plan["stages"].values():
+    for stage, row in plan["stages"].items():
         assert row["peak_memory_bytes"] > 0
+        if stage in ("build_index", "query"):  # not in the demo pipeline: tests/test_index.py checks them
+            continue
         for relative, estimated in row["published_bytes"].items():
             assert estimated == pytest.approx(published_bytes(demo_run, relative), rel=0.05), relative
             checked.append(relative)
