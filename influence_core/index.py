@@ -14,7 +14,7 @@ gradient the same way and takes plain dot products: exact when nothing is projec
 Why whitened, and not raw gradients that would serve every factors and damping choice: at the
 small damping the scores use, (F + damping)^-1 lives in the directions of near-zero curvature,
 where training gradients are small, and a random projection of raw gradients loses exactly those
-(docs/results/index_study.md: Pearson 0.17 with the exact scores at a quarter of the size, 0.89 whitened).
+(docs/guides/ask-new-questions.md, "Why whitened", has the figures).
 An index therefore belongs to one set of factors and one damping, which its manifest records.
 
 The whitened gradient of a module is projected to PROJECTION_DIM per side by two random matrices
