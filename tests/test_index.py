@@ -122,3 +122,27 @@ def test_the_plan_sizes_the_index_and_the_query_scores_within_5_percent(artifact
         published = sum(path.stat().st_size for path in (artifacts / relative).rglob("*") if path.is_file())
         assert row["published_bytes"] == {relative: pytest.approx(published, rel=0.05)}
         assert row["peak_memory_bytes"] > 0 and row["fits"]
+
+
+def test_a_tiny_untrained_model_s_index_scores_as_compute_scores_with_ekfac(tmp_path, capsys):
+    """The fast lane's exactness check: a tiny random GPT-Neo imported as it is, EK-FAC fitted on 40
+    documents, and the index at full size against compute_scores, in this process."""
+    from influence_core.demo_corpus import build_demo_corpus
+    from tests.families import save_tiny_model
+
+    source = save_tiny_model("gpt_neo", tmp_path / "source", documents=100)
+    documents = tmp_path / "documents.jsonl"
+    documents.write_text("".join(json.dumps({"text": text}) + "\n" for text in build_demo_corpus(100).texts[:40]))
+    artifacts = tmp_path / "artifacts"
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps([{"prompt": "The capital of Velmora is", "completion": " Quistador"},
+                                   {"prompt": "The river Tallow flows into", "completion": " Lake Morwen"}]))
+    run(capsys, "import_model", artifacts, f"--model={source}", f"--dataset={documents}", "--max_length=32")
+    run(capsys, "fit_factors", artifacts, "--factor_batch_size=8")
+    run(capsys, "compute_scores", artifacts, f"--prompts={prompts}")
+    run(capsys, "build_index", artifacts, "--projection_dim=0", "--index_dtype=float32", "--index_shard_size=16")
+    run(capsys, "query", artifacts, f"--prompts={prompts}", "--rerank_top_k=0")
+    exact, ours = scores(artifacts, "prompt_scores"), scores(artifacts, "query_scores")
+    assert ours.shape == exact.shape == (2, 40)
+    relative = (ours - exact).abs().amax(dim=1) / exact.abs().amax(dim=1)
+    assert float(relative.max()) < 1e-4, relative
