@@ -139,6 +139,11 @@ class Artifact:
         return self.store.fetch(self.relative, destination,
                                 remedy=f"rerun the {self.made_by} stage with FORCE=true")
 
+    def fetch_file(self, name: str, destination: Path) -> Path:
+        """One of its files, verified as `fetch` verifies them all (read in place from a local store)."""
+        return self.store.fetch_file(self.relative, name, self.manifest.files or {}, destination,
+                                     remedy=f"rerun the {self.made_by} stage with FORCE=true")
+
     def read_json(self, name: str) -> Any:
         """One small JSON file of it, read directly (None when it has no such file)."""
         return self.store.read_json(f"{self.relative}/{name}")

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -251,13 +250,10 @@ def gradient_rows(model: nn.Module, loss, examples: Dataset, projection: Project
 # ---- building the index and querying it ----------------------------------------------------------
 
 def _device() -> torch.device:
-    """This process's GPU (torchrun's LOCAL_RANK), else the CPU."""
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else (
-        torch.device("cpu"))
+    """This process's GPU, else the CPU."""
+    from influence_core.runtime import local_gpu
 
-
-def _dtype(name: str) -> torch.dtype:
-    return getattr(torch, name)
+    return local_gpu() if torch.cuda.is_available() else torch.device("cpu")
 
 
 def prepared(model_dir: Path, work_dir: Path,
@@ -306,7 +302,7 @@ def build_shards(model_dir: Path, train_dir: Path, work_dir: Path, settings: Bui
         if _shard_rows(path) == count:  # restored from an earlier run
             continue
         rows = gradient_rows(model, loss, examples.select(range(first, first + count)), projection, whitened,
-                             tokenizer.pad_token_id, settings.train_batch_size, _dtype(settings.index_dtype))
+                             tokenizer.pad_token_id, settings.train_batch_size, getattr(torch, settings.index_dtype))
         partial = path.with_name(path.name + ".partial")
         save_file({Index.ROWS: rows.contiguous()}, str(partial), metadata={"first": str(first)})
         partial.replace(path)

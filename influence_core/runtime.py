@@ -151,12 +151,11 @@ def shared_work_dir(stage: str) -> Iterator[Path]:
         with work_dir() as path:
             yield path
         return
-    import torch
     import torch.distributed as dist
 
     barrier()  # joins the process group
     name = [tempfile.mkdtemp(prefix=f"influence-{stage}-") if is_main_process() else None]
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if dist.get_backend() == "nccl" else None
+    device = local_gpu() if dist.get_backend() == "nccl" else None
     dist.broadcast_object_list(name, src=0, device=device)
     path = Path(name[0])
     try:
@@ -168,6 +167,13 @@ def shared_work_dir(stage: str) -> Iterator[Path]:
     barrier()  # every process is done with it
     if is_main_process():
         shutil.rmtree(path, ignore_errors=True)
+
+
+def local_gpu() -> torch.device:
+    """This torchrun process's GPU (its LOCAL_RANK; 0 outside torchrun)."""
+    import torch
+
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def barrier() -> None:

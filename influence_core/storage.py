@@ -124,27 +124,28 @@ class Store:
             raise ConfigError(f"input {self.url(relative)}: its {SUCCESS} lists no files to verify: {remedy}")
         destination.mkdir(parents=True, exist_ok=True)
         self._download(relative, destination)
-        for name, (size, digest) in recorded.items():
-            path = destination / name
-            if not path.is_file() or path.stat().st_size != size or _sha256(path) != digest:
-                raise ConfigError(f"input {self.url(below(relative, name))} is missing, truncated or changed since "
-                                  f"{SUCCESS} was written: {remedy}")
+        for name, entry in recorded.items():
+            self._verify(destination / name, entry, below(relative, name), remedy)
         return destination
 
-    def fetch_file(self, relative: str, name: str, destination: Path, remedy: str) -> Path:
+    def fetch_file(self, relative: str, name: str, recorded: dict, destination: Path, remedy: str) -> Path:
         """One file of a complete artifact, checked against the size and checksum its `_SUCCESS`
-        recorded: read where it lies in a local store (never written to), else copied to
-        `destination`. For an artifact read a file at a time (the index's shards)."""
-        size, digest = ((self.manifest(relative) or {}).get("files") or {}).get(name, (None, None))
+        recorded (`recorded`, that manifest's files): read where it lies in a local store (never
+        written to), else copied to `destination`. For an artifact read a file at a time (the
+        index's shards)."""
         source = self.path(below(relative, name))
         path = Path(source) if self.is_local else destination
         if not self.is_local and self.fs.exists(source):
             destination.parent.mkdir(parents=True, exist_ok=True)
             self.fs.get_file(source, str(destination))
-        if digest is None or not path.is_file() or path.stat().st_size != size or _sha256(path) != digest:
-            raise ConfigError(f"input {self.url(below(relative, name))} is missing, truncated or changed since "
-                              f"{SUCCESS} was written: {remedy}")
+        self._verify(path, recorded.get(name), below(relative, name), remedy)
         return path
+
+    def _verify(self, path: Path, entry: tuple[int, str] | None, relative: str, remedy: str) -> None:
+        """Refuse a file that is missing, or whose size or SHA-256 differs from its manifest `entry`."""
+        if entry is None or not path.is_file() or path.stat().st_size != entry[0] or _sha256(path) != entry[1]:
+            raise ConfigError(f"input {self.url(relative)} is missing, truncated or changed since {SUCCESS} was "
+                              f"written: {remedy}")
 
     def _files(self, relative: str) -> list[str]:
         """The files below a directory (relative to it), leaving out unfinished copies and staged steps."""

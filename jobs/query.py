@@ -34,8 +34,7 @@ def main(settings: QueryIndexSettings) -> None:
     require(store, model, data, factors, index)
     index.check_query(settings)
     output, asked = Scores(settings.scores_name), [prompt.model_dump() for prompt in prompts]
-    if not one and not settings.force and (there := Scores(settings.scores_name).bind(store)) and (
-            there.made_by != "query"):
+    if not one and not settings.force and (there := output.bind(store)) and there.made_by != "query":
         raise ConfigError(f"SCORES_NAME={settings.scores_name}: {there.url} holds the {there.made_by} stage's scores; "
                           "publish the query's under another SCORES_NAME (default query_scores), or FORCE=true to "
                           "replace them")
@@ -51,8 +50,7 @@ def main(settings: QueryIndexSettings) -> None:
         work = Path(temporary)
         for artifact in (model, data, factors):
             artifact.fetch(work / artifact.relative)
-        remedy = "rerun the build_index stage with FORCE=true"
-        shards = (store.fetch_file(index.relative, name, work / "shard", remedy) for name in index.shards())
+        shards = (index.fetch_file(name, work / "shard") for name in index.shards())
         scores, exact = answer(work / model.relative, work / data.relative, work, shards, index.projection(), prompts,
                                settings)
         if one:
