@@ -6,8 +6,9 @@ example's loss gradient, over the parameters of the tracked modules: weight and 
 block's mlp.c_fc and mlp.c_proj (Kronfluence's TrackedLinear appends a ones column to the
 activations when a module has a bias, so biases are part of the gradient). These tests compute
 those gradients with plain autograd in float64, independently of influence_core.tasks, and compare
-them with what the pipeline's stages (fit_factors, compute_scores) publish for a small trained
-model.
+them with what the pipeline's stages (fit_factors, compute_scores) publish for a tiny random
+GPT-Neo imported with import_model (exactness does not need a trained model, and an untrained tiny
+one keeps these tests in the fast lane: everything runs in this process).
 
 Relative error here is per prompt: max_j |pipeline_ij - autograd_ij| / max_j |autograd_ij|, the
 largest deviation measured against the size of that prompt's scores (an entry-wise ratio is
@@ -30,10 +31,12 @@ from datasets import load_from_disk
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
+from influence_core.demo_corpus import build_demo_corpus
 from influence_core.factors import build_analyzer, load_training_examples
 from influence_core.modeling import load_model, mlp_module_names
-from influence_core.settings import ComputeScoresSettings, FitFactorsSettings, load_settings
-from jobs import compute_scores, fit_factors
+from influence_core.settings import ComputeScoresSettings, FitFactorsSettings, ImportModelSettings, load_settings
+from jobs import compute_scores, fit_factors, import_model
+from tests.families import HIDDEN, INTERMEDIATE, LAYERS, save_tiny_model
 
 TOLERANCE = 1e-4
 PROMPTS = [
@@ -41,6 +44,7 @@ PROMPTS = [
     {"prompt": "The river Tallow flows into", "completion": " Lake Morwen"},
     {"prompt": "Cats like to sleep in", "completion": " warm places"},
 ]
+DOCUMENTS = 100
 REFERENCE_EVERY = 5  # autograd reference gradients for every 5th training example (plus extremes)
 
 
@@ -53,10 +57,24 @@ def relative_error(scores: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
 # ---- the pipeline's scores ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def run(small_trained, tmp_path_factory) -> dict:
-    """Factors and scores published by the stages for the small trained model (in-process calls of
-    the stages' main(), with settings parsed from the same flags the CLI takes)."""
-    artifacts = small_trained
+def imported(tmp_path_factory) -> Path:
+    """Artifacts holding a tiny random GPT-Neo and DOCUMENTS demo documents, published by
+    import_model in this process."""
+    folder = tmp_path_factory.mktemp("exactness")
+    source = save_tiny_model("gpt_neo", folder / "source", documents=DOCUMENTS)
+    documents = folder / "documents.jsonl"
+    documents.write_text("".join(json.dumps({"text": text}) + "\n" for text in build_demo_corpus(DOCUMENTS).texts))
+    artifacts = folder / "artifacts"
+    import_model.main(load_settings(ImportModelSettings, ["--artifacts_uri", str(artifacts), "--model", str(source),
+                                                          "--dataset", str(documents)]))
+    return artifacts
+
+
+@pytest.fixture(scope="module")
+def exactness_run(imported, tmp_path_factory) -> dict:
+    """Factors and scores published by the stages for the tiny model (in-process calls of the
+    stages' main(), with settings parsed from the same flags the CLI takes)."""
+    artifacts = imported
     prompts_file = tmp_path_factory.mktemp("exactness") / "prompts.json"
     prompts_file.write_text(json.dumps(PROMPTS))
     common = ["--artifacts_uri", str(artifacts)]
@@ -152,36 +170,37 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def reference(run) -> Reference:
-    return Reference(run["artifacts"])
+def reference(exactness_run) -> Reference:
+    return Reference(exactness_run["artifacts"])
 
 
 @pytest.fixture(scope="module")
-def train_gradients(reference, run) -> dict[int, torch.Tensor]:
+def train_gradients(reference, exactness_run) -> dict[int, torch.Tensor]:
     """Autograd gradients of every 5th training example and of each prompt's extremes."""
     count = len(reference.train_ids)
     indices = set(range(0, count, REFERENCE_EVERY))
     for key in ("identity", "margin"):
-        indices |= set(run[key].argmax(dim=1).tolist()) | set(run[key].argmin(dim=1).tolist())
+        indices |= set(exactness_run[key].argmax(dim=1).tolist()) | set(exactness_run[key].argmin(dim=1).tolist())
     return {index: reference.gradient(reference.train_loss(index)) for index in sorted(indices)}
 
 
-def test_reference_covers_the_training_set(reference, run, train_gradients):
+def test_reference_covers_the_training_set(reference, exactness_run, train_gradients):
     count = len(reference.train_ids)
-    assert run["identity"].shape == (len(PROMPTS), count) and count == 100
+    assert exactness_run["identity"].shape == (len(PROMPTS), count) and count == DOCUMENTS
     assert len(train_gradients) >= count // REFERENCE_EVERY
     size = sum(p.numel() for p in reference.weights + reference.biases)
-    assert next(iter(train_gradients.values())).numel() == size == 4 * (128 * 512 + 512 + 512 * 128 + 128)
+    per_layer = 2 * HIDDEN * INTERMEDIATE + INTERMEDIATE + HIDDEN  # c_fc and c_proj, weights and biases
+    assert next(iter(train_gradients.values())).numel() == size == LAYERS * per_layer
 
 
 @pytest.mark.parametrize("task, key", [("language_modeling", "identity"), ("margin", "margin")])
-def test_identity_scores_are_gradient_dot_products(reference, run, train_gradients, task, key):
+def test_identity_scores_are_gradient_dot_products(reference, exactness_run, train_gradients, task, key):
     """Score = measurement gradient . training-loss gradient, weights and biases of the tracked modules."""
     indices = list(train_gradients)
     stacked = torch.stack([train_gradients[i] for i in indices])
     queries = torch.stack([reference.gradient(reference.measurement(q, task)) for q in range(len(PROMPTS))])
     expected = queries @ stacked.T
-    pipeline = run[key][:, indices]
+    pipeline = exactness_run[key][:, indices]
     assert (relative_error(pipeline, expected) <= TOLERANCE).all(), relative_error(pipeline, expected)
     # The test can tell: leaving the biases out of the gradients misses by far more than the tolerance.
     weight_count = sum(p.numel() for p in reference.weights)
@@ -190,12 +209,12 @@ def test_identity_scores_are_gradient_dot_products(reference, run, train_gradien
 
 
 @pytest.mark.parametrize("task, key", [("language_modeling", "identity"), ("margin", "margin")])
-def test_positive_score_means_a_step_on_the_example_lowers_the_measurement(reference, run, task, key):
+def test_positive_score_means_a_step_on_the_example_lowers_the_measurement(reference, exactness_run, task, key):
     """The documented sign: a gradient step on the most positively scored example lowers the
     completion's measurement (cross-entropy, or negated margin), one on the most negatively scored
     example raises it, and by the first-order amount -learning_rate x score."""
     saved = reference.snapshot()
-    for query, row in enumerate(run[key].double()):
+    for query, row in enumerate(exactness_run[key].double()):
         for index in (int(row.argmax()), int(row.argmin())):
             score = float(row[index])
             learning_rate = 1e-3 / abs(score)  # a first-order change of 1e-3
@@ -208,24 +227,25 @@ def test_positive_score_means_a_step_on_the_example_lowers_the_measurement(refer
             change = after - before
             assert (change < 0) == (score > 0), (query, index, score, change)
             assert change == pytest.approx(-learning_rate * score, rel=0.02), (query, index, score, change)
-    assert (run[key].amax(dim=1) > 0).all() and (run[key].amin(dim=1) < 0).all()
+    assert (exactness_run[key].amax(dim=1) > 0).all() and (exactness_run[key].amin(dim=1) < 0).all()
 
 
-def test_scores_do_not_depend_on_batch_sizes(run):
+def test_scores_do_not_depend_on_batch_sizes(exactness_run):
     """Train batch 16 vs 64, query batch 3 vs 1, and for EK-FAC also factors fitted with batch 8 vs 50
-    (with float64 accumulation, see `run`)."""
-    assert (relative_error(run["identity_batches"], run["identity"]) <= TOLERANCE).all()
-    assert (relative_error(run["ekfac_batches"], run["ekfac"]) <= TOLERANCE).all(), (
-        relative_error(run["ekfac_batches"], run["ekfac"]))
+    (with float64 accumulation, see `exactness_run`)."""
+    assert (relative_error(exactness_run["identity_batches"], exactness_run["identity"]) <= TOLERANCE).all()
+    assert (relative_error(exactness_run["ekfac_batches"], exactness_run["ekfac"]) <= TOLERANCE).all(), (
+        relative_error(exactness_run["ekfac_batches"], exactness_run["ekfac"]))
     # ...while EK-FAC's preconditioning does change the scores: the comparison is not vacuous.
-    assert (relative_error(run["ekfac"], run["identity"]) > 0.1).all()
+    assert (relative_error(exactness_run["ekfac"], exactness_run["identity"]) > 0.1).all()
 
 
 @pytest.mark.parametrize("strategy", ["identity", "ekfac"])
-def test_self_scores_equal_the_diagonal_of_pairwise_scores(run, reference, train_gradients, tmp_path, strategy):
+def test_self_scores_equal_the_diagonal_of_pairwise_scores(exactness_run, reference, train_gradients, tmp_path,
+                                                            strategy):
     """Query set = training set: Kronfluence's self-influence equals the diagonal of the pairwise
     scores; with identity both equal the squared norm of the autograd training gradient."""
-    artifacts = run["artifacts"]
+    artifacts = exactness_run["artifacts"]
     factors = f"exact_{strategy}"
     work = tmp_path / "work"
     (work / "influence").mkdir(parents=True)
@@ -250,24 +270,24 @@ def test_self_scores_equal_the_diagonal_of_pairwise_scores(run, reference, train
 
 # ---- the order of the training examples ----------------------------------------------------------
 
-def test_factors_fitted_on_length_sorted_examples_equal_those_in_corpus_order(small_trained, tmp_path, monkeypatch):
+def test_factors_fitted_on_length_sorted_examples_equal_those_in_corpus_order(imported, tmp_path, monkeypatch):
     """fit_factors feeds Kronfluence the examples sorted by length within each data partition (less
     padding); the factors are sums over examples, so they must equal the corpus-order fit to float
     rounding (float64 sums of float32 gradients), also when a phase takes only its first MAX_EXAMPLES."""
     from influence_core import factors
 
-    flags = ["--artifacts_uri", str(small_trained), "--factor_batch_size", "8",
+    flags = ["--artifacts_uri", str(imported), "--factor_batch_size", "8",
              "--covariance_max_examples", "70", "--covariance_data_partitions", "2",
              "--lambda_max_examples", "80", "--lambda_data_partitions", "3",
              *[arg for dtype in ("activation_covariance", "gradient_covariance", "lambda")
                for arg in (f"--{dtype}_dtype", "float64")]]
     settings = load_settings(FitFactorsSettings, flags)
-    examples = load_training_examples(small_trained / "data/train")
+    examples = load_training_examples(imported / "data/train")
     sorted_lengths = [len(ids) for ids in factors.phase_data(examples, 70, 2, settings)["dataset"]["input_ids"]]
     assert sorted_lengths[:35] == sorted(sorted_lengths[:35], reverse=True) != sorted_lengths[:35][::-1]
 
     def fit(work: Path) -> dict[str, dict[str, torch.Tensor]]:
-        directory = factors.fit_factors(small_trained / "model", small_trained / "data/train", settings, work)
+        directory = factors.fit_factors(imported / "model", imported / "data/train", settings, work)
         return {path.stem: load_file(str(path)) for path in directory.glob("*.safetensors")
                 if "eigenvectors" not in path.stem}  # eigenvectors are defined up to sign
 
