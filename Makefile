@@ -7,7 +7,7 @@ ARTIFACTS_URI ?= ./artifacts
 SCORES_NAME ?= prompt_scores
 export ARTIFACTS_URI
 
-.PHONY: install demo eval lds lds-study bench plan test test-fast lint docs docs-serve settings-docs fetch-report clean
+.PHONY: install demo eval lds lds-study bench plan test test-fast test-image lint docs docs-serve settings-docs fetch-report clean
 
 install: $(VENV)/.installed
 
@@ -69,12 +69,18 @@ bench: install
 ## after installing what it needs: the virtual environment and Chromium (test-chromium)
 TEST_WORKERS ?= 2
 test: install test-chromium
-	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
-	$(PY) -m pytest -m slow -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -m "not slow and not image" -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -m "slow and not image" -n $(TEST_WORKERS) --dist loadgroup
 
 ## test-fast: the in-process tests alone (every test not marked slow in tests/conftest.py), about a minute
 test-fast: install
-	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -m "not slow and not image" -n $(TEST_WORKERS) --dist loadgroup
+
+## test-image: the image built (docker/Dockerfile), pushed to a registry on 127.0.0.1:5000, pulled
+## back by digest and run by Docker as the README and the local overlay's pods run it
+## (tests/test_image.py). Installs and starts Docker and the registry when missing (root or sudo).
+test-image: install
+	docker/test-image.sh
 
 ## test-chromium: headless Chromium for tests/test_report_html.py, Debian's `chromium` package,
 ## installed with apt-get (through sudo when not root) only when `chromium` is not on PATH
@@ -119,11 +125,18 @@ DIRTY := $(if $(shell git status --porcelain 2>/dev/null | head -n 1),-dirty)
 GIT_SHA := $(shell git rev-parse HEAD 2>/dev/null)$(DIRTY)
 TAG ?= $(or $(shell git rev-parse --short HEAD 2>/dev/null),dev)$(DIRTY)
 IMAGE_NAME = $(if $(REGISTRY),$(REGISTRY)/)$(IMAGE)
-IMAGE_REF = $(IMAGE_NAME):$(TAG)
+IMAGE_REF ?= $(IMAGE_NAME):$(TAG)
 OVERLAY ?= local
 STAGE ?=
 ARGS ?=
 DOCKER_RUN_FLAGS ?=
+# docker-run's artifacts folder, and the user it runs as (its files are then yours; the image's own
+# user is 10001, as the pods run it: DOCKER_USER=10001:10001 with a folder that user can write).
+ARTIFACTS_DIR ?= $(CURDIR)/artifacts
+DOCKER_USER ?= $$(id -u):$$(id -g)
+# More `docker build` flags, e.g. "--build-arg PYTHON_IMAGE=..." (another base with Debian bookworm
+# and Python 3.11) or "--build-arg PIP_FLAGS=--no-index" (docker/wheels/ alone).
+DOCKER_BUILD_FLAGS ?=
 # Every Job of k8s/base (job-<name>.yaml): a stage's own Job, or a step of a stage spread over pods.
 K8S_JOBS := $(patsubst k8s/base/job-%.yaml,%,$(wildcard k8s/base/job-*.yaml))
 # fit-factors and compute-scores spread over pods (docs/guides/kubernetes.md, "Spread over pods"): their Jobs in the
@@ -134,24 +147,28 @@ K8S_BUILD_INDEX_SHARDED := build-index-shards build-index
 # lds: an Indexed Job retrains a subset per pod, then the lds Job correlates (docs/guides/lds.md).
 K8S_LDS := lds-retrain lds
 
-.PHONY: build push docker-run k8s-render deploy-local-secret deploy-local-storage \
+.PHONY: build push print-image-ref docker-run k8s-render deploy-local-secret deploy-local-storage \
 	deploy-fit-factors-sharded deploy-compute-scores-sharded deploy-build-index-sharded
 
-## build: the image for every stage, tagged $(IMAGE_REF)
+## build: the image for every stage, tagged $(IMAGE_REF) [DOCKER_BUILD_FLAGS="--build-arg ..."]
 build:
-	docker build -f docker/Dockerfile --build-arg GIT_SHA=$(GIT_SHA) -t $(IMAGE_REF) .
+	docker build -f docker/Dockerfile --build-arg GIT_SHA=$(GIT_SHA) -t $(IMAGE_REF) $(if $(DOCKER_BUILD_FLAGS),$(DOCKER_BUILD_FLAGS) ).
 
 ## push: push $(IMAGE_REF) to $(REGISTRY)
 push:
 	docker push $(IMAGE_REF)
 
+# print-image-ref: the reference `make build` tags, for scripts (docker/test-image.sh)
+print-image-ref:
+	@echo $(IMAGE_REF)
+
 ## docker-run STAGE=train [ARGS="--flag value"]: one stage in the image, artifacts in ./artifacts,
 ## with the read-only root filesystem of the Kubernetes pods. DOCKER_RUN_FLAGS="--gpus all" for GPUs.
 docker-run:
 	@test -n "$(STAGE)" || { echo "usage: make docker-run STAGE=<stage> [ARGS='--flag value']" >&2; exit 2; }
-	mkdir -p artifacts
-	docker run --rm --user "$$(id -u):$$(id -g)" --read-only --tmpfs /tmp --tmpfs /cache --shm-size=1g \
-		-v "$(CURDIR)/artifacts:/artifacts" -e ARTIFACTS_URI=/artifacts $(DOCKER_RUN_FLAGS) \
+	mkdir -p "$(ARTIFACTS_DIR)"
+	docker run --rm --user "$(DOCKER_USER)" --read-only --tmpfs /tmp --tmpfs /cache --shm-size=1g \
+		-v "$(ARTIFACTS_DIR):/artifacts" -e ARTIFACTS_URI=/artifacts $(DOCKER_RUN_FLAGS) \
 		$(IMAGE_REF) $(subst -,_,$(STAGE)) $(ARGS)
 
 # Shell prelude: KDIR is a scratch copy of the overlay (k8s/ copied to a temporary folder) that

@@ -601,7 +601,8 @@ def test_dockerignore_lets_in_only_what_the_image_copies():
     for source in sources:
         assert (ROOT / source).exists(), source
         files = [source] if (ROOT / source).is_file() else [
-            str(p.relative_to(ROOT)) for p in (ROOT / source).rglob("*.py")]
+            str(path.relative_to(ROOT)) for path in (ROOT / source).rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts]
         assert files and all(included(f) for f in files), source
     for private in (".venv/bin/python", "artifacts/model/config.json", ".git/config", "tests/conftest.py"):
         assert not included(private), private

@@ -23,7 +23,7 @@ from influence_core import settings
 from influence_core.errors import ConfigError
 from influence_core.factors import PHASES
 from influence_core.stages import PIPELINE
-from tests.test_manifest_run import BUILD_SHA, pod_process, run_pod
+from tests.test_manifest_run import BUILD_SHA, pod_process
 from tests.test_manifests import (
     K8S,
     MAKE,
@@ -245,34 +245,39 @@ def test_make_deploys_the_sharded_steps_in_order(overlay):
 
 # ==== the local overlay's sharded Jobs, run ====
 
-def run_job(job: dict, objects, scratch, s3_env: dict, artifacts_uri: str) -> list[str]:
-    """The Job's pods as local processes: one, or for an Indexed Job one per index, all at once,
+def local_process(job: dict, objects, scratch, s3_env: dict, artifacts_uri: str, pod_env: dict) -> subprocess.Popen:
+    """A pod of `job` as a local process (tests/test_manifest_run.py maps the image onto this checkout),
+    with `pod_env` (what Kubernetes sets per pod) added to its environment."""
+    argv, env = pod_process(job, objects, scratch, s3_env, artifacts_uri)
+    return subprocess.Popen(argv, cwd=ROOT, env={**env, **pod_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def run_job(job: dict, objects, scratch, s3_env: dict, artifacts_uri: str, launch=local_process) -> list[str]:
+    """The Job's pods, launched by `launch`: one, or for an Indexed Job one per index, all at once,
     each with the JOB_COMPLETION_INDEX Kubernetes sets. Returns each pod's log (stderr)."""
     name = job["metadata"]["name"]
     indexed = job["spec"].get("completionMode") == "Indexed"
     count = job["spec"]["completions"] if indexed else 1
     # Pods have a CPU limit each; here they share this machine's cores.
     threads = max(1, len(os.sched_getaffinity(0)) // count)
-    pods = []
-    for index in range(count):
-        argv, env = pod_process(job, objects, scratch / name / str(index), s3_env, artifacts_uri)
-        if indexed:
-            env["JOB_COMPLETION_INDEX"] = str(index)
-            env["OMP_NUM_THREADS"] = str(threads)
-        pods.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True))
+    pods = [launch(job, objects, scratch / name / str(index), s3_env, artifacts_uri,
+                   {"JOB_COMPLETION_INDEX": str(index), "OMP_NUM_THREADS": str(threads)} if indexed else {})
+            for index in range(count)]
     logs = []
     for index, pod in enumerate(pods):
-        _, stderr = pod.communicate(timeout=600)
+        stdout, stderr = pod.communicate(timeout=600)
         assert pod.returncode == 0, f"{name} index {index}:\n{stderr[-4000:]}"
         logs.append(stderr)
     return logs
 
 
-def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, tmp_path):
-    """Every stage's Job, with fit-factors and compute-scores spread over pods as
-    `make deploy-*-sharded` deploys them (their own Jobs aggregate, so those run too). A smaller
-    corpus and run, and the LDS with 2 subsets of 1 seed, as a user sets them in settings.env."""
+def run_the_local_overlay(tmp_path, s3_env: dict, s3_bucket: str, launch=local_process,
+                          git_sha: str = BUILD_SHA) -> str:
+    """Every stage's Job of the local overlay, each pod launched by `launch`, with fit-factors,
+    compute-scores and build-index spread over pods as `make deploy-*-sharded` deploys them (their
+    own Jobs aggregate, so those run too). A smaller corpus and run, and the LDS with 2 subsets of
+    1 seed, as a user sets them in settings.env. Returns the artifacts' URI in the bucket."""
     k8s = copy_k8s(tmp_path)
     settings_env = k8s / "base" / "settings.env"
     settings_env.write_text(settings_env.read_text().replace("NUM_EXAMPLES=600", "NUM_EXAMPLES=100")
@@ -291,9 +296,9 @@ def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, 
     lds_order = [*make_steps("deploy-lds", "local"), "inspect-scores"]  # then the report states the LDS
     assert {stage_of(jobs[name]) for name in order + lds_order} == {stage.name for stage in PIPELINE} | {
         "lds", "build_index", "query"}
-    logs = {name: run_job(jobs[name], objects, tmp_path, s3_env, artifacts_uri) for name in order}
+    logs = {name: run_job(jobs[name], objects, tmp_path, s3_env, artifacts_uri, launch) for name in order}
     # lds-retrain runs a pod per subset, lds correlates.
-    lds_logs = [run_job(jobs[name], objects, tmp_path / "lds", s3_env, artifacts_uri) for name in lds_order]
+    lds_logs = [run_job(jobs[name], objects, tmp_path / "lds", s3_env, artifacts_uri, launch) for name in lds_order]
     assert len(lds_logs[0]) == 2 and all("published subset" in log for log in lds_logs[0]), lds_logs[0]
     assert "2 of 2 subsets already published" in lds_logs[1][0], lds_logs[1][0][-2000:]
 
@@ -338,9 +343,15 @@ def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, 
     assert fs.exists(f"{artifacts_uri}/reports/lds/lds.md")
     assert fs.exists(f"{report_dir}/{env['SCORES_NAME']}_report.md")
     # The image's GIT_SHA (the build argument) is what the manifests record.
-    assert json.loads(fs.cat_file(f"{report_dir}/_SUCCESS"))["git_sha"] == BUILD_SHA
+    assert json.loads(fs.cat_file(f"{report_dir}/_SUCCESS"))["git_sha"] == git_sha
 
     # preview_data, the stage outside the pipeline, prints the configured corpus.
-    argv, env = pod_process(jobs["preview-data"], objects, tmp_path / "preview-data", s3_env, artifacts_uri)
-    result = run_pod(argv, env)
-    assert result.returncode == 0 and result.stdout.strip(), result.stderr[-4000:]
+    pod = launch(jobs["preview-data"], objects, tmp_path / "preview-data", s3_env, artifacts_uri, {})
+    stdout, stderr = pod.communicate(timeout=600)
+    assert pod.returncode == 0 and stdout.strip(), stderr[-4000:]
+    return artifacts_uri
+
+
+def test_local_overlay_jobs_run_the_pipeline_into_the_bucket(s3_env, s3_bucket, tmp_path):
+    """The local overlay's Jobs, their pods as local processes (tests/test_image.py: as containers)."""
+    run_the_local_overlay(tmp_path, s3_env, s3_bucket)
