@@ -13,7 +13,7 @@ import pytest
 from influence_core.plan import FRAGMENTATION, GIB, PROCESS_BASELINE, estimates, make_plan, measure_shape
 from influence_core.settings import PlanSettings, load_settings
 from jobs import plan as plan_stage
-from tests.conftest import run_jobs
+from tests.conftest import jobs_in_process, one_line_refusal
 
 
 def published_bytes(artifacts, relative: str) -> int:
@@ -64,18 +64,17 @@ def test_the_largest_batch_that_fits_is_where_the_estimate_crosses_the_device(tm
             > make_plan(settings, 4)["stages"]["fit_factors"]["peak_memory_bytes"])
 
 
-def test_a_batch_that_cannot_fit_is_refused_before_the_stage_runs(small_trained, tmp_path):
+def test_a_batch_that_cannot_fit_is_refused_before_the_stage_runs(small_trained, tmp_path, capsys):
     artifacts = tmp_path / "artifacts"
     for output in ("model", "data/train"):
         shutil.copytree(small_trained / output, artifacts / output)
-    env = {"ARTIFACTS_URI": str(artifacts), "DEVICE_MEMORY_GIB": "0.3", "FACTOR_STRATEGY": "identity"}
-    refused = run_jobs("fit_factors", env=env)
-    assert refused.returncode == 2, refused.stderr[-2000:]
-    line, = refused.stderr.strip().splitlines()
+    flags = ["fit_factors", "--artifacts_uri", str(artifacts), "--device_memory_gib", "0.3", "--factor_strategy",
+             "identity", "--log_level", "ERROR"]
+    line = one_line_refusal(jobs_in_process(capsys, *flags))
     assert line.startswith("error: fit_factors: FACTOR_BATCH_SIZE=16 needs about") and "FORCE_FIT=true" in line
     assert not (artifacts / "influence").exists()
-    forced = run_jobs("fit_factors", env={**env, "FORCE_FIT": "true"})
-    assert forced.returncode == 0, forced.stderr[-2000:]
+    code, stderr = jobs_in_process(capsys, *flags, "--force_fit", "true")
+    assert code == 0, stderr[-2000:]
     assert (artifacts / "influence/factors_tiny_lm_factors/_SUCCESS").exists()
 
 
