@@ -25,7 +25,7 @@ pytestmark = pytest.mark.image
 
 IMAGE_USER = "10001:10001"  # the Dockerfile's USER, and the pods' runAsUser:runAsGroup
 # A smaller demo than `make demo`'s defaults, the same in the container and out of it.
-DEMO_ARGS = ["--num_examples", "200", "--num_train_epochs", "4"]
+DEMO_ARGS = ["--num_examples", "200", "--num_train_epochs", "4", "--num_influential", "10"]
 
 
 @pytest.fixture(scope="module")
