@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -15,6 +14,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+# The fixtures that train, or run a pipeline, and are read by many tests: each names the group its
+# tests run in under pytest-xdist (`make test` runs two workers), so a worker builds it once and no
+# other worker builds it again. A test using several goes with the first listed.
+SHARED_FIXTURES = {"demo_run": "demo", "small_pipeline": "small", "s3_pipeline": "small", "small_trained": "trained",
+                   "exactness_run": "exactness", "imported": "exactness"}
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per worker, and so per stage it starts: two workers with a thread per core each
@@ -28,52 +33,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 SLOW_FIXTURES = {"demo_run", "small_pipeline", "s3_pipeline", "small_trained", "tiny_chain", "lds_run", "s3_env"}
 
 
-# Module-scoped fixtures that build something slow: their tests run on one pytest-xdist worker
-# (`make test` runs two), which builds it once. The session's shared artifacts use built_once instead.
-ONE_WORKER_FIXTURES = {"s3_pipeline": "s3_pipeline", "lds_run": "lds_run", "tiny_chain": "lineage",
-                       "exactness_run": "exactness", "imported": "exactness"}
-
-
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in its own hook
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        groups = [group for name, group in ONE_WORKER_FIXTURES.items() if name in item.fixturenames]
+        groups = [group for name, group in SHARED_FIXTURES.items() if name in item.fixturenames]
         if groups:
             item.add_marker(pytest.mark.xdist_group(groups[0]))
         if SLOW_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
-
-
-def built_once(tmp_path_factory, name: str, build) -> Path:
-    """`build(artifacts)` run once per test session, by whichever pytest-xdist worker asks first; the
-    others wait on its lock and share the folder (pytest-xdist's documented recipe), so the tests
-    that read a pipeline's artifacts spread over every worker instead of queueing on one. Tests copy
-    what they change, or write outputs of their own beside the shared ones."""
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # the session's folder, above each worker's own
-    folder, failed = root / f"shared-{name}", root / f"shared-{name}.failed"
-    with FileLock(f"{folder}.lock"):
-        if failed.exists():  # a worker already saw it fail: fail at once with its message
-            pytest.fail(failed.read_text(), pytrace=False)
-        if not folder.exists():
-            try:
-                build(folder / "artifacts")
-            except BaseException as error:
-                failed.write_text(f"building {name} failed: {error}"[-4000:])
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
-    return folder / "artifacts"
-
-
-def run_to_success(*args: str, env: dict):
-    """A builder for built_once: `python -m jobs ...` into the artifacts, asserted to succeed."""
-    def build(artifacts: Path) -> None:
-        result = run_jobs(*args, env={**env, "ARTIFACTS_URI": str(artifacts)})
-        assert result.returncode == 0, result.stderr[-4000:]
-    return build
 
 
 def jobs_env(env: dict | None = None) -> dict:
@@ -130,14 +97,20 @@ def start_jobs(*args: str, env: dict | None = None) -> subprocess.Popen:
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """Artifacts of `python -m jobs pipeline` at the demo's default settings (what `make demo` runs)."""
-    return built_once(tmp_path_factory, "demo", run_to_success("pipeline", env={}))
+    artifacts = tmp_path_factory.mktemp("demo") / "artifacts"
+    result = run_jobs("pipeline", env={"ARTIFACTS_URI": str(artifacts)})
+    assert result.returncode == 0, result.stderr[-4000:]
+    return artifacts
 
 
 @pytest.fixture(scope="session")
 def small_trained(tmp_path_factory) -> Path:
     """Artifacts holding only a quickly trained small model (100 documents, 2 epochs)."""
-    return built_once(tmp_path_factory, "small_trained",
-                      run_to_success("train", "--num_examples", "100", "--num_train_epochs", "2", env={}))
+    artifacts = tmp_path_factory.mktemp("small") / "artifacts"
+    result = run_jobs("train", "--num_examples", "100", "--num_train_epochs", "2",
+                      env={"ARTIFACTS_URI": str(artifacts)})
+    assert result.returncode == 0, result.stderr[-4000:]
+    return artifacts
 
 
 # A small pipeline with data partitions, so kills and outages land between and inside
@@ -150,7 +123,10 @@ SMALL = {"NUM_EXAMPLES": "100", "NUM_TRAIN_EPOCHS": "2", "COVARIANCE_DATA_PARTIT
 def small_pipeline(tmp_path_factory) -> Path:
     """The whole pipeline at the SMALL settings on a local path (`python -m jobs pipeline`: every
     pipeline stage of influence_core.stages in turn, as each runs alone)."""
-    return built_once(tmp_path_factory, "small_pipeline", run_to_success("pipeline", env=SMALL))
+    artifacts = tmp_path_factory.mktemp("small_pipeline") / "artifacts"
+    result = run_jobs("pipeline", env={**SMALL, "ARTIFACTS_URI": str(artifacts)})
+    assert result.returncode == 0, result.stderr[-4000:]
+    return artifacts
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,7 @@ def test_a_batch_that_cannot_fit_is_refused_before_the_stage_runs(small_trained,
     line = one_line_refusal(jobs_in_process(capsys, *flags))
     assert line.startswith("error: fit_factors: FACTOR_BATCH_SIZE=16 needs about") and "FORCE_FIT=true" in line
     assert not (artifacts / "influence").exists()
-    code, stderr = jobs_in_process(capsys, *flags, "--force_fit", "true")
+    code, stderr = jobs_in_process(capsys, *flags, "--force_fit")
     assert code == 0, stderr[-2000:]
     assert (artifacts / "influence/factors_tiny_lm_factors/_SUCCESS").exists()
 
