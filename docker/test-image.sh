@@ -72,8 +72,10 @@ ref=$(make --no-print-directory -s -f Makefile print-image-ref REGISTRY="$regist
 step "make push $ref"
 make --no-print-directory push REGISTRY="$registry"
 digest=$(docker image inspect --format '{{index .RepoDigests 0}}' "$ref")
-docker image rm "$ref" >/dev/null
-docker image inspect "$ref" >/dev/null 2>&1 && { echo "error: $ref is still here after docker image rm" >&2; exit 1; }
+# Every reference to the image goes (an earlier identical build may have tagged it too), so the
+# pull below must fetch it from the registry.
+docker image rm --force "$(docker image inspect --format '{{.Id}}' "$ref")" >/dev/null
+docker image inspect "$digest" >/dev/null 2>&1 && { echo "error: $digest is still here after docker image rm" >&2; exit 1; }
 step "pulling $digest back from the registry"
 docker pull -q "$digest" >/dev/null
 docker image ls --format '{{.Repository}}@{{.Digest}} {{.Size}}' | grep -F "$digest" || true
