@@ -50,13 +50,13 @@ YAML
     done
 fi
 
-base=$(sed -n 's/^ARG PYTHON_IMAGE=//p' docker/Dockerfile)
+named=$(sed -n 's/^ARG PYTHON_IMAGE=//p' docker/Dockerfile)
 build_flags=(--build-arg PIP_FLAGS=--no-index)
-if docker image inspect "$base" >/dev/null 2>&1 || timeout 60 docker pull -q "$base" >/dev/null 2>&1; then
-    step "base image: $base"
+if docker image inspect "$named" >/dev/null 2>&1 || timeout 60 docker pull -q "$named" >/dev/null 2>&1; then
+    step "base image: $named"
 else
     base=influence-base:bookworm-python3.11
-    step "base image: $base, from Debian's packages ($(sed -n 's/^ARG PYTHON_IMAGE=//p' docker/Dockerfile) cannot be pulled)"
+    step "base image: $base, from Debian's packages ($named cannot be pulled)"
     docker/debian-base.sh "$base"
     build_flags+=(--build-arg "PYTHON_IMAGE=$base")
 fi

@@ -266,7 +266,7 @@ def run_job(job: dict, objects, scratch, s3_env: dict, artifacts_uri: str, launc
             for index in range(count)]
     logs = []
     for index, pod in enumerate(pods):
-        stdout, stderr = pod.communicate(timeout=600)
+        _, stderr = pod.communicate(timeout=600)
         assert pod.returncode == 0, f"{name} index {index}:\n{stderr[-4000:]}"
         logs.append(stderr)
     return logs
