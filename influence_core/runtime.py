@@ -76,8 +76,10 @@ def configure_logging(level: str) -> None:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # datasets logs a parse failure itself before raising it; the stage reports it in one line.
-    # (datasets sets its own logger's level from DATASETS_VERBOSITY when it is imported)
+    # (datasets sets its own logger's level from DATASETS_VERBOSITY when it is imported, and a
+    # stage run in a process that imported it already needs the level set here)
     os.environ.setdefault("DATASETS_VERBOSITY", "debug" if level == "DEBUG" else "critical")
+    logging.getLogger("datasets").setLevel(logging.DEBUG if level == "DEBUG" else logging.CRITICAL)
     # Kronfluence's INFO lines print the whole model and every argument.
     for noisy in ("kronfluence", "httpx", "urllib3", "botocore", "aiobotocore", "s3fs", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

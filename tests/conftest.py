@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import json
 import logging
 import os
@@ -56,14 +59,27 @@ def run_jobs(*args: str, env: dict | None = None, cwd: Path = ROOT, timeout: int
                           text=True, timeout=timeout)
 
 
-def jobs_in_process(capsys, *args: str) -> tuple[int, str]:
-    """`python -m jobs ...` run in this process (no interpreter to start): its exit code and what it
-    wrote to stderr. Pass `--log_level ERROR` to see a refusal as the one line it is."""
+def jobs_in_process(*args: str, env: dict | None = None) -> tuple[int, str]:
+    """`python -m jobs ...` run in this process, with `env` set for its duration: its exit code and
+    what it wrote to stderr, log lines included (pass `--log_level ERROR` to see a refusal as the one
+    line it is). No interpreter to start: use it wherever the process itself is not what is tested
+    (kills, signals, outages, settings fsspec reads from the environment when it is imported)."""
     from jobs.__main__ import main
 
-    capsys.readouterr()
-    code = main(list(args))
-    return code, capsys.readouterr().err
+    stderr = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(stderr):
+        patch.delenv("ARTIFACTS_URI", raising=False)  # as run_jobs: the environment's own is not used
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        code = main(list(args))  # the stage's logging writes to the stderr of this moment
+    return code, stderr.getvalue()
+
+
+def jobs_ok(*args: str, env: dict | None = None) -> str:
+    """jobs_in_process for a run that must succeed: returns its log."""
+    code, log = jobs_in_process(*args, env=env)
+    assert code == 0, log[-4000:]
+    return log
 
 
 def one_line_refusal(result: tuple[int, str]) -> str:
@@ -141,7 +157,9 @@ S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "test
 @pytest.fixture(scope="session")
 def s3_env():
     """A real S3-compatible server (moto) on loopback, started once per session, and the
-    environment that points fsspec/s3fs at it (dummy credentials, the endpoint URL)."""
+    environment that points fsspec/s3fs at it (dummy credentials, the endpoint URL), for the
+    processes a test starts and for the stages it runs in-process."""
+    import fsspec
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
@@ -151,7 +169,11 @@ def s3_env():
     env = {**S3_CREDENTIALS, "FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}"}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
+    saved_conf = copy.deepcopy(fsspec.config.conf)
+    fsspec.config.set_conf_env(fsspec.config.conf)  # fsspec read its FSSPEC_* variables when imported
     yield env
+    fsspec.config.conf.clear()
+    fsspec.config.conf.update(saved_conf)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

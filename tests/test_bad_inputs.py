@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, SMALL
+from tests.conftest import ROOT, SMALL, jobs_in_process, one_line_refusal
 
 PROBE = (
     "import sys; from jobs.__main__ import main; code = main(sys.argv[1:]); "
@@ -123,10 +123,8 @@ def test_bad_corpus_stops_the_train_stage_in_one_line(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_bytes(CORPORA["binary file"][1])
     artifacts = tmp_path / "artifacts"
-    result = run_probe(["train", "--dataset", str(path)], {"ARTIFACTS_URI": str(artifacts)}, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: DATASET={path}: cannot read it as json"), lines
+    line = one_line_refusal(jobs_in_process("train", "--dataset", str(path), env={"ARTIFACTS_URI": str(artifacts)}))
+    assert line.startswith(f"error: DATASET={path}: cannot read it as json"), line
     assert not artifacts.exists() or not list(artifacts.rglob("_SUCCESS"))
 
 
@@ -153,9 +151,9 @@ def test_missing_input_names_the_artifact_and_stage(tmp_path):
 
 
 def test_layer_out_of_range(demo_run):
-    result = run_probe(["inspect_factors", "--layer_num", "11"], {"ARTIFACTS_URI": str(demo_run)}, cwd=demo_run)
-    assert result.returncode == 2
-    assert "the model has layers 0..3, got 11" in result.stderr
+    line = one_line_refusal(jobs_in_process("inspect_factors", "--layer_num", "11",
+                                            env={"ARTIFACTS_URI": str(demo_run)}))
+    assert "the model has layers 0..3, got 11" in line
 
 
 def copy_artifacts(source, destination, *outputs):
@@ -177,27 +175,15 @@ def truncate(path):
 def test_damaged_model_is_refused(small_trained, tmp_path, damage, expected):
     artifacts = copy_artifacts(small_trained, tmp_path / "artifacts", "model", "data/train")
     damage(artifacts / "model")
-    result = run_probe(["fit_factors"], {"ARTIFACTS_URI": str(artifacts)}, cwd=tmp_path)
-    assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert expected in one_line_refusal(jobs_in_process("fit_factors", env={"ARTIFACTS_URI": str(artifacts)}))
     assert not (artifacts / "influence/factors_tiny_lm_factors/_SUCCESS").exists()
-
-
-def test_factors_of_another_model_are_refused(small_trained, demo_run, tmp_path):
-    artifacts = copy_artifacts(small_trained, tmp_path / "artifacts", "model", "data/train")
-    copy_artifacts(demo_run, artifacts, "influence/factors_tiny_lm_factors")
-    result = run_probe(["compute_scores"], {"ARTIFACTS_URI": str(artifacts)}, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "factors_tiny_lm_factors was made from another" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_prompt_longer_than_the_context(demo_run, tmp_path):
     prompts = write(tmp_path / "p.json", json.dumps([{"prompt": "word " * 400, "completion": " end"}]))
-    result = run_probe(["compute_scores", "--prompts", prompts, "--scores_name", "too_long"],
-                       {"ARTIFACTS_URI": str(demo_run)}, cwd=tmp_path)
-    assert result.returncode == 2 and "more than the model's max length 128" in result.stderr, result.stderr[-2000:]
-    assert len(result.stderr.strip().splitlines()) == 1
+    line = one_line_refusal(jobs_in_process("compute_scores", "--prompts", prompts, "--scores_name", "too_long",
+                                            env={"ARTIFACTS_URI": str(demo_run)}))
+    assert "more than the model's max length 128" in line
     assert not (demo_run / "influence/scores_too_long/_SUCCESS").exists()
 
 
@@ -212,7 +198,5 @@ def test_a_report_on_scores_of_factors_fitted_again_is_refused(small_pipeline, t
     fields = FitFactorsSettings.model_fields
     flags = [f"--{key.lower()}={value}" for key, value in SMALL.items() if key.lower() in fields]
     fit_factors.main(load_settings(FitFactorsSettings, [*flags, "--artifacts_uri", str(artifacts), "--force"]))
-    result = run_probe(["inspect_scores"], {"ARTIFACTS_URI": str(artifacts)}, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert f"{scores} was made from another {artifacts}/{factors}" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    line = one_line_refusal(jobs_in_process("inspect_scores", env={"ARTIFACTS_URI": str(artifacts)}))
+    assert f"{scores} was made from another {artifacts}/{factors}" in line

@@ -14,7 +14,7 @@ from influence_core.errors import ConfigError
 from influence_core.evaluation import bm25_scores, fact_metrics, render_markdown, words
 from influence_core.prompts import Prompt
 from influence_core.settings import EvaluateSettings, load_settings
-from tests.conftest import run_jobs
+from tests.conftest import jobs_in_process, jobs_ok, one_line_refusal
 
 # ---- metrics on hand-made rankings ---------------------------------------------------------------
 
@@ -89,8 +89,7 @@ def test_strategies_setting_takes_a_comma_separated_list(monkeypatch):
 
 def test_evaluate_finds_the_planted_facts_on_the_demo(demo_run):
     env = {"ARTIFACTS_URI": str(demo_run)}
-    result = run_jobs("evaluate", "--strategies", "ekfac,identity", env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    jobs_ok("evaluate", "--strategies", "ekfac,identity", env=env)
     out = demo_run / "reports" / "evaluation"
     evaluation = json.loads((out / "evaluation.json").read_text())
     methods = evaluation["methods"]
@@ -126,8 +125,7 @@ def test_evaluate_finds_the_planted_facts_on_the_demo(demo_run):
     assert "| BM25 on prompt + completion |" in markdown and "`strategies`: ekfac, identity" in markdown
 
     before = (out / "_SUCCESS").read_bytes()
-    again = run_jobs("evaluate", "--strategies", "ekfac,identity", env=env)
-    assert again.returncode == 0 and "skipping" in again.stderr
+    assert "skipping" in jobs_ok("evaluate", "--strategies", "ekfac,identity", env=env)
     assert (out / "_SUCCESS").read_bytes() == before
 
 
@@ -136,20 +134,18 @@ def test_evaluate_refuses_a_corpus_without_planted_facts(demo_run, tmp_path):
     for part in ("model", "data/train"):
         shutil.copytree(demo_run / part, artifacts / part)
     (artifacts / "data/train/planted_facts.json").unlink()
-    result = run_jobs("evaluate", env={"ARTIFACTS_URI": str(artifacts)})
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "planted_facts.json" in result.stderr
+    assert "planted_facts.json" in one_line_refusal(jobs_in_process("evaluate", env={"ARTIFACTS_URI": str(artifacts)}))
     assert not (artifacts / "reports").exists() and not (artifacts / "influence").exists()
 
 
 def test_evaluate_bad_inputs_fail_in_one_line(demo_run, tmp_path):
-    missing = run_jobs("evaluate", env={"ARTIFACTS_URI": str(tmp_path / "empty")})
-    assert missing.returncode == 2 and "run the train stage first" in missing.stderr
+    missing = one_line_refusal(jobs_in_process("evaluate", env={"ARTIFACTS_URI": str(tmp_path / "empty")}))
+    assert "run the train stage first" in missing
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([{"prompt": "Cats like to sleep in", "completion": " warm places"}]))
-    unasked = run_jobs("evaluate", "--prompts", str(prompts), env={"ARTIFACTS_URI": str(demo_run)})
-    assert unasked.returncode == 2 and "none of the 8 planted facts" in unasked.stderr
-    bad = run_jobs("evaluate", "--strategies", "ekfac,newton", env={"ARTIFACTS_URI": str(demo_run)})
-    assert bad.returncode == 2 and "STRATEGIES" in bad.stderr
-    for result in (missing, unasked, bad):
-        assert result.stderr.strip().count("\n") == 0, result.stderr
+    unasked = one_line_refusal(jobs_in_process("evaluate", "--prompts", str(prompts),
+                                               env={"ARTIFACTS_URI": str(demo_run)}))
+    assert "none of the 8 planted facts" in unasked
+    bad = one_line_refusal(jobs_in_process("evaluate", "--strategies", "ekfac,newton",
+                                           env={"ARTIFACTS_URI": str(demo_run)}))
+    assert "STRATEGIES" in bad

@@ -26,7 +26,7 @@ from influence_core.settings import (
     load_settings,
 )
 from jobs import compute_scores, fit_factors, import_model, inspect_factors, inspect_scores
-from tests.conftest import ROOT, run_jobs
+from tests.conftest import ROOT, jobs_in_process, jobs_ok, one_line_refusal
 from tests.families import ADDS_BOS, CONFIGS, save_tiny_model
 
 pytestmark = pytest.mark.slow  # a tiny model of each family imported, fine-tuned and scored
@@ -127,10 +127,9 @@ def test_a_model_fine_tuned_on_the_demo_corpus_finds_the_planted_facts(tmp_path)
     analysed by the stages."""
     source = save_tiny_model("gpt2", tmp_path / "gpt2", documents=600, n_embd=128, n_layer=4, n_head=4, n_inner=512)
     common = ["--artifacts_uri", str(tmp_path / "artifacts")]
-    result = run_jobs("train", "--model", str(source), "--num_examples", "300", "--num_train_epochs", "5",
-                      env={"ARTIFACTS_URI": str(tmp_path / "artifacts")})
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "training " + str(source) in result.stderr
+    log = jobs_ok("train", "--model", str(source), "--num_examples", "300", "--num_train_epochs", "5",
+                  env={"ARTIFACTS_URI": str(tmp_path / "artifacts")})
+    assert "training " + str(source) in log
     fit_factors.main(load_settings(FitFactorsSettings, common))
     compute_scores.main(load_settings(ComputeScoresSettings, common))
     inspect_scores.main(load_settings(InspectScoresSettings, [*common, "--no-per_token_scores"]))
@@ -151,9 +150,8 @@ def test_a_model_fine_tuned_on_the_demo_corpus_finds_the_planted_facts(tmp_path)
 ])
 def test_bad_models_are_refused_in_one_line_before_any_work(stage, make_args, message, tmp_path):
     artifacts = tmp_path / "artifacts"
-    result = run_jobs(stage, *make_args(tmp_path), env={"ARTIFACTS_URI": str(artifacts)}, timeout=120)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    line = one_line_refusal(jobs_in_process(stage, *make_args(tmp_path), env={"ARTIFACTS_URI": str(artifacts)}))
+    assert message in line, line
     assert not artifacts.exists() or not list(artifacts.rglob("_SUCCESS"))
 
 

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from influence_core.stages import PIPELINE
 from tests.conftest import jobs_env, run_jobs
 from tests.test_manifest_run import expand
-from tests.test_manifests import MAKE, ROOT, pod_spec, resolved_env, stage_container
-from tests.test_sharded_manifests import run_the_local_overlay
+from tests.test_manifests import MAKE, ROOT, copy_k8s, kustomize, pod_spec, resolved_env, stage_container
+from tests.test_sharded_manifests import jobs_by_name, make_steps, stage_of
 
 pytestmark = pytest.mark.image
 
@@ -114,9 +116,107 @@ def as_container(image: str):
     return launch
 
 
+def run_job(job: dict, objects, scratch, s3_env: dict, artifacts_uri: str, launch) -> list[str]:
+    """The Job's pods, launched by `launch`: one, or for an Indexed Job one per index, all at once,
+    each with the JOB_COMPLETION_INDEX Kubernetes sets. Returns each pod's log (stderr)."""
+    name = job["metadata"]["name"]
+    indexed = job["spec"].get("completionMode") == "Indexed"
+    count = job["spec"]["completions"] if indexed else 1
+    # Pods have a CPU limit each; here they share this machine's cores.
+    threads = max(1, len(os.sched_getaffinity(0)) // count)
+    pods = [launch(job, objects, scratch / name / str(index), s3_env, artifacts_uri,
+                   {"JOB_COMPLETION_INDEX": str(index), "OMP_NUM_THREADS": str(threads)} if indexed else {})
+            for index in range(count)]
+    logs = []
+    for index, pod in enumerate(pods):
+        _, stderr = pod.communicate(timeout=600)
+        assert pod.returncode == 0, f"{name} index {index}:\n{stderr[-4000:]}"
+        logs.append(stderr)
+    return logs
+
+
+def run_the_local_overlay(tmp_path, s3_env: dict, s3_bucket: str, launch, git_sha: str) -> str:
+    """Every stage's Job of the local overlay, each pod launched by `launch`, with fit-factors,
+    compute-scores and build-index spread over pods as `make deploy-*-sharded` deploys them (their
+    own Jobs aggregate, so those run too). A smaller corpus and run, and the LDS with 2 subsets of
+    1 seed, as a user sets them in settings.env. Returns the artifacts' URI in the bucket."""
+    k8s = copy_k8s(tmp_path)
+    settings_env = k8s / "base" / "settings.env"
+    settings_env.write_text(settings_env.read_text().replace("NUM_EXAMPLES=600", "NUM_EXAMPLES=100")
+                            .replace("NUM_TRAIN_EPOCHS=10", "NUM_TRAIN_EPOCHS=1")
+                            .replace("LDS_SUBSETS=16", "LDS_SUBSETS=2").replace("LDS_SEEDS=2", "LDS_SEEDS=1")
+                            .replace("INDEX_SHARD_SIZE=1024", "INDEX_SHARD_SIZE=30").replace("RERANK_TOP_K=100",
+                                                                                          "RERANK_TOP_K=5"))
+    objects = kustomize(k8s / "overlays" / "local")
+    jobs = jobs_by_name(objects)
+    rendered_uri = resolved_env(stage_container(jobs["train"]), objects)["ARTIFACTS_URI"]
+    # The manifest's path, in the test's fresh bucket: s3://artifacts/influence -> s3://test-.../influence
+    artifacts_uri = s3_bucket + "/" + rendered_uri.removeprefix("s3://").partition("/")[2]
+    order = ["train", *make_steps("deploy-fit-factors-sharded", "local"), "inspect-factors",
+             *make_steps("deploy-compute-scores-sharded", "local"), "compute-self-scores", "inspect-scores",
+             *make_steps("deploy-build-index-sharded", "local"), "query"]
+    lds_order = [*make_steps("deploy-lds", "local"), "inspect-scores"]  # then the report states the LDS
+    assert {stage_of(jobs[name]) for name in order + lds_order} == {stage.name for stage in PIPELINE} | {
+        "lds", "build_index", "query"}
+    logs = {name: run_job(jobs[name], objects, tmp_path, s3_env, artifacts_uri, launch) for name in order}
+    # lds-retrain runs a pod per subset, lds correlates.
+    lds_logs = [run_job(jobs[name], objects, tmp_path / "lds", s3_env, artifacts_uri, launch) for name in lds_order]
+    assert len(lds_logs[0]) == 2 and all("published subset" in log for log in lds_logs[0]), lds_logs[0]
+    assert "2 of 2 subsets already published" in lds_logs[1][0], lds_logs[1][0][-2000:]
+
+    # Each pod of an Indexed Job computed its own partition, and the next step restored them.
+    assert len(logs["fit-factors-covariance"]) == len(logs["compute-scores-shards"]) == 2
+    for index, log in enumerate(logs["fit-factors-covariance"]):
+        assert f"shard {index} of the covariance phase" in log, log[-2000:]
+    for index, log in enumerate(logs["fit-factors-lambda"]):
+        assert f"shard {index} of the lambda phase" in log, log[-2000:]
+    for index, log in enumerate(logs["compute-scores-shards"]):
+        assert f"(shard {index} of 2)" in log, log[-2000:]
+    for index, log in enumerate(logs["build-index-shards"]):  # 100 examples: shards 0-3, two a pod
+        assert re.findall(r"index shard (\d+) ", log) == [str(index), str(index + 2)], log[-2000:]
+    assert "index shard" not in logs["build-index"][0]  # every shard restored, none built again
+    for name in ("fit-factors-eigendecomposition", "fit-factors", "compute-scores", "build-index"):
+        assert re.search(r"restored \d+ published files", logs[name][0]), logs[name][0][-2000:]
+
+    import fsspec
+
+    fs = fsspec.filesystem("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"], key=s3_env["AWS_ACCESS_KEY_ID"],
+                           secret=s3_env["AWS_SECRET_ACCESS_KEY"])
+    env = resolved_env(stage_container(jobs["compute-scores"]), objects)
+    factors = json.loads(fs.cat_file(f"{artifacts_uri}/influence/factors_{env['FACTORS_NAME']}/_SUCCESS"))
+    assert factors["settings"]["covariance_data_partitions"] == factors["settings"]["lambda_data_partitions"] == 2
+    scores_dir = f"{artifacts_uri}/influence/scores_{env['SCORES_NAME']}"
+    assert json.loads(fs.cat_file(f"{scores_dir}/_SUCCESS"))["settings"]["score_data_partitions"] == 2
+    assert not fs.glob(f"{scores_dir}/pairwise_scores_data_partition*")  # length-sorted: not published
+    # The query Job scored the prompts against the index into its own scores, beside compute_scores'.
+    queried = json.loads(fs.cat_file(f"{artifacts_uri}/influence/scores_query_scores/_SUCCESS"))
+    assert queried["stage"] == "query" and queried["settings"]["rerank_top_k"] == 5
+    assert len(fs.ls(f"{artifacts_uri}/index/index")) == 4 + 2  # four shards, projection.json, _SUCCESS
+
+    # The report lands where `make fetch-report` looks, with every prompt and its ranked examples.
+    report_dir = f"{artifacts_uri}/reports/{env['SCORES_NAME']}"
+    report = json.loads(fs.cat_file(f"{report_dir}/report.json"))
+    prompts = json.loads((ROOT / "prompts.json").read_text())
+    assert [(p["prompt"], p["completion"]) for p in report["prompts"]] == [
+        (p["prompt"], p["completion"]) for p in prompts]
+    assert all(p["top_positive"] and p["top_negative"] for p in report["prompts"])
+    assert report["self_influence"], "compute-self-scores ran before inspect-scores"
+    assert report["lds"]["subsets"] == 2 and set(report["lds"]["baselines"]) == {"identity", "bm25", "random"}
+    assert fs.exists(f"{artifacts_uri}/reports/lds/lds.md")
+    assert fs.exists(f"{report_dir}/{env['SCORES_NAME']}_report.md")
+    # The image's GIT_SHA (the build argument) is what the manifests record.
+    assert json.loads(fs.cat_file(f"{report_dir}/_SUCCESS"))["git_sha"] == git_sha
+
+    # preview_data, the stage outside the pipeline, prints the configured corpus.
+    pod = launch(jobs["preview-data"], objects, tmp_path / "preview-data", s3_env, artifacts_uri, {})
+    stdout, stderr = pod.communicate(timeout=600)
+    assert pod.returncode == 0 and stdout.strip(), stderr[-4000:]
+    return artifacts_uri
+
+
 def test_every_job_of_the_local_overlay_runs_as_a_container(image, s3_env, s3_bucket, tmp_path):
-    """tests/test_sharded_manifests.py's run of every Job, in the README's order, each pod a
-    container of the image; then `make fetch-report` fetches the report from the bucket."""
+    """Every Job, in the README's order, each pod a container of the image; then `make fetch-report`
+    fetches the report from the bucket."""
     artifacts_uri = run_the_local_overlay(tmp_path, s3_env, s3_bucket, launch=as_container(image),
                                           git_sha=image_git_sha(image))
     report_dir = tmp_path / "report"

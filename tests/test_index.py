@@ -23,8 +23,8 @@ def artifacts(small_pipeline, tmp_path) -> Path:
     return copy
 
 
-def run(capsys, stage: str, artifacts: Path, *flags: str) -> str:
-    code, err = jobs_in_process(capsys, stage, f"--artifacts_uri={artifacts}", *flags)
+def run(stage: str, artifacts: Path, *flags: str) -> str:
+    code, err = jobs_in_process(stage, f"--artifacts_uri={artifacts}", *flags)
     assert code == 0, err[-3000:]
     return err
 
@@ -33,19 +33,19 @@ def scores(artifacts: Path, name: str) -> torch.Tensor:
     return Scores.matrix(artifacts / Scores(name).relative).double()
 
 
-def test_an_index_that_projects_nothing_scores_as_compute_scores(artifacts, capsys):
-    run(capsys, "build_index", artifacts, "--projection_dim=0", "--index_dtype=float32", "--index_shard_size=30")
+def test_an_index_that_projects_nothing_scores_as_compute_scores(artifacts):
+    run("build_index", artifacts, "--projection_dim=0", "--index_dtype=float32", "--index_shard_size=30")
     assert len(list((artifacts / Index("index").relative).glob("shard_*.safetensors"))) == 4  # 100 examples
-    run(capsys, "query", artifacts, "--rerank_top_k=0")
+    run("query", artifacts, "--rerank_top_k=0")
     exact, ours = scores(artifacts, "prompt_scores"), scores(artifacts, "query_scores")
     assert ours.shape == exact.shape
     relative = (ours - exact).abs().amax(dim=1) / exact.abs().amax(dim=1)
     assert float(relative.max()) < 1e-4, relative
 
 
-def test_the_rescored_candidates_get_compute_scores_values_and_the_report_marks_them(artifacts, capsys):
-    run(capsys, "build_index", artifacts, "--projection_dim=8")  # far from exact: 8 x 8 per module
-    run(capsys, "query", artifacts, "--rerank_top_k=5", "--scores_name=reranked")
+def test_the_rescored_candidates_get_compute_scores_values_and_the_report_marks_them(artifacts):
+    run("build_index", artifacts, "--projection_dim=8")  # far from exact: 8 x 8 per module
+    run("query", artifacts, "--rerank_top_k=5", "--scores_name=reranked")
     exact, ours = scores(artifacts, "prompt_scores"), scores(artifacts, "reranked")
     rescored = json.loads((artifacts / Scores("reranked").relative / Scores.RESCORED).read_text())
     candidates = rescored["examples"]
@@ -54,7 +54,7 @@ def test_the_rescored_candidates_get_compute_scores_values_and_the_report_marks_
     assert float(((ours[:, candidates] - exact[:, candidates]).abs() / scale).max()) < 1e-4
     others = sorted(set(range(exact.shape[1])) - set(candidates))
     assert float(((ours[:, others] - exact[:, others]).abs() / scale).max()) > 1e-3  # those are the index's
-    run(capsys, "inspect_scores", artifacts, "--scores_name=reranked", "--no-per_token_scores")
+    run("inspect_scores", artifacts, "--scores_name=reranked", "--no-per_token_scores")
     report = json.loads((artifacts / "reports/reranked/report.json").read_text())
     assert report["rescored"] == {"rerank_top_k": 5, "exact_examples": len(candidates)}
     for entry in report["prompts"]:
@@ -63,7 +63,7 @@ def test_the_rescored_candidates_get_compute_scores_values_and_the_report_marks_
     assert "(exact)" in (artifacts / "reports/reranked/reranked_report.md").read_text()
 
 
-def test_a_build_spread_over_pods_resumes_with_the_shards_they_staged(artifacts, capsys, monkeypatch):
+def test_a_build_spread_over_pods_resumes_with_the_shards_they_staged(artifacts, monkeypatch):
     import influence_core.index
 
     built, rows = [], influence_core.index.gradient_rows
@@ -71,29 +71,29 @@ def test_a_build_spread_over_pods_resumes_with_the_shards_they_staged(artifacts,
                         lambda model, loss, examples, *rest: built.append(len(examples)) or rows(model, loss, examples,
                                                                                                  *rest))
     flags = ["--projection_dim=16", "--index_shard_size=30", "--index_partitions=2"]
-    run(capsys, "build_index", artifacts, *flags, "--shard_index=1")  # shards 1 and 3: 30 and 10 examples
+    run("build_index", artifacts, *flags, "--shard_index=1")  # shards 1 and 3: 30 and 10 examples
     assert built == [30, 10] and not (artifacts / Index("index").relative / "_SUCCESS").exists()
-    run(capsys, "build_index", artifacts, *flags)  # builds only shards 0 and 2, then publishes
+    run("build_index", artifacts, *flags)  # builds only shards 0 and 2, then publishes
     assert built == [30, 10, 30, 30]
     whole = artifacts.parent / "whole"
     shutil.copytree(artifacts, whole, ignore=shutil.ignore_patterns("index"))
-    run(capsys, "build_index", whole, "--projection_dim=16", "--index_shard_size=30")
+    run("build_index", whole, "--projection_dim=16", "--index_shard_size=30")
     for number in range(4):
         name = Index.shard(number)
         spread = load_file(str(artifacts / "index/index" / name))[Index.ROWS]
         assert spread.equal(load_file(str(whole / "index/index" / name))[Index.ROWS]), name
 
 
-def test_a_query_must_use_the_factors_and_damping_the_index_was_built_with(artifacts, capsys):
-    run(capsys, "build_index", artifacts, "--projection_dim=8")
-    line = one_line_refusal(jobs_in_process(capsys, "query", f"--artifacts_uri={artifacts}", "--damping_factor=1e-3",
+def test_a_query_must_use_the_factors_and_damping_the_index_was_built_with(artifacts):
+    run("build_index", artifacts, "--projection_dim=8")
+    line = one_line_refusal(jobs_in_process("query", f"--artifacts_uri={artifacts}", "--damping_factor=1e-3",
                                             "--log_level=ERROR"))
     assert "DAMPING_FACTOR=0.001" in line and "built with DAMPING_FACTOR=1e-08" in line
     assert not (artifacts / Scores("query_scores").relative).exists()
 
 
 def test_one_question_at_the_terminal_lists_its_top_documents(artifacts, capsys):
-    run(capsys, "build_index", artifacts, "--projection_dim=0", "--index_dtype=float32")
+    run("build_index", artifacts, "--projection_dim=0", "--index_dtype=float32")
     asked = json.loads((artifacts / Scores("prompt_scores").relative / Scores.PROMPTS).read_text())[0]
     from jobs.__main__ import main
 
@@ -110,8 +110,8 @@ def test_one_question_at_the_terminal_lists_its_top_documents(artifacts, capsys)
 
 def test_the_plan_sizes_the_index_and_the_query_scores_within_5_percent(artifacts, capsys):
     flags = ["--projection_dim=16", "--index_shard_size=30", "--rerank_top_k=3"]
-    run(capsys, "build_index", artifacts, *flags[:2])
-    run(capsys, "query", artifacts, flags[2])
+    run("build_index", artifacts, *flags[:2])
+    run("query", artifacts, flags[2])
     capsys.readouterr()
     from jobs.__main__ import main
 
@@ -124,7 +124,7 @@ def test_the_plan_sizes_the_index_and_the_query_scores_within_5_percent(artifact
         assert row["peak_memory_bytes"] > 0 and row["fits"]
 
 
-def test_a_tiny_untrained_model_s_index_scores_as_compute_scores_with_ekfac(tmp_path, capsys):
+def test_a_tiny_untrained_model_s_index_scores_as_compute_scores_with_ekfac(tmp_path):
     """The fast lane's exactness check: a tiny random GPT-Neo imported as it is, EK-FAC fitted on 40
     documents, and the index at full size against compute_scores, in this process."""
     from influence_core.demo_corpus import build_demo_corpus
@@ -137,11 +137,11 @@ def test_a_tiny_untrained_model_s_index_scores_as_compute_scores_with_ekfac(tmp_
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps([{"prompt": "The capital of Velmora is", "completion": " Quistador"},
                                    {"prompt": "The river Tallow flows into", "completion": " Lake Morwen"}]))
-    run(capsys, "import_model", artifacts, f"--model={source}", f"--dataset={documents}", "--max_length=32")
-    run(capsys, "fit_factors", artifacts, "--factor_batch_size=8")
-    run(capsys, "compute_scores", artifacts, f"--prompts={prompts}")
-    run(capsys, "build_index", artifacts, "--projection_dim=0", "--index_dtype=float32", "--index_shard_size=16")
-    run(capsys, "query", artifacts, f"--prompts={prompts}", "--rerank_top_k=0")
+    run("import_model", artifacts, f"--model={source}", f"--dataset={documents}", "--max_length=32")
+    run("fit_factors", artifacts, "--factor_batch_size=8")
+    run("compute_scores", artifacts, f"--prompts={prompts}")
+    run("build_index", artifacts, "--projection_dim=0", "--index_dtype=float32", "--index_shard_size=16")
+    run("query", artifacts, f"--prompts={prompts}", "--rerank_top_k=0")
     exact, ours = scores(artifacts, "prompt_scores"), scores(artifacts, "query_scores")
     assert ours.shape == exact.shape == (2, 40)
     relative = (ours - exact).abs().amax(dim=1) / exact.abs().amax(dim=1)

@@ -19,7 +19,7 @@ from scipy.stats import spearmanr
 
 from influence_core import lds
 from influence_core.evaluation import words
-from tests.conftest import ROOT, assert_a_real_picture, run_jobs, start_jobs
+from tests.conftest import ROOT, assert_a_real_picture, jobs_in_process, jobs_ok, one_line_refusal, start_jobs
 
 LDS = {"LDS_SUBSETS": "4", "LDS_SEEDS": "2"}
 INPUTS = ("model", "data/train", "influence/factors_tiny_lm_factors", "influence/scores_prompt_scores")
@@ -40,8 +40,7 @@ def measurements(artifacts: Path) -> dict[str, dict]:
 def lds_run(small_pipeline, tmp_path_factory) -> Path:
     """The lds stage run sequentially on a copy of the small pipeline's outputs."""
     artifacts = copy_pipeline(small_pipeline, tmp_path_factory.mktemp("lds") / "artifacts")
-    result = run_jobs("lds", env={**LDS, "ARTIFACTS_URI": str(artifacts)})
-    assert result.returncode == 0, result.stderr[-4000:]
+    jobs_ok("lds", env={**LDS, "ARTIFACTS_URI": str(artifacts)})
     return artifacts
 
 
@@ -106,8 +105,7 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
 
 
 def test_the_report_states_the_lds_and_each_completions_probability(lds_run):
-    result = run_jobs("inspect_scores", "--no-per_token_scores", env={"ARTIFACTS_URI": str(lds_run)})
-    assert result.returncode == 0, result.stderr[-3000:]
+    jobs_ok("inspect_scores", "--no-per_token_scores", env={"ARTIFACTS_URI": str(lds_run)})
     report = json.loads((lds_run / "reports/prompt_scores/report.json").read_text())
     measured = json.loads((lds_run / "reports/lds/lds.json").read_text())
     assert report["lds"]["lds"] == measured["methods"]["prompt_scores"]["lds"]
@@ -122,42 +120,41 @@ def test_the_report_states_the_lds_and_each_completions_probability(lds_run):
     assert markdown.count("The model's probability of the completion") == len(report["prompts"])
 
 
-def test_subsets_spread_over_four_processes_then_aggregated_equal_the_sequential_run(lds_run, small_pipeline,
-                                                                                      tmp_path):
+def test_subsets_spread_over_processes_and_a_run_killed_with_kill_9_equal_the_sequential_run(lds_run, small_pipeline,
+                                                                                            tmp_path):
+    """Subsets 0 and 1 retrained by two processes at once (as lds-retrain's pods, SUBSET_INDEX each);
+    then a sequential run retrains subset 2 alone and is killed with kill -9 during subset 3; the
+    rerun retrains subset 3 alone and aggregates: the measurements and the LDS of the sequential run."""
     artifacts = copy_pipeline(small_pipeline, tmp_path / "artifacts")
     env = {**LDS, "ARTIFACTS_URI": str(artifacts)}
-    processes = [start_jobs("lds", env={**env, "SUBSET_INDEX": str(index)}) for index in range(4)]
+    processes = [start_jobs("lds", env={**env, "SUBSET_INDEX": str(index)}) for index in range(2)]
     for process in processes:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
     assert not (artifacts / "reports/lds").exists()  # a subset alone publishes only itself
+    process = start_jobs("lds", env=env)
+    deadline = time.monotonic() + 300
+    while not (artifacts / "lds/subsets/00002/_SUCCESS").exists():  # subset 2 done, 3 in progress
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate()
+    assert "2 of 4 subsets already published" in stderr, stderr[-3000:]
+    assert retrained(stderr) <= {"2", "3"}
+    assert not (artifacts / "reports/lds").exists()
+    done = {name: (artifacts / "lds/subsets" / name / "_SUCCESS").stat().st_mtime_ns for name in ("00000", "00001",
+                                                                                                 "00002")}
+    log = jobs_ok("lds", env=env)
+    assert "3 of 4 subsets already published" in log and retrained(log) == {"3"}, log[-3000:]
+    assert {name: (artifacts / "lds/subsets" / name / "_SUCCESS").stat().st_mtime_ns for name in done} == done
     assert measurements(artifacts) == measurements(lds_run)
-    aggregate = run_jobs("lds", env=env)
-    assert aggregate.returncode == 0, aggregate.stderr[-3000:]
-    assert "4 of 4 subsets already published" in aggregate.stderr and "retraining" not in aggregate.stderr
     ours, sequential = (json.loads((a / "reports/lds/lds.json").read_text()) for a in (artifacts, lds_run))
     assert ours["methods"] == sequential["methods"]
 
 
-def test_a_subset_killed_with_kill_9_reruns_alone(lds_run, small_pipeline, tmp_path):
-    artifacts = copy_pipeline(small_pipeline, tmp_path / "artifacts")
-    env = {**LDS, "ARTIFACTS_URI": str(artifacts)}
-    process = start_jobs("lds", env=env)
-    deadline = time.monotonic() + 300
-    while not (artifacts / "lds/subsets/00001/_SUCCESS").exists():  # subsets 0 and 1 done, 2 in progress
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()[-3000:]
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (artifacts / "reports/lds").exists()
-    done = {name: (artifacts / "lds/subsets" / name / "_SUCCESS").stat().st_mtime_ns for name in ("00000", "00001")}
-    rerun = run_jobs("lds", env=env)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "2 of 4 subsets already published" in rerun.stderr
-    retrained = {line.split("subset ")[1].split(" ")[0] for line in rerun.stderr.splitlines() if "retraining" in line}
-    assert retrained == {"2", "3"}
-    assert {name: (artifacts / "lds/subsets" / name / "_SUCCESS").stat().st_mtime_ns for name in done} == done
-    assert measurements(artifacts) == measurements(lds_run)
+def retrained(log: str) -> set[str]:
+    """The subsets a run's log says it retrained."""
+    return {line.split("subset ")[1].split(" ")[0] for line in log.splitlines() if "retraining" in line}
 
 
 @pytest.mark.parametrize("args, env, message", [
@@ -169,9 +166,8 @@ def test_a_subset_killed_with_kill_9_reruns_alone(lds_run, small_pipeline, tmp_p
 ])
 def test_bad_input_is_refused_in_one_line(small_pipeline, tmp_path, args, env, message):
     artifacts = copy_pipeline(small_pipeline, tmp_path / "artifacts")
-    result = run_jobs("lds", *args, env={**env, "ARTIFACTS_URI": str(artifacts)})
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    line = one_line_refusal(jobs_in_process("lds", *args, env={**env, "ARTIFACTS_URI": str(artifacts)}))
+    assert message in line, line
     assert not (artifacts / "lds").exists() and not (artifacts / "reports/lds").exists()
 
 
@@ -201,13 +197,12 @@ def own_model_scored(tmp_path: Path, stage, settings_class, *flags: str) -> tupl
     return tmp_path / "artifacts", source, prompts
 
 
-def test_the_lds_of_a_model_imported_as_it_is_is_refused(tmp_path, capsys):
+def test_the_lds_of_a_model_imported_as_it_is_is_refused(tmp_path):
     from influence_core.settings import ImportModelSettings
     from jobs import import_model
-    from tests.conftest import jobs_in_process
 
     artifacts, _, prompts = own_model_scored(tmp_path, import_model, ImportModelSettings)
-    code, stderr = jobs_in_process(capsys, "lds", "--artifacts_uri", str(artifacts), "--prompts", str(prompts),
+    code, stderr = jobs_in_process("lds", "--artifacts_uri", str(artifacts), "--prompts", str(prompts),
                                    "--lds_subsets", "2", "--lds_seeds", "1", "--log_level", "ERROR")
     assert code == 2, stderr[-3000:]
     line, = stderr.strip().splitlines()

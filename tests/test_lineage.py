@@ -82,25 +82,25 @@ def test_a_tokenizer_folder_saved_again_trains_again(tmp_path):
     assert json.loads((artifacts / "model/config.json").read_text())["vocab_size"] != first
 
 
-def test_train_refuses_to_replace_an_imported_model(tmp_path, capsys):
+def test_train_refuses_to_replace_an_imported_model(tmp_path):
     docs = write_documents(tmp_path / "docs.jsonl", "The first document is about herons.")
     source = save_tiny_model("gpt2", tmp_path / "gpt2")
     artifacts = tmp_path / "artifacts"
     import_model.main(load_settings(ImportModelSettings, ["--artifacts_uri", str(artifacts), "--model", str(source),
                                                           "--dataset", str(docs), "--max_length", "32"]))
-    line = one_line_refusal(jobs_in_process(capsys, "train", "--artifacts_uri", str(artifacts), "--dataset", str(docs),
+    line = one_line_refusal(jobs_in_process("train", "--artifacts_uri", str(artifacts), "--dataset", str(docs),
                                             *QUICK_TRAIN, "--log_level", "ERROR"))
     assert "import_model" in line and "FORCE=true" in line
     assert json.loads((artifacts / "model/config.json").read_text())["model_type"] == "gpt2"
 
 
-def test_lds_refuses_scores_of_an_earlier_model(small_pipeline, tmp_path, capsys):
+def test_lds_refuses_scores_of_an_earlier_model(small_pipeline, tmp_path):
     artifacts = tmp_path / "artifacts"
     shutil.copytree(small_pipeline, artifacts)
     flags = [f"--{key.lower()}={value}" for key, value in SMALL.items() if key.lower() in TrainSettings.model_fields]
     train.main(load_settings(TrainSettings, ["--artifacts_uri", str(artifacts), *flags, "--force",
                                              "--learning_rate", "1e-2"]))
-    line = one_line_refusal(jobs_in_process(capsys, "lds", "--artifacts_uri", str(artifacts), "--lds_subsets", "2",
+    line = one_line_refusal(jobs_in_process("lds", "--artifacts_uri", str(artifacts), "--lds_subsets", "2",
                                             "--lds_seeds", "1", "--log_level", "ERROR"))
     # The break nearest the start of the chain: the factors the scores were made from.
     assert f"{artifacts}/influence/factors_tiny_lm_factors was made from another {artifacts}/model " in line
@@ -145,13 +145,9 @@ def cli(stage: str, artifacts: Path, **changes) -> list[str]:
     return flags
 
 
-def run(stage: str, artifacts: Path, capsys=None, **changes) -> tuple[int, str]:
+def run(stage: str, artifacts: Path, **changes) -> tuple[int, str]:
     """A stage as `python -m jobs` runs it, in this process: its exit code and what it wrote to stderr."""
-    if capsys is not None:
-        return jobs_in_process(capsys, *cli(stage, artifacts, **changes))
-    from jobs.__main__ import main
-
-    return main(cli(stage, artifacts, **changes)), ""
+    return jobs_in_process(*cli(stage, artifacts, **changes))
 
 
 def manifests(artifacts: Path) -> dict[str, str]:
@@ -214,7 +210,7 @@ def outcome(stage: str, artifacts: Path, before: dict[str, str], code: int, err:
 @pytest.mark.xdist_group("lineage")  # on one worker, which makes tiny_chain once
 @pytest.mark.parametrize("stage, producer", SCENARIOS, ids=[f"{s}-after-{p}" for s, p in SCENARIOS])
 def test_a_stage_refuses_or_redoes_its_work_after_an_upstream_output_is_made_again(stage, producer, tiny_chain,
-                                                                                  tmp_path, capsys):
+                                                                                  tmp_path):
     """What `stage` reads is made again: `producer`'s outputs with other settings, or the documents
     of DATASET edited. Then `stage` either refuses in one line (exit 2: its inputs no longer
     belong together) or runs, and makes again whatever of its own outputs was made from the old."""
@@ -228,14 +224,14 @@ def test_a_stage_refuses_or_redoes_its_work_after_an_upstream_output_is_made_aga
         extra["dataset"] = write_documents(tmp_path / "docs.jsonl", texts[0], texts[1:])
         extra["model"] = save_tiny_model("gpt2", tmp_path / "gpt2") if stage == "import_model" else None
         extra = {key: value for key, value in extra.items() if value is not None}
-        assert run(stage, artifacts, capsys, **extra)[0] == 0
+        assert run(stage, artifacts, **extra)[0] == 0
         write_documents(extra["dataset"], "The first document now says something else.", texts[1:])
     else:
         shutil.copytree(tiny_chain, artifacts)
-        code, err = run(producer, artifacts, capsys, force=True, **VARIED.get(producer, {}))
+        code, err = run(producer, artifacts, force=True, **VARIED.get(producer, {}))
         assert code == 0, err[-3000:]
     before = manifests(artifacts)
-    code, err = run(stage, artifacts, capsys, **extra)
+    code, err = run(stage, artifacts, **extra)
     outcome(stage, artifacts, before, code, err, extra)
     if producer == "DATASET" and (artifacts / "data/train").exists():  # trained again on the new documents
         assert load_from_disk(str(artifacts / "data/train"))["text"][0] == "The first document now says something else."

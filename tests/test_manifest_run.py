@@ -1,11 +1,10 @@
-"""The local overlay's pods, run as local processes: each stage Job's command, arguments and
+"""The local overlay's pods, run as local processes: a stage Job's command, arguments and
 environment exactly as rendered (plus the image's ENV), against a loopback S3 server.
 
-It passes only if the manifests, the image's layout and entrypoint, and the code agree: the
-launcher and `-m jobs <stage>` exist, every setting the Jobs pass is accepted, the stages find
-each other's artifacts in the bucket, and the report lands where `make fetch-report` looks.
-The whole pipeline run from the manifests is tests/test_sharded_manifests.py's last test (its
-fit-factors and compute-scores spread over pods); this file holds the pod mapping it uses.
+Two pods here: a bad setting's exit code kept through the Jobs' launcher, and the import-model Job
+publishing a model of your own into the bucket. Every Job of the overlay, in the README's order and
+spread over pods, runs as containers of the built image in tests/test_image.py (`make test-image`):
+it passes only if the manifests, the image and the code agree.
 """
 
 from __future__ import annotations

@@ -64,16 +64,16 @@ def test_the_largest_batch_that_fits_is_where_the_estimate_crosses_the_device(tm
             > make_plan(settings, 4)["stages"]["fit_factors"]["peak_memory_bytes"])
 
 
-def test_a_batch_that_cannot_fit_is_refused_before_the_stage_runs(small_trained, tmp_path, capsys):
+def test_a_batch_that_cannot_fit_is_refused_before_the_stage_runs(small_trained, tmp_path):
     artifacts = tmp_path / "artifacts"
     for output in ("model", "data/train"):
         shutil.copytree(small_trained / output, artifacts / output)
     flags = ["fit_factors", "--artifacts_uri", str(artifacts), "--device_memory_gib", "0.3", "--factor_strategy",
              "identity", "--log_level", "ERROR"]
-    line = one_line_refusal(jobs_in_process(capsys, *flags))
+    line = one_line_refusal(jobs_in_process(*flags))
     assert line.startswith("error: fit_factors: FACTOR_BATCH_SIZE=16 needs about") and "FORCE_FIT=true" in line
     assert not (artifacts / "influence").exists()
-    code, stderr = jobs_in_process(capsys, *flags, "--force_fit")
+    code, stderr = jobs_in_process(*flags, "--force_fit")
     assert code == 0, stderr[-2000:]
     assert (artifacts / "influence/factors_tiny_lm_factors/_SUCCESS").exists()
 

@@ -10,7 +10,7 @@ import torch
 from datasets import load_from_disk
 from safetensors.torch import load_file
 
-from tests.conftest import run_jobs
+from tests.conftest import jobs_ok
 
 SELF_SCORES = "influence/self_scores_tiny_lm_factors"
 
@@ -40,11 +40,10 @@ def test_inspect_scores_without_self_scores(demo_run, tmp_path):
     artifacts = tmp_path / "artifacts"
     for part in ("model", "data", "influence/factors_tiny_lm_factors", "influence/scores_prompt_scores"):
         shutil.copytree(demo_run / part, artifacts / part)
-    result = run_jobs("inspect_scores", "--num_influential", "2", env={"ARTIFACTS_URI": str(artifacts)})
-    assert result.returncode == 0, result.stderr[-3000:]
+    log = jobs_ok("inspect_scores", "--num_influential", "2", env={"ARTIFACTS_URI": str(artifacts)})
     report = json.loads((artifacts / "reports/prompt_scores/report.json").read_text())
     assert "self_influence" not in report
     assert all("token_scores" in item for entry in report["prompts"] for item in entry["top_positive"])
     html = (artifacts / "reports/prompt_scores/report.html").read_text()
     assert "self-influence" not in html and 'class="tok pos"' in html
-    assert "\r" not in result.stderr and "progress: Computing pairwise scores" in result.stderr
+    assert "\r" not in log and "progress: Computing pairwise scores" in log

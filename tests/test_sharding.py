@@ -1,15 +1,10 @@
 """Sharded factors and scores (one process per data partition, then aggregation) equal the
-unpartitioned run; a killed shard reruns alone; CPU torchrun with several processes is refused."""
+unpartitioned run; a killed shard reruns alone; several torchrun processes on CPU are refused."""
 
 from __future__ import annotations
 
-import importlib
-import io
-import logging
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,10 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from influence_core.corpus_order import IN_TRAINING_ORDER
-from influence_core.runtime import configure_progress
-from influence_core.settings import load_settings
-from influence_core.stages import BY_NAME
-from tests.conftest import ROOT, run_jobs, start_jobs
+from tests.conftest import jobs_in_process, jobs_ok, one_line_refusal, start_jobs
 from tests.test_faults import PARTITION_SCORED
 
 PARTITIONS = 2  # two workers at once, as two pods of an Indexed Job
@@ -33,31 +25,18 @@ def start(args: list[str], artifacts: Path, **env: str) -> subprocess.Popen:
     return start_jobs(*args, env={"ARTIFACTS_URI": str(artifacts), **env})
 
 
-def run_shards(args: list[str], artifacts: Path, count: int = PARTITIONS) -> None:
-    """`count` workers at once, as an Indexed Job's pods would run: JOB_COMPLETION_INDEX each."""
-    workers = [start(args, artifacts, JOB_COMPLETION_INDEX=str(index)) for index in range(count)]
+def run_shards(args: list[str], artifacts: Path) -> None:
+    """PARTITIONS workers at once, as an Indexed Job's pods would run: JOB_COMPLETION_INDEX each."""
+    workers = [start(args, artifacts, JOB_COMPLETION_INDEX=str(index)) for index in range(PARTITIONS)]
     for worker in workers:
         _, stderr = worker.communicate(timeout=600)
         assert worker.returncode == 0, stderr[-3000:]
 
 
 def ok(*args: str, artifacts: Path) -> str:
-    """A sequential step (a reference run, an aggregation) in-process, as `python -m jobs` runs it;
-    returns its log, progress lines included. The shards run as processes, all at once."""
-    stage = BY_NAME[args[0]]
-    settings = load_settings(stage.settings, [*args[1:], "--artifacts_uri", str(artifacts)])
-    configure_progress()  # bars become log lines, as in a pod
-    log, handler = io.StringIO(), logging.StreamHandler()
-    handler.setStream(log)
-    root, level = logging.getLogger(), logging.getLogger().level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        importlib.import_module(stage.module).main(settings)
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-    return log.getvalue()
+    """A sequential step (a reference run, an aggregation, a shard rerun) in this process, as `python -m
+    jobs` runs it; returns its log, progress lines included. Shards meant to run at once are processes."""
+    return jobs_ok(*args, "--artifacts_uri", str(artifacts))
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -113,10 +92,9 @@ def test_killed_shard_reruns_alone(factored):
     args = ["compute_scores", "--factors_name", "whole", "--scores_name", "killed",
             "--score_data_partitions", str(PARTITIONS)]
     output = factored / "influence/scores_killed"
-    survivors = [start(args, factored, SHARD_INDEX=str(index)) for index in range(PARTITIONS) if index != VICTIM]
-    for worker in survivors:
-        _, stderr = worker.communicate(timeout=600)
-        assert worker.returncode == 0, stderr[-3000:]
+    for index in range(PARTITIONS):
+        if index != VICTIM:
+            ok(*args, "--shard_index", str(index), artifacts=factored)
     victim = start(args, factored, SHARD_INDEX=str(VICTIM))
     deadline = time.monotonic() + 300
     for line in victim.stderr:  # kill it as it starts on the training examples of its partition
@@ -138,35 +116,38 @@ def test_killed_shard_reruns_alone(factored):
 
 
 def test_several_cpu_processes_are_refused(factored):
-    launcher = ROOT / "docker" / "torchrun_stage.py"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ARTIFACTS_URI": str(factored)}
-    result = subprocess.run([sys.executable, str(launcher), "--standalone", "--nproc-per-node=2", "-m", "jobs",
-                             "compute_scores", "--factors_name", "whole", "--scores_name", "two_processes"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "2 torchrun processes on CPU would each repeat the same work" in result.stderr
+    """A stage started by torchrun with two processes on CPU (the variables torchrun sets, rank 0):
+    refused in one line before any work."""
+    torchrun = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    line = one_line_refusal(jobs_in_process("compute_scores", "--factors_name", "whole", "--scores_name",
+                                            "two_processes", "--log_level", "ERROR",
+                                            env={"ARTIFACTS_URI": str(factored), **torchrun}))
+    assert "2 torchrun processes on CPU would each repeat the same work" in line
     assert not (factored / "influence/scores_two_processes/_SUCCESS").exists()
 
 
 def test_shard_settings_are_checked(factored):
-    result = run_jobs("fit_factors", "--shard_index", "4", "--covariance_data_partitions", "4",
-                      "--factor_phase", "covariance", env={"ARTIFACTS_URI": str(factored)})
-    assert result.returncode == 2 and "shard 4 is out of range" in result.stderr
-    result = run_jobs("fit_factors", "--factors_name", "early", "--lambda_data_partitions", "2", "--shard_index", "0",
-                      "--factor_phase", "lambda", env={"ARTIFACTS_URI": str(factored)})
-    assert result.returncode == 2 and "the eigendecomposition of 'early' is not published yet" in result.stderr
+    uri = ["--artifacts_uri", str(factored), "--log_level", "ERROR"]
+    line = one_line_refusal(jobs_in_process("fit_factors", "--shard_index", "4", "--covariance_data_partitions", "4",
+                                            "--factor_phase", "covariance", *uri))
+    assert "shard 4 is out of range" in line
+    line = one_line_refusal(jobs_in_process("fit_factors", "--factors_name", "early", "--lambda_data_partitions", "2",
+                                            "--shard_index", "0", "--factor_phase", "lambda", *uri))
+    assert "the eigendecomposition of 'early' is not published yet" in line
 
 
 def test_a_sharded_rerun_with_other_inputs_never_reuses_stale_partitions(factored, tmp_path):
     """Shards of a run with other prompts stage their steps apart from the finished output's, so
     the aggregate is of the new prompts only."""
     args = ["compute_scores", "--factors_name", "whole", "--scores_name", "reused", "--score_data_partitions", "2"]
-    run_shards(args, factored, count=2)
+    for index in range(2):  # one after the other, in this process: what matters is where each stages its step
+        ok(*args, "--shard_index", str(index), artifacts=factored)
     ok(*args, artifacts=factored)
     two = tmp_path / "two.json"
     two.write_text('[{"prompt": "The capital of Velmora is", "completion": " Quistador"},'
                    ' {"prompt": "A week has seven", "completion": " days"}]')
-    run_shards([*args, "--prompts", str(two)], factored, count=2)
+    for index in range(2):
+        ok(*args, "--prompts", str(two), "--shard_index", str(index), artifacts=factored)
     ok(*args, "--prompts", str(two), artifacts=factored)
     scores = load_file(str(factored / "influence/scores_reused/pairwise_scores.safetensors"))["all_modules"]
     assert scores.shape[0] == 2
