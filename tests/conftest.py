@@ -8,12 +8,8 @@ import io
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
-import traceback
 import uuid
 from pathlib import Path
 
@@ -108,91 +104,10 @@ def assert_a_real_picture(path, least: tuple[int, int] = (400, 300)) -> None:
     assert max(count for count, _ in colours) < 0.97 * image.width * image.height, path
 
 
-class Forked:
-    """A stage started by start_jobs: the parts of subprocess.Popen the tests use."""
-
-    def __init__(self, pid: int, stderr) -> None:
-        self.pid, self.stderr, self.returncode = pid, stderr, None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)  # -9 for kill -9, as Popen
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"jobs {self.pid}", timeout)
-            time.sleep(0.02)
-        return self.returncode
-
-    def send_signal(self, signum: int) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, signum)
-
-    def communicate(self, timeout: float | None = None) -> tuple[None, str]:
-        stderr = self.stderr.read()
-        self.stderr.close()
-        self.wait(timeout)
-        return None, stderr
-
-
-def start_jobs(*args: str, env: dict | None = None, fork: bool = True) -> Forked | subprocess.Popen:
-    """`python -m jobs ...` started in the background (to be killed, signalled or waited for) as a
-    process of its own, forked from this one: the same entry point, environment (as run_jobs) and
-    working directory, stderr piped, stdout discarded. Forked, not started afresh, because a new
-    interpreter spends several CPU-seconds importing torch and transformers before the stage begins,
-    and the tests that kill stages start dozens; a kill -9 or a SIGTERM reaches the stage all the same.
-    fsspec reads its FSSPEC_* variables again in the child; what other libraries read once when
-    imported (the Hugging Face Hub's endpoint) needs run_jobs. A new interpreter instead with
-    `fork=False`, or where torch runs several threads here (pytest without xdist, whose workers run
-    one each)."""
-    import torch
-
-    from jobs.__main__ import main
-
-    if not fork or torch.get_num_threads() > 1:  # OpenMP's threads do not survive a fork: the child would hang
-        return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=jobs_env(env),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            # As a new process starts: no signal blocked (the worker may block some), default handlers.
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            os.close(read_end)
-            os.dup2(write_end, 2)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
-            sys.stdout = open(1, "w", closefd=False)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)
-            environment = jobs_env(env)
-            os.environ.clear()
-            os.environ.update(environment)
-            import fsspec
-            import tqdm
-
-            fsspec.config.conf.clear()
-            fsspec.config.set_conf_env(fsspec.config.conf)
-            # tqdm's default lock is a semaphore shared with this process's parent: a child killed
-            # while holding it would leave every later progress bar of the parent waiting forever.
-            tqdm.tqdm.set_lock(threading.RLock())
-            os.chdir(ROOT)
-            code = main(list(args))
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(write_end)
-    return Forked(pid, os.fdopen(read_end, "r"))
+def start_jobs(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m jobs ...` started in the background (to be killed or waited for); stderr piped."""
+    return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=jobs_env(env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from influence_core.stages import PIPELINE, Stage
 from influence_core.storage import PARTIAL
-from tests.conftest import SMALL, Forked, jobs_ok, run_jobs, start_jobs
+from tests.conftest import SMALL, jobs_ok, run_jobs, start_jobs
 
 pytestmark = pytest.mark.slow  # stages killed and cut off, as processes
 
@@ -54,8 +54,8 @@ PARTITION_SCORED = "Computing pairwise scores (training gradient) [0/"  # a prog
 VOLATILE = {"training_metrics.json", "state.json", "_SUCCESS"}  # timings and random fingerprints
 
 
-def stage_process(stage: str, artifacts: Path, env: dict | None = None, fork: bool = True) -> Forked | subprocess.Popen:
-    return start_jobs(stage, env={**SMALL, "ARTIFACTS_URI": str(artifacts), **(env or {})}, fork=fork)
+def stage_process(stage: str, artifacts: Path, env: dict | None = None) -> subprocess.Popen:
+    return start_jobs(stage, env={**SMALL, "ARTIFACTS_URI": str(artifacts), **(env or {})})
 
 
 def rerun(stage: str, artifacts: Path) -> str:
@@ -194,8 +194,7 @@ def test_object_store_outage_fails_cleanly_and_a_rerun_completes(small_pipeline,
     for relative in STAGES["fit_factors"][1]:
         fs.put(str(source / relative) + "/", f"outage/run/{relative}/", recursive=True)
     env = {**s3_env, "FSSPEC_S3_ENDPOINT_URL": endpoint}
-    # A new interpreter: a child forked from here would keep the server's listening socket open after it stops.
-    process = stage_process("fit_factors", Path("unused"), {**env, "ARTIFACTS_URI": "s3://outage/run"}, fork=False)
+    process = stage_process("fit_factors", Path("unused"), {**env, "ARTIFACTS_URI": "s3://outage/run"})
     deadline = time.monotonic() + 300
     while not fs.glob("outage/run/influence/factors_tiny_lm_factors/**/*covariance_data_partition0*"):
         assert process.poll() is None and time.monotonic() < deadline

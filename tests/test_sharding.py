@@ -14,14 +14,14 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from influence_core.corpus_order import IN_TRAINING_ORDER
-from tests.conftest import Forked, jobs_in_process, jobs_ok, one_line_refusal, start_jobs
+from tests.conftest import jobs_in_process, jobs_ok, one_line_refusal, start_jobs
 from tests.test_faults import PARTITION_SCORED
 
 PARTITIONS = 2  # two workers at once, as two pods of an Indexed Job
 VICTIM = 1  # the shard killed in test_killed_shard_reruns_alone
 
 
-def start(args: list[str], artifacts: Path, **env: str) -> Forked | subprocess.Popen:
+def start(args: list[str], artifacts: Path, **env: str) -> subprocess.Popen:
     return start_jobs(*args, env={"ARTIFACTS_URI": str(artifacts), **env})
 
 
