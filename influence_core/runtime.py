@@ -102,11 +102,15 @@ def handle_sigterm(graceful: bool = False) -> None:
     `graceful`, only note the request so training can save a last checkpoint first."""
 
     def on_sigterm(signum, frame) -> None:
-        logging.getLogger("jobs").warning("SIGTERM: %s", "saving a checkpoint, then exiting" if graceful
-                                          else "exiting; what is finished is already published")
+        _stop_requested.set()  # first: nothing below may keep the request from being noted
+        message = "SIGTERM: " + ("saving a checkpoint, then exiting" if graceful
+                                 else "exiting; what is finished is already published")
+        try:
+            logging.getLogger("jobs").warning(message)
+        except RuntimeError:  # the signal came while a log line was being written: stderr refuses a second
+            os.write(2, f"{message}\n".encode())
         if not graceful:
             raise Terminated()
-        _stop_requested.set()
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
