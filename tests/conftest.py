@@ -104,17 +104,28 @@ def assert_a_real_picture(path, least: tuple[int, int] = (400, 300)) -> None:
     assert max(count for count, _ in colours) < 0.97 * image.width * image.height, path
 
 
-def start_jobs(*args: str, env: dict | None = None) -> subprocess.Popen:
-    """`python -m jobs ...` started in the background (to be killed or waited for); stderr piped."""
-    return subprocess.Popen([sys.executable, "-m", "jobs", *args], cwd=ROOT, env=jobs_env(env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start_jobs(*args: str, env: dict | None = None):
+    """`python -m jobs ...` started in the background (to be killed, signalled or waited for), in the
+    environment run_jobs gives it: a process of its own, forked from one that imported the stages
+    already (tests/stage_processes.py); stderr piped, stdout discarded."""
+    from tests.stage_processes import StageProcess
+
+    return StageProcess(list(args), jobs_env(env), str(ROOT))
+
+
+def run_stage(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    """start_jobs, waited for: a stage run as a process of its own, without the seconds a new
+    interpreter spends importing (run_jobs where that import is what is tested)."""
+    process = start_jobs(*args, env=env)
+    _, stderr = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(["jobs", *args], process.returncode, "", stderr)
 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> Path:
     """Artifacts of `python -m jobs pipeline` at the demo's default settings (what `make demo` runs)."""
     artifacts = tmp_path_factory.mktemp("demo") / "artifacts"
-    result = run_jobs("pipeline", env={"ARTIFACTS_URI": str(artifacts)})
+    result = run_stage("pipeline", env={"ARTIFACTS_URI": str(artifacts)})
     assert result.returncode == 0, result.stderr[-4000:]
     return artifacts
 
@@ -123,7 +134,7 @@ def demo_run(tmp_path_factory) -> Path:
 def small_trained(tmp_path_factory) -> Path:
     """Artifacts holding only a quickly trained small model (100 documents, 2 epochs)."""
     artifacts = tmp_path_factory.mktemp("small") / "artifacts"
-    result = run_jobs("train", "--num_examples", "100", "--num_train_epochs", "2",
+    result = run_stage("train", "--num_examples", "100", "--num_train_epochs", "2",
                       env={"ARTIFACTS_URI": str(artifacts)})
     assert result.returncode == 0, result.stderr[-4000:]
     return artifacts
@@ -140,7 +151,7 @@ def small_pipeline(tmp_path_factory) -> Path:
     """The whole pipeline at the SMALL settings on a local path (`python -m jobs pipeline`: every
     pipeline stage of influence_core.stages in turn, as each runs alone)."""
     artifacts = tmp_path_factory.mktemp("small_pipeline") / "artifacts"
-    result = run_jobs("pipeline", env={**SMALL, "ARTIFACTS_URI": str(artifacts)})
+    result = run_stage("pipeline", env={**SMALL, "ARTIFACTS_URI": str(artifacts)})
     assert result.returncode == 0, result.stderr[-4000:]
     return artifacts
 

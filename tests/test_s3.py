@@ -13,7 +13,7 @@ import time
 import fsspec
 import pytest
 
-from tests.conftest import SMALL, jobs_in_process, jobs_ok, one_line_refusal, run_jobs
+from tests.conftest import SMALL, jobs_in_process, jobs_ok, one_line_refusal, run_stage
 
 SECRET = "s3cr3t-value-that-must-not-leak"
 
@@ -37,7 +37,7 @@ def s3_pipeline(s3_env, tmp_path_factory):
 
     boto3.client("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"]).create_bucket(Bucket="pipeline")
     env = {**s3_env, **SMALL, "AWS_SECRET_ACCESS_KEY": SECRET, "ARTIFACTS_URI": "s3://pipeline/run"}
-    result = run_jobs("pipeline", env=env)
+    result = run_stage("pipeline", env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return env, result
 
@@ -80,7 +80,7 @@ def one_line_failure(result, code: int, expected: str, seconds: float, limit: fl
 
 def timed(*args, env):
     start = time.monotonic()
-    result = run_jobs(*args, env=env, timeout=120)
+    result = run_stage(*args, env=env, timeout=120)
     return result, time.monotonic() - start
 
 
