@@ -20,7 +20,8 @@ class ReentrantStream(io.StringIO):
 
 
 @pytest.mark.parametrize("graceful", [True, False])
-def test_sigterm_during_a_log_line_is_not_lost(graceful, monkeypatch, capfd):
+def test_sigterm_during_a_log_line_is_not_lost(graceful, monkeypatch, capfd, caplog):
+    caplog.set_level(logging.WARNING, logger="jobs")  # whatever level a stage run before in this process left
     monkeypatch.setattr(runtime, "_stop_requested", runtime.threading.Event())  # this test's own
     monkeypatch.setattr("sys.stderr", ReentrantStream())  # logging's own error report meets it too
     handler = logging.StreamHandler(ReentrantStream())
