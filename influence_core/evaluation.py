@@ -53,6 +53,20 @@ def lexical_scores(prompts: Sequence[Prompt], texts: Sequence[str]) -> dict[str,
     }
 
 
+def fused_scores(influence: torch.Tensor, lexical: torch.Tensor, weight: float = 0.5) -> torch.Tensor:
+    """Influence and lexical evidence combined, per prompt (row): the weighted mean of each one's
+    z-scores over the documents, `weight` on the lexical side. z-scores, because the two are on
+    scales that differ by orders of magnitude and from prompt to prompt; a row with no spread (BM25
+    when no word of the query occurs) adds nothing."""
+
+    def z(matrix: torch.Tensor) -> torch.Tensor:
+        matrix = matrix.double()
+        spread = matrix.std(dim=1, keepdim=True)
+        return torch.where(spread > 0, (matrix - matrix.mean(dim=1, keepdim=True)) / spread, 0.0)
+
+    return (1 - weight) * z(influence) + weight * z(lexical)
+
+
 def fact_metrics(scores: torch.Tensor, prompts: Sequence[Prompt], texts: Sequence[str],
                  facts: Sequence[dict]) -> dict:
     """recall@10 and reciprocal rank per planted fact, and their means, for one ranking."""

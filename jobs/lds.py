@@ -179,7 +179,7 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
     from transformers import AutoTokenizer
 
     from influence_core import lds
-    from influence_core.evaluation import bm25_scores
+    from influence_core.evaluation import bm25_scores, fused_scores
     from influence_core.modeling import load_model
 
     texts = load_from_disk(str(fetch_once(data, work)))["text"]
@@ -195,10 +195,15 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
     matrices = {name: Scores.matrix(fetch_once(each, work)) for name, each in named.items()}
     tasks = {name: each.task for name, each in named.items()}
     labels = {name: baselines.get(name, f"{name} ({each.strategy})") for name, each in named.items()}
-    task = tasks[settings.lds_scores[0]]  # the text baselines predict the first scores' measurement
+    first = settings.lds_scores[0]
+    task = tasks[first]  # the text baselines predict the first scores' measurement
     matrices["bm25"] = bm25_scores([prompt.prompt + prompt.completion for prompt in prompts], texts)
     tasks.update(bm25=task, random=task)
     labels.update(bm25=baselines["bm25"], random=f"{baselines['random']} (mean of {RANDOM_DRAWS} draws)")
+    # The first scores fused with BM25: whether the two kinds of evidence together predict better than each
+    fused = f"{first}+bm25"
+    matrices[fused], tasks[fused] = fused_scores(matrices[first], matrices["bm25"]), task
+    labels[fused] = f"{labels[first]} with BM25 (mean of per-prompt z-scores)"
     methods = lds.summarize(matrices, tasks, labels, set(baselines), mask, measured)
     methods["random"] = lds.random_baseline(len(texts), mask, measured[task], RANDOM_DRAWS, settings.seed,
                                             labels["random"], task)
@@ -213,9 +218,10 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
         "prompts": [{**prompt.model_dump(), "probability": probability}
                     for prompt, probability in zip(prompts, probabilities)],
         "methods": methods,
-        "comparisons": {name: {baseline: dict(zip(("difference", "stderr"), lds.paired_difference(
-            methods[name]["per_prompt"], methods[baseline]["per_prompt"]))) for baseline in baselines}
-            for name in settings.lds_scores},
+        "comparisons": {name: {against: dict(zip(("difference", "stderr"), lds.paired_difference(
+            methods[name]["per_prompt"], methods[against]["per_prompt"])))
+            for against in [*baselines, *([first] if name == fused else [])]}
+            for name in [*settings.lds_scores, fused]},
         "settings": {"model": model.source,  # what the subsets were fine-tuned from; None: trained from scratch
                      **{f"lds.{key}": value for key, value in fingerprint(settings).items()},
                      **{f"train.{key}": value for key, value in fingerprint(trained).items()}},
@@ -225,7 +231,6 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
     (out / LdsReport.JSON).write_text(json.dumps(result, indent=2, ensure_ascii=False))
     (out / LdsReport.MARKDOWN).write_text(lds.render_markdown(result))
     lds.plot_lds(result, out / LdsReport.PLOT)
-    first = settings.lds_scores[0]
     lds.plot_predicted_vs_measured(lds.predicted_measurements(matrices[first], mask), measured[tasks[first]],
                                    result, first, out / LdsReport.PROMPTS_PLOT)
     for method in methods.values():

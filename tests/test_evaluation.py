@@ -8,10 +8,11 @@ import shutil
 
 import pytest
 import torch
+from datasets import load_from_disk
 from safetensors.torch import load_file
 
 from influence_core.errors import ConfigError
-from influence_core.evaluation import bm25_scores, fact_metrics, render_markdown, words
+from influence_core.evaluation import bm25_scores, fact_metrics, fused_scores, render_markdown, words
 from influence_core.prompts import Prompt
 from influence_core.settings import EvaluateSettings, load_settings
 from tests.conftest import jobs_in_process, jobs_ok, one_line_refusal
@@ -60,6 +61,18 @@ def test_bm25_ranks_the_documents_that_share_rare_words_first():
     assert scores[1].argmax() == 2
 
 
+def test_fusion_weighs_the_z_scores_of_each_prompt_and_ignores_a_flat_row():
+    influence = torch.tensor([[1e-6, 3e-6, 2e-6, 0.0], [5.0, 1.0, 2.0, 3.0]])  # scales far apart
+    lexical = torch.tensor([[0.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 0.0]])  # the second: no word matched
+    fused = fused_scores(influence, lexical, weight=0.5)
+    assert fused.shape == influence.shape
+    assert fused[0].argmax() == 2  # the lexical match outweighs a small influence lead
+    assert torch.equal(fused[1].argsort(), influence[1].argsort())  # a flat row adds nothing
+    assert torch.allclose(fused_scores(influence, lexical, weight=0.0).std(dim=1), torch.ones(2, dtype=torch.float64))
+    lexical_only = fused_scores(influence, lexical, weight=1.0)[0]
+    assert torch.equal(lexical_only.argsort(stable=True), lexical[0].argsort(stable=True))
+
+
 def test_markdown_has_one_row_per_method_and_the_settings():
     count = 25
     scores = torch.stack([ranking(count, [3, 7, 12]), torch.zeros(count), ranking(count, [0, 20])])
@@ -93,7 +106,7 @@ def test_evaluate_finds_the_planted_facts_on_the_demo(demo_run):
     out = demo_run / "reports" / "evaluation"
     evaluation = json.loads((out / "evaluation.json").read_text())
     methods = evaluation["methods"]
-    assert list(methods) == ["ekfac", "identity", "bm25", "bm25_prompt_only"]
+    assert list(methods) == ["ekfac", "identity", "bm25", "bm25_prompt_only", "ekfac+bm25"]
     facts = json.loads((demo_run / "data/train/planted_facts.json").read_text())
     for name in ("ekfac", "identity"):
         # The published numbers are those of the published scores.
@@ -120,6 +133,12 @@ def test_evaluate_finds_the_planted_facts_on_the_demo(demo_run):
     assert methods["bm25"]["recall_at_10"] == 1.0 and methods["bm25"]["mrr"] == 1.0
     assert methods["bm25_prompt_only"]["recall_at_10"] == pytest.approx(0.982, abs=5e-4)
     assert methods["bm25_prompt_only"]["mrr"] == 1.0
+    # EK-FAC fused with BM25 is ranked by the mean of the two's per-prompt z-scores
+    ekfac = load_file(str(demo_run / "influence/scores_eval_ekfac/pairwise_scores.safetensors"))["all_modules"]
+    prompts = [Prompt(**p) for p in json.loads((demo_run / "influence/scores_eval_ekfac/prompts.json").read_text())]
+    texts = load_from_disk(str(demo_run / "data/train"))["text"]
+    fused = fused_scores(ekfac, bm25_scores([p.prompt + p.completion for p in prompts], texts))
+    assert methods["ekfac+bm25"]["recall_at_10"] == fact_metrics(fused, prompts, texts, facts)["recall_at_10"]
     markdown = (out / "evaluation.md").read_text()
     assert f"| EK-FAC | {methods['ekfac']['recall_at_10']:.3f} | {methods['ekfac']['mrr']:.3f} |" in markdown
     assert "| BM25 on prompt + completion |" in markdown and "`strategies`: ekfac, identity" in markdown

@@ -83,6 +83,9 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
     }
     matrices = {name: matrix["all_modules"].double().numpy() for name, matrix in matrices.items()}
     matrices["bm25"] = np.stack([index.get_scores(words(p["prompt"] + p["completion"])) for p in prompts])
+    z = {name: (matrix - matrix.mean(1, keepdims=True)) / matrix.std(1, ddof=1, keepdims=True)
+         for name, matrix in matrices.items()}
+    matrices["prompt_scores+bm25"] = (z["prompt_scores"] + z["bm25"]) / 2
     for name, matrix in matrices.items():
         for number in range(len(prompts)):
             predicted, measured = [], []
@@ -96,6 +99,12 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
         assert result["methods"][name]["lds"] == pytest.approx(np.mean(values), abs=1e-9)
         assert result["methods"][name]["stderr"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(len(values)))
     assert abs(result["methods"]["random"]["lds"]) < 0.1
+    fused = result["comparisons"]["prompt_scores+bm25"]  # paired with each baseline and the scores alone
+    assert set(fused) == {"identity", "bm25", "random", "prompt_scores"}
+    for against, paired in fused.items():
+        differences = np.subtract(result["methods"]["prompt_scores+bm25"]["per_prompt"],
+                                  result["methods"][against]["per_prompt"])
+        assert paired["difference"] == pytest.approx(differences.mean(), abs=1e-9), against
     assert result["settings"]["model"] is None  # retrained from scratch, as the model was
     for name in ("lds.png", "lds_prompts.png"):
         assert_a_real_picture(lds_run / "reports/lds" / name)
