@@ -3,21 +3,24 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+UV := $(VENV)/bin/uv pip
 ARTIFACTS_URI ?= ./artifacts
 SCORES_NAME ?= prompt_scores
 export ARTIFACTS_URI
 
-.PHONY: install demo eval lds lds-study bench plan test test-fast test-image lint docs docs-serve settings-docs fetch-report clean
+.PHONY: install demo eval lds lds-study lds-corpora bench plan test test-fast test-image lint docs docs-serve settings-docs fetch-report clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -r requirements.txt -r requirements-dev.txt
+	# uv installs the same pinned requirements as pip would, several times faster (parallel
+	# downloads, a shared cache); pip's PIP_FIND_LINKS, where set (a local torch wheel), is uv's too.
+	$(PIP) install --quiet uv==0.13.9
+	$(if $(PIP_FIND_LINKS),UV_FIND_LINKS="$(PIP_FIND_LINKS)") $(UV) install --python $(PY) --quiet -r requirements.txt -r requirements-dev.txt
 	# --no-deps: kronfluence declares torchvision, which it never imports and which breaks
 	# transformers imports beside the CPU torch build. Its real dependencies are in requirements.txt.
-	$(PIP) install --quiet --no-deps kronfluence==1.0.1
+	$(UV) install --python $(PY) --quiet --no-deps kronfluence==1.0.1
 	touch $@
 
 ## demo: train, fit factors, score the shipped prompts and write the report, on the built-in corpus
@@ -55,6 +58,12 @@ lds: install
 ## ensemble over training seeds) on the demo, into docs/results/lds_study.md (about 20 minutes on 2 CPU cores)
 lds-study: install
 	$(PY) bench/lds_study.py
+
+## lds-corpora: every scoring method's LDS (EK-FAC alone, fused with BM25, gated, ensembles) on demo, demo-hard
+## and real prose (the Jargon File), 24 prompts each, with paired differences: the table the defaults are
+## chosen by (docs/results/lds_corpora.md; about an hour on 2 CPU cores)
+lds-corpora: install
+	$(PY) bench/lds_corpora.py
 
 ## bench: every stage timed at the demo size and 5x, beside the original approach and bare Kronfluence
 ## (docs/results/results.md); the cost curve of every stage over 600-4,800 documents with the plan's estimates

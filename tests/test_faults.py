@@ -6,6 +6,7 @@ half-done is ever marked complete."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import signal
 import subprocess
@@ -110,6 +111,20 @@ def partition_files(directory: Path) -> dict[str, tuple[int, int]]:
             if path.is_file() and PARTIAL not in path.name}
 
 
+def finished_partitions(directory: Path, complete: Path) -> dict[str, tuple[int, int]]:
+    """partition_files of the partitions Kronfluence finished: those holding every file the
+    uninterrupted run's `complete` holds for them. Kronfluence writes a partition's files one after
+    another (lambda_matrix_..., then num_lambda_processed_...): a kill between the two leaves a
+    partition the rerun must compute again."""
+    def partition(name: str) -> str:
+        kind = "lambda" if "lambda" in name else "covariance"
+        return kind + re.search(r"_data_partition\d+_module_partition\d+", name).group()
+
+    files, expected = partition_files(directory), partition_files(complete)
+    done = {partition(name) for name in expected} - {partition(name) for name in expected if name not in files}
+    return {name: stamp for name, stamp in files.items() if partition(name) in done}
+
+
 def copy_inputs(stage: str, source: Path, artifacts: Path) -> None:
     for relative in STAGES[stage][1]:
         shutil.copytree(source / relative, artifacts / relative)
@@ -123,7 +138,8 @@ def test_kill_9_at_three_points_then_rerun_gives_the_uninterrupted_result(small_
     for point in KILL_POINTS[stage]:
         kill_at(stage, artifacts, point)
         assert not all((artifacts / relative / "_SUCCESS").exists() for relative in outputs), (point, "complete")
-    finished = {relative: partition_files(artifacts / relative) for relative in outputs}
+    finished = {relative: partition_files(artifacts / relative) if stage == "compute_scores" else
+                finished_partitions(artifacts / relative, small_pipeline / relative) for relative in outputs}
     if stage in ("fit_factors", "compute_scores"):
         assert all(finished.values()), "no Kronfluence partition was finished before the last kill"
     stderr = rerun(stage, artifacts)

@@ -1,0 +1,237 @@
+"""Every scoring method's LDS on three corpora, with paired differences: the evaluation the scoring
+defaults are chosen by (`make lds-corpora`).
+
+Per corpus (bench/corpora.py: demo, demo-hard, jargon; 24 prompts each), in ARTIFACTS_URI/<corpus>
+(default ./artifacts/corpora/<corpus>): the model is trained, factors fitted, and the prompts scored
+once per method that is a setting (compute_scores with SCORE_FUSION, under the method's scores name);
+one `python -m jobs lds` run retrains the subsets and correlates them all beside its baselines
+(BM25, identity, random). The ensembles average the influence of models trained with other
+TRAINING_SEEDs on the same corpus (each trained, fitted and scored at the defaults) and are
+correlated here, with the same subsets, by influence_core.lds, as is the confidence-weighted fusion.
+
+A method is better than another when its paired difference over the 72 prompts together exceeds two
+standard errors and it is not worse by more than one standard error on any corpus. Writes
+docs/results/lds_corpora.md and bench/lds_corpora.json.
+
+    python bench/lds_corpora.py [--corpora demo,demo-hard,jargon] [--members 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.corpora import CORPORA, JARGON_DOCUMENTS, prompts_file, write_jargon  # noqa: E402
+from influence_core import lds  # noqa: E402
+from influence_core.fusion import fused_scores, prompt_bm25, zscores  # noqa: E402
+
+# scores name: (what it is, compute_scores settings); the first is EK-FAC alone, the defaults before.
+SINGLE = "ekfac"
+METHODS = {
+    SINGLE: ("EK-FAC alone (SCORE_FUSION=none)", {}),
+    "zmean_25": ("z-score mean, 0.25 on BM25 (SCORE_FUSION=bm25_zmean, FUSION_WEIGHT=0.25)",
+                 {"SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": "0.25"}),
+    "zmean_50": ("z-score mean, 0.5 on BM25 (SCORE_FUSION=bm25_zmean, FUSION_WEIGHT=0.5)",
+                 {"SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": "0.5"}),
+    "zmean_75": ("z-score mean, 0.75 on BM25 (SCORE_FUSION=bm25_zmean, FUSION_WEIGHT=0.75)",
+                 {"SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": "0.75"}),
+    "gate_20": ("EK-FAC within BM25's top 20% (SCORE_FUSION=bm25_gate, GATE_FRACTION=0.2)",
+                {"SCORE_FUSION": "bm25_gate", "GATE_FRACTION": "0.2"}),
+}
+BASELINES = {"bm25": "BM25 on prompt + completion", "identity": "identity (gradient dot products)",
+             "random": "random scores"}
+
+
+def jobs(*args: str, env: dict) -> float:
+    """Run `python -m jobs ...` with `env` added; returns its wall seconds."""
+    started = time.time()
+    result = subprocess.run([sys.executable, "-m", "jobs", *args], cwd=ROOT, env={**os.environ, **env},
+                            capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"python -m jobs {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return time.time() - started
+
+
+def corpus_env(corpus: str, root: Path) -> dict:
+    env = {"ARTIFACTS_URI": str(root / corpus), "PROMPTS": str(prompts_file(corpus)), "LOG_LEVEL": "WARNING"}
+    if corpus == "jargon":
+        env |= {"DATASET": str(write_jargon(root / "jargon.jsonl")), "NUM_EXAMPLES": str(JARGON_DOCUMENTS)}
+    else:
+        env["DATASET"] = corpus
+    return env
+
+
+def influence(artifacts: Path, name: str = SINGLE) -> torch.Tensor:
+    from influence_core.artifacts import Scores
+
+    return Scores.influence(artifacts / Scores(name).relative).double()
+
+
+def evaluate_corpus(corpus: str, root: Path, members: int) -> dict:
+    """Every method's per-prompt LDS on one corpus, and the seconds each part took."""
+    from datasets import load_from_disk
+
+    env, seconds = corpus_env(corpus, root), {}
+    artifacts = Path(env["ARTIFACTS_URI"])
+    seconds["train"] = jobs("train", env=env)
+    seconds["fit_factors"] = jobs("fit_factors", env=env)
+    for name, (_, settings) in METHODS.items():
+        seconds[f"compute_scores {name}"] = jobs("compute_scores", "--scores_name", name, env={**env, **settings})
+    seconds["lds"] = jobs("lds", "--lds_scores", ",".join(METHODS), env=env)
+    result = json.loads((artifacts / "reports/lds/lds.json").read_text())
+    per_prompt = {name: result["methods"][name]["per_prompt"] for name in [*METHODS, *BASELINES]}
+
+    # The subsets again, from the published files: what the stage correlated with (checked below).
+    subsets = [json.loads(path.read_text()) for path in sorted((artifacts / "lds/subsets").glob("*/measurements.json"))]
+    subsets = [subset for subset in subsets if subset["subset"] < result["subsets"]]
+    single = influence(artifacts)
+    mask = lds.subset_mask([subset["examples"] for subset in subsets], single.shape[1])
+    measured = torch.tensor([[sum(seed["language_modeling"][p] for seed in subset["measurements"]) /
+                              len(subset["measurements"]) for p in range(single.shape[0])] for subset in subsets],
+                            dtype=torch.float64)
+    assert max(abs(a - b) for a, b in zip(lds.lds(single, mask, measured), per_prompt[SINGLE])) < 1e-9
+    texts = load_from_disk(str(artifacts / "data/train"))["text"]
+    from influence_core.prompts import Prompt
+
+    prompts = [Prompt(prompt=p["prompt"], completion=p["completion"]) for p in result["prompts"]]
+    bm25 = prompt_bm25(prompts, texts)
+    # Our idea: lean on BM25 as far as the model is sure of the completion (its probability), where the
+    # influence's gradients shrink to noise; on influence where the model still learns the completion.
+    confidence = torch.tensor([p["probability"] for p in result["prompts"]], dtype=torch.float64)[:, None]
+    confident = (1 - confidence) * zscores(single) + confidence * zscores(bm25)
+    per_prompt["confidence"] = lds.lds(confident, mask, measured)
+
+    # Ensembles: models trained with other training seeds, each fitted and scored at the defaults.
+    ensemble = [single]
+    for seed in range(1, members):
+        member_env = {**env, "ARTIFACTS_URI": str(artifacts / "members" / f"training_seed_{seed}"),
+                      "TRAINING_SEED": str(seed)}
+        started = time.time()
+        for stage in ("train", "fit_factors", "compute_scores"):
+            jobs(stage, *(["--scores_name", SINGLE] if stage == "compute_scores" else []), env=member_env)
+        seconds[f"ensemble member {seed}"] = time.time() - started
+        ensemble.append(influence(Path(member_env["ARTIFACTS_URI"])))
+    if members > 1:
+        mean = sum(ensemble) / len(ensemble)
+        per_prompt["ensemble"] = lds.lds(mean, mask, measured)
+        per_prompt["ensemble_zmean_50"] = lds.lds(fused_scores(mean, bm25, 0.5), mask, measured)
+    return {"per_prompt": per_prompt, "seconds": seconds, "subsets": result["subsets"], "seeds": result["seeds"],
+            "documents": len(texts), "prompts": result["prompts"]}
+
+
+def labels(members: int) -> dict[str, str]:
+    return {**{name: label for name, (label, _) in METHODS.items()},
+            "confidence": "ours: z-score mean, the completion's probability on BM25 (offline)",
+            **({"ensemble": f"ensemble: EK-FAC averaged over {members} models (training seeds 0..{members - 1})",
+                "ensemble_zmean_50": f"ensemble of {members}, z-score mean 0.5 on BM25 (offline)"} if members > 1
+               else {}),
+            **{name: f"baseline: {label}" for name, label in BASELINES.items()}}
+
+
+def paired(study: dict, name: str, against: str) -> dict:
+    """Paired differences of `name` from `against`: per corpus, and over every prompt together."""
+    out = {}
+    together_a, together_b = [], []
+    for corpus, result in study["corpora"].items():
+        a, b = result["per_prompt"][name], result["per_prompt"][against]
+        out[corpus] = dict(zip(("difference", "stderr"), lds.paired_difference(a, b)))
+        together_a += a
+        together_b += b
+    out["together"] = dict(zip(("difference", "stderr"), lds.paired_difference(together_a, together_b)))
+    return out
+
+
+def better(differences: dict) -> bool:
+    """Better by the rule: over two standard errors together, not worse by over one on any corpus."""
+    together = differences["together"]
+    return together["difference"] > 2 * together["stderr"] and all(
+        d["difference"] >= -d["stderr"] for corpus, d in differences.items() if corpus != "together")
+
+
+def delta(row: dict, name: str, against: str, corpus: str = "together") -> str:
+    """A table cell: the row's paired difference from `against`, marked when better by the rule."""
+    if against == name:
+        return ""
+    d = row["paired"][against][corpus]
+    mark = " **better**" if corpus == "together" and row["better"][against] else ""
+    return f"{d['difference']:+.3f} ± {d['stderr']:.3f}{mark}"
+
+
+def render(study: dict) -> str:
+    corpora = list(study["corpora"])
+    lines = [
+        "# Scoring methods on three corpora",
+        "",
+        f"LDS of each method (`python bench/lds_corpora.py`, {study['minutes']:.0f} minutes on this machine, "
+        f"{study['date']}): the `tiny` model retrained on {study['subsets']} random halves of its corpus x "
+        f"{study['seeds']} training seeds, Spearman per prompt, the mean over the corpus's 24 prompts ± its "
+        "standard error. Δ: the paired difference (mean over prompts of the method's correlation minus the "
+        "other's, ± its standard error), per corpus and over the 72 prompts together. **better**: over two "
+        "standard errors together and not worse by more than one on any corpus.",
+        "",
+        "Corpora: " + "; ".join(f"{corpus} ({result['documents']} documents)"
+                                for corpus, result in study["corpora"].items()) + ".",
+        "",
+        "| method | " + " | ".join(corpora) + " | Δ from EK-FAC alone, together | Δ from BM25, together | "
+        + " | ".join(f"Δ EK-FAC / Δ BM25, {corpus}" for corpus in corpora) + " |",
+        "|---|" + "---|" * (2 * len(corpora) + 2),
+    ]
+    for name, row in study["rows"].items():
+        cells = [f"{row['lds'][corpus]['lds']:.3f} ± {row['lds'][corpus]['stderr']:.3f}" for corpus in corpora]
+        per_corpus = [f"{delta(row, name, SINGLE, corpus)} / {delta(row, name, 'bm25', corpus)}".strip(" /")
+                      for corpus in corpora]
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {delta(row, name, SINGLE)} | "
+                     f"{delta(row, name, 'bm25')} | " + " | ".join(per_corpus) + " |")
+    lines += ["", "## Seconds", ""]
+    for corpus, result in study["corpora"].items():
+        lines.append(f"- {corpus}: " + ", ".join(f"{part} {value:.0f}" for part, value in result["seconds"].items()))
+    lines += ["", "## Prompts", "", "bench/corpora/<corpus>.json, drawn by rule (bench/corpora.py). The model's "
+              "probability of each completion:", ""]
+    for corpus, result in study["corpora"].items():
+        lines.append(f"- {corpus}: " + "; ".join(f"{p['prompt']!r} → {p['completion'].strip()!r} "
+                                                 f"{p['probability']:.2f}" for p in result["prompts"]))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpora", default=",".join(CORPORA), help="Comma-separated corpora")
+    parser.add_argument("--members", type=int, default=3, help="Models in the ensembles (1: none)")
+    args = parser.parse_args()
+    root = Path(os.environ.get("ARTIFACTS_URI", ROOT / "artifacts" / "corpora"))
+    started = time.time()
+    study = {"corpora": {}}
+    for corpus in args.corpora.split(","):
+        print(f"{corpus} ...", flush=True)
+        study["corpora"][corpus] = evaluate_corpus(corpus, root, args.members)
+        print(f"{corpus}: {sum(study['corpora'][corpus]['seconds'].values()) / 60:.1f} minutes", flush=True)
+    first = next(iter(study["corpora"].values()))
+    study |= {"subsets": first["subsets"], "seeds": first["seeds"], "minutes": (time.time() - started) / 60,
+              "date": time.strftime("%Y-%m-%d")}
+    study["rows"] = {}
+    for name, label in labels(args.members).items():
+        row = {"label": label, "lds": {}, "paired": {}, "better": {}}
+        for corpus, result in study["corpora"].items():
+            row["lds"][corpus] = dict(zip(("lds", "stderr"), lds.mean_and_stderr(result["per_prompt"][name])))
+        for against in (SINGLE, "bm25"):
+            if against != name:
+                row["paired"][against] = paired(study, name, against)
+                row["better"][against] = better(row["paired"][against])
+        study["rows"][name] = row
+    (ROOT / "bench" / "lds_corpora.json").write_text(json.dumps(study, indent=1, ensure_ascii=False))
+    (ROOT / "docs" / "results" / "lds_corpora.md").write_text(render(study))
+    print(render(study))
+
+
+if __name__ == "__main__":
+    main()
