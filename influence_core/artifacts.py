@@ -235,6 +235,10 @@ class Scores(Artifact):
     PROMPTS = "prompts.json"
     ARGUMENTS = "score_arguments.json"  # Kronfluence's record of its ScoreArguments
     RESCORED = "rescored.json"  # query's: {"examples": [...]} scored again exactly; the others are the index's
+    # With SCORE_FUSION: BM25 of every document for every prompt, and the ranking fused from it and
+    # the influence (influence_core.fusion); MATRIX stays Kronfluence's influence alone.
+    LEXICAL = "bm25_scores.safetensors"
+    FUSED = "fused_scores.safetensors"
 
     @property
     def factors_name(self) -> str:
@@ -248,6 +252,10 @@ class Scores(Artifact):
     def strategy(self) -> str | None:
         return self.manifest.extra("factor_strategy")
 
+    @property
+    def fusion(self) -> str:
+        return self.manifest.settings.get("score_fusion", "none")
+
     def prompts(self) -> list[dict]:
         return self.read_json(self.PROMPTS)
 
@@ -258,9 +266,24 @@ class Scores(Artifact):
 
     @staticmethod
     def matrix(local: Path) -> torch.Tensor:
+        """The ranking the scores publish: the fused one with SCORE_FUSION, else the influence."""
+        return Scores.influence(local) if not (local / Scores.FUSED).exists() else Scores._load(local / Scores.FUSED)
+
+    @staticmethod
+    def influence(local: Path) -> torch.Tensor:
+        """Kronfluence's influence scores alone."""
+        return Scores._load(local / Scores.MATRIX)
+
+    @staticmethod
+    def lexical(local: Path) -> torch.Tensor | None:
+        """BM25's scores, published beside the influence with SCORE_FUSION; None without."""
+        return Scores._load(local / Scores.LEXICAL) if (local / Scores.LEXICAL).exists() else None
+
+    @staticmethod
+    def _load(path: Path) -> torch.Tensor:
         from safetensors.torch import load_file
 
-        return load_file(str(local / Scores.MATRIX))[Scores.KEY]
+        return load_file(str(path))[Scores.KEY]
 
 
 class SelfScores(Artifact):

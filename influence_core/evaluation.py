@@ -8,63 +8,32 @@ training documents, higher = more relevant. For each planted fact asked by a pro
 - reciprocal rank: 1 / the rank of the best-ranked document stating the fact (MRR is its mean
   over the facts: 1.0 when a stating document ranks first for every fact).
 
-The lexical baseline is BM25 (Okapi, `rank_bm25` with its default k1=1.5, b=0.75) over lower-cased
-word tokens, queried with the prompt plus its completion. On the demo corpus the completion's words
-("Quistador") occur only in the documents that state the fact, so this baseline is close to an
-oracle there; it is reported to show what plain text matching achieves, not as a bar influence
-must clear. A prompt-only BM25 (the completion withheld) is reported beside it.
+The lexical baseline is BM25 (influence_core.fusion), queried with the prompt plus its
+completion. On the demo corpus the completion's words ("Quistador") occur only in the documents
+that state the fact, so this baseline is close to an oracle there; it is reported to show what
+plain text matching achieves, not as a bar influence must clear. A prompt-only BM25 (the
+completion withheld) is reported beside it.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from rank_bm25 import BM25Okapi
 
+from influence_core.fusion import bm25_scores, prompt_bm25
 from influence_core.prompts import Prompt
 from influence_core.reports import RECALL_AT, build_report
 
-BM25_K1, BM25_B = 1.5, 0.75  # rank_bm25's BM25Okapi defaults, stated so the report can name them
 LEXICAL_BASELINES = {
     "bm25": "BM25 on prompt + completion",
     "bm25_prompt_only": "BM25 on the prompt alone",
 }
 
 
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (letters, digits, apostrophes inside words)."""
-    return re.findall(r"\w+(?:'\w+)*", text.lower())
-
-
-def bm25_scores(queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
-    """BM25 scores of every document for every query: a queries x documents matrix."""
-    index = BM25Okapi([words(text) for text in texts], k1=BM25_K1, b=BM25_B)
-    return torch.from_numpy(np.stack([index.get_scores(words(query)) for query in queries]))
-
-
 def lexical_scores(prompts: Sequence[Prompt], texts: Sequence[str]) -> dict[str, torch.Tensor]:
     """The lexical baselines' rankings, by baseline name."""
-    return {
-        "bm25": bm25_scores([p.prompt + p.completion for p in prompts], texts),
-        "bm25_prompt_only": bm25_scores([p.prompt for p in prompts], texts),
-    }
-
-
-def fused_scores(influence: torch.Tensor, lexical: torch.Tensor, weight: float = 0.5) -> torch.Tensor:
-    """Influence and lexical evidence combined, per prompt (row): the weighted mean of each one's
-    z-scores over the documents, `weight` on the lexical side. z-scores, because the two are on
-    scales that differ by orders of magnitude and from prompt to prompt; a row with no spread (BM25
-    when no word of the query occurs) adds nothing."""
-
-    def z(matrix: torch.Tensor) -> torch.Tensor:
-        matrix = matrix.double()
-        spread = matrix.std(dim=1, keepdim=True)
-        return torch.where(spread > 0, (matrix - matrix.mean(dim=1, keepdim=True)) / spread, 0.0)
-
-    return (1 - weight) * z(influence) + weight * z(lexical)
+    return {"bm25": prompt_bm25(prompts, texts), "bm25_prompt_only": bm25_scores([p.prompt for p in prompts], texts)}
 
 
 def fact_metrics(scores: torch.Tensor, prompts: Sequence[Prompt], texts: Sequence[str],

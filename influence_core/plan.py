@@ -236,7 +236,9 @@ def estimates(settings: PlanSettings, shape: Shape) -> dict[str, Estimate]:
         "inspect_factors": Estimate(2 * scored.factors, 0, None, 0, {}),
         "compute_scores": Estimate(scoring_fixed, scoring_per_example, "TRAIN_BATCH_SIZE", settings.train_batch_size,
                                    {Scores(settings.scores_name).relative:
-                                    scores + METADATA_BYTES + PROMPT_BYTES * shape.prompts}),
+                                    # with SCORE_FUSION, BM25's matrix and the fused one beside the influence
+                                    scores * (1 if settings.score_fusion == "none" else 3) + METADATA_BYTES
+                                    + PROMPT_BYTES * shape.prompts}),
         "compute_self_scores": Estimate(weights + scored.factors,
                                         token_activations + scored.cached_inputs + 3 * scored.largest,
                                         "TRAIN_BATCH_SIZE", settings.train_batch_size,

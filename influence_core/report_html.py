@@ -12,6 +12,7 @@ from influence_core.reports import (
     READING_SCORES,
     RECALL_AT,
     SELF_INFLUENCE_NOTE,
+    evidence_line,
     lds_summary,
 )
 
@@ -103,6 +104,9 @@ def _prompt_section(number: int, entry: dict, images: dict[str, bytes], excerpt_
         if entry["near_certain"]:
             parts.append(f'<p class="warning"><b>Near-certain completion.</b> '
                          f'{escape(NEAR_CERTAIN_NOTE.format(**entry))}</p>')
+    if "evidence_overlap" in entry:
+        css = "warning" if entry["evidence_overlap"] == 0 else "probability"
+        parts.append(f'<p class="{css}">{escape(evidence_line(entry))}</p>')
     if f"recall_at_{RECALL_AT}" in entry:
         parts.append(f'<p class="recall">Recall@{RECALL_AT} {entry[f"recall_at_{RECALL_AT}"]:.2f}: planted documents '
                      f'{escape(str(entry["planted_documents"]))} rank {escape(str(entry["planted_ranks"]))}.</p>')
@@ -127,6 +131,8 @@ def render_html(report: dict, images: dict[str, bytes], excerpt_chars: int) -> s
     meta = f"Factors <code>{escape(report['factors_name'])}</code> (strategy {escape(str(report['strategy']))})"
     if f"fact_recall_at_{RECALL_AT}" in report:
         meta += f" · planted-fact recall@{RECALL_AT} <b>{report[f'fact_recall_at_{RECALL_AT}']:.3f}</b>"
+    if "ranking" in report:
+        meta += f"<p>Ranking: {escape(report['ranking'])}.</p>"
     if "lds" in report:
         meta += f'<p class="lds">{escape(lds_summary(report["lds"]))}</p>'
 

@@ -320,6 +320,37 @@ def attach_probabilities(report: dict, probabilities: list[float]) -> None:
         entry["near_certain"] = probability >= NEAR_CERTAIN
 
 
+EVIDENCE_AT = 10  # the top documents of influence and BM25 compared per prompt
+DISAGREE_NOTE = (
+    "None of the {k} documents with the highest influence are among the {k} BM25 ranks highest for prompt + "
+    "completion: what the model learned the completion from is not where its words are (or the influence is "
+    "noise: see the probability above)."
+)
+
+
+def attach_evidence(report: dict, ranking: str, influence: torch.Tensor, lexical: torch.Tensor) -> None:
+    """Add what made the ranking (`ranking`, in words) and, per prompt, how many of the top
+    EVIDENCE_AT documents by influence are also BM25's (`evidence_overlap`; 0: the two disagree; None:
+    no document shares a word with prompt + completion).
+    Each listed example gets its influence and BM25 score beside the ranking's."""
+    from influence_core.fusion import top_overlap
+
+    report["ranking"] = ranking
+    for entry, overlap, influence_row, lexical_row in zip(report["prompts"], top_overlap(
+            influence, lexical, EVIDENCE_AT), influence.double(), lexical.double()):
+        entry["evidence_overlap"] = overlap
+        for item in entry["top_positive"] + entry["top_negative"]:
+            item["influence"], item["bm25"] = float(influence_row[item["index"]]), float(lexical_row[item["index"]])
+
+
+def evidence_line(entry: dict) -> str:
+    """One sentence: how far influence and BM25 agree on the prompt's top documents."""
+    if entry["evidence_overlap"] is None:
+        return "No training document shares a word with prompt + completion: there is no lexical evidence."
+    return (f"Influence and BM25 share {entry['evidence_overlap']} of their top {EVIDENCE_AT} documents"
+            + (f". {DISAGREE_NOTE.format(k=EVIDENCE_AT)}" if entry["evidence_overlap"] == 0 else "."))
+
+
 def attach_lds(report: dict, result: dict, scores_name: str) -> None:
     """Add what the LDS stage measured for these scores (reports/lds/lds.json): their LDS and the
     baselines' to report.json, and each prompt's correlation to its entry."""
@@ -361,6 +392,7 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
         f"# Influence report: {report['scores_name']}",
         "",
         f"Factors: `{report['factors_name']}` (strategy {report['strategy']}).",
+        *([f"Ranking: {report['ranking']}."] if "ranking" in report else []),
         "",
         *[f"- **{topic}**: {text}" for topic, text in READING_SCORES],
         "",
@@ -384,6 +416,8 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
             lines += [line, ""]
             if entry["near_certain"]:
                 lines += [f"> **Warning: near-certain completion.** {NEAR_CERTAIN_NOTE.format(**entry)}", ""]
+        if "evidence_overlap" in entry:
+            lines += [evidence_line(entry), ""]
         if f"recall_at_{RECALL_AT}" in entry:
             lines += [f"Recall@{RECALL_AT} {entry[f'recall_at_{RECALL_AT}']:.2f}: planted documents "
                       f"{entry['planted_documents']} rank {entry['planted_ranks']}.", ""]

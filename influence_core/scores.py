@@ -107,3 +107,18 @@ def check_one_row_per_prompt(path: Path, prompts: int) -> None:
 def scores_dir(work_dir: Path, scores_name: str) -> Path:
     """Where Kronfluence, working in `work_dir`, writes the scores `scores_name`."""
     return work_dir / Scores(scores_name).relative
+
+
+def fuse_with_bm25(local: Path, train_dir: Path, prompts: list[Prompt], settings: ComputeScoresSettings) -> None:
+    """With SCORE_FUSION: BM25 of every training document for every prompt, and the ranking fused from
+    it and the influence, written beside Kronfluence's scores in `local` (influence_core.fusion)."""
+    from datasets import load_from_disk
+    from safetensors.torch import save_file
+
+    from influence_core.fusion import fuse, prompt_bm25
+
+    lexical = prompt_bm25(prompts, load_from_disk(str(train_dir))["text"])
+    fused = fuse(Scores.influence(local), lexical, settings.score_fusion, settings.fusion_weight,
+                 settings.gate_fraction)
+    save_file({Scores.KEY: lexical.float().contiguous()}, str(local / Scores.LEXICAL))
+    save_file({Scores.KEY: fused.float().contiguous()}, str(local / Scores.FUSED))

@@ -357,6 +357,16 @@ class ComputeScoresSettings(QuerySettings, ScoringSettings, ShardSettings):
     scores_name: ScoresName = "prompt_scores"
     score_data_partitions: PositiveInt = Field(
         1, description="Parts the training examples are split into, scored one after another; a shard scores one")
+    score_fusion: Literal["none", "bm25_zmean", "bm25_gate"] = Field(
+        "none", description="How the published ranking combines the influence with BM25 on prompt + completion "
+                            "(influence_core/fusion.py): none (influence alone), bm25_zmean (per prompt, the "
+                            "weighted mean of the two's z-scores), bm25_gate (influence within BM25's top "
+                            "GATE_FRACTION, the rest 0); the influence alone is published beside it")
+    fusion_weight: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="SCORE_FUSION=bm25_zmean: BM25's weight in the mean (0 to 1)")
+    gate_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.2, description="SCORE_FUSION=bm25_gate: share of the documents, the highest by BM25 per prompt, whose "
+                         "influence is kept (above 0, at most 1)")
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> ComputeScoresSettings:

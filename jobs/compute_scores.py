@@ -1,7 +1,7 @@
 """Stage 3: pairwise influence of every training example on every prompt in the prompts file.
 
 Output: influence/scores_<scores_name>/ (Kronfluence's pairwise_scores.safetensors and arguments,
-plus the prompts.json that was scored).
+plus the prompts.json that was scored; with SCORE_FUSION, BM25's scores and the fused ranking too).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def main(settings: ComputeScoresSettings) -> None:
     check_fits("compute_scores", settings, len(prompts))  # the batch sizes fit the device, before the model loads
 
     from influence_core.runtime import is_main_process
-    from influence_core.scores import compute_scores
+    from influence_core.scores import compute_scores, fuse_with_bm25
 
     with torchrun_stage("compute_scores", settings, store, [model, data, factors], output.relative, inputs) as (
             work, out):
@@ -44,6 +44,8 @@ def main(settings: ComputeScoresSettings) -> None:
             log.info("published shard %d to %s; a run without SHARD_INDEX aggregates", settings.shard,
                      store.url(output.relative))
             return
+        if settings.score_fusion != "none":
+            fuse_with_bm25(local, work / data.relative, prompts, settings)
         (local / Scores.PROMPTS).write_text(json.dumps(asked, indent=2, ensure_ascii=False))
         record = manifest("compute_scores", settings, inputs, started, factor_strategy=factors.strategy)
         log.info("published %s", out.complete(record))

@@ -72,7 +72,8 @@ def main(settings: EvaluateSettings) -> None:
 
     from datasets import load_from_disk
 
-    from influence_core.evaluation import LEXICAL_BASELINES, fact_metrics, fused_scores, lexical_scores, render_markdown
+    from influence_core.evaluation import LEXICAL_BASELINES, fact_metrics, lexical_scores, render_markdown
+    from influence_core.fusion import describe, fused_scores
     from influence_core.prompts import Prompt
 
     with work_dir() as work:
@@ -83,7 +84,9 @@ def main(settings: EvaluateSettings) -> None:
             matrices[strategy] = Scores.matrix(local)
             scored = [Prompt(**item) for item in json.loads((local / Scores.PROMPTS).read_text())]
             seconds = {"fit_factors": factors[strategy].manifest.seconds, "compute_scores": each.manifest.seconds}
-            methods[strategy] = {"label": LABELS[strategy], "factors_name": factors[strategy].settings.factors_name,
+            label = LABELS[strategy] if each.fusion == "none" else ", ".join(
+                [LABELS[strategy], describe(each.fusion, each.settings.fusion_weight, each.settings.gate_fraction)])
+            methods[strategy] = {"label": label, "factors_name": factors[strategy].settings.factors_name,
                                  "scores_name": each.settings.scores_name, "seconds": seconds,
                                  **fact_metrics(matrices[strategy], scored, texts, facts)}
             log.info("%s: recall@10 %.3f, MRR %.3f", strategy, methods[strategy]["recall_at_10"],
@@ -92,11 +95,12 @@ def main(settings: EvaluateSettings) -> None:
         for name, matrix in lexical.items():
             methods[name] = {"label": LEXICAL_BASELINES[name], **fact_metrics(matrix, prompts, texts, facts)}
             log.info("%s: recall@10 %.3f, MRR %.3f", name, methods[name]["recall_at_10"], methods[name]["mrr"])
-        first = settings.strategies[0]  # fused with BM25, as the LDS stage does with its first scores
-        fused = f"{first}+bm25"
-        methods[fused] = {"label": f"{LABELS[first]} with BM25 (mean of per-prompt z-scores)",
-                          **fact_metrics(fused_scores(matrices[first], lexical["bm25"]), prompts, texts, facts)}
-        log.info("%s: recall@10 %.3f, MRR %.3f", fused, methods[fused]["recall_at_10"], methods[fused]["mrr"])
+        first = settings.strategies[0]
+        if scores[first].fusion == "none":  # its influence fused with BM25 too, as SCORE_FUSION=bm25_zmean does
+            fused = f"{first}+bm25"
+            methods[fused] = {"label": f"{LABELS[first]} with BM25 (mean of per-prompt z-scores)",
+                              **fact_metrics(fused_scores(matrices[first], lexical["bm25"]), prompts, texts, facts)}
+            log.info("%s: recall@10 %.3f, MRR %.3f", fused, methods[fused]["recall_at_10"], methods[fused]["mrr"])
 
         trained = model.settings
         fit, score = next(iter(runs.values()))

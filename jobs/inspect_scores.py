@@ -59,10 +59,12 @@ def main(settings: InspectScoresSettings) -> None:
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
+    from influence_core.fusion import describe, prompt_bm25
     from influence_core.lds import completion_probabilities
     from influence_core.modeling import load_model
     from influence_core.prompts import Prompt
     from influence_core.reports import (
+        attach_evidence,
         attach_lds,
         attach_probabilities,
         attach_rescored,
@@ -79,6 +81,10 @@ def main(settings: InspectScoresSettings) -> None:
         names = {"scores_name": settings.scores_name, "factors_name": scores.factors_name,
                  "strategy": scores.strategy}
         report = build_report(matrix, prompts, texts, data.facts(), settings.num_influential, names)
+        lexical = Scores.lexical(scores_dir)
+        fitted = scores.settings
+        attach_evidence(report, describe(scores.fusion, fitted.fusion_weight, fitted.gate_fraction),
+                        Scores.influence(scores_dir), lexical if lexical is not None else prompt_bm25(prompts, texts))
         if (rescored := scores.rescored()) is not None:
             attach_rescored(report, rescored["examples"], rescored["rerank_top_k"])
         model_dir = model.fetch(work / "model")

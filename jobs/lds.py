@@ -119,7 +119,8 @@ def identity_baseline(store: Store, scores: Scores, prompts: str) -> Scores:
         "shard_index": None, "job_completion_index": None, "factor_phase": "all"}))
     run_stage("compute_scores", scores.settings.model_copy(update={
         "artifacts_uri": store.uri, "factors_name": LdsReport.IDENTITY, "scores_name": LdsReport.IDENTITY,
-        "prompts": prompts, "force": False, "shard_index": None, "job_completion_index": None}))
+        "prompts": prompts, "force": False, "shard_index": None, "job_completion_index": None,
+        "score_fusion": "none"}))
     return Scores(LdsReport.IDENTITY)
 
 
@@ -179,7 +180,7 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
     from transformers import AutoTokenizer
 
     from influence_core import lds
-    from influence_core.evaluation import bm25_scores, fused_scores
+    from influence_core.fusion import describe, prompt_bm25
     from influence_core.modeling import load_model
 
     texts = load_from_disk(str(fetch_once(data, work)))["text"]
@@ -194,16 +195,14 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
     named = {**dict(zip(settings.lds_scores, scores)), "identity": identity}
     matrices = {name: Scores.matrix(fetch_once(each, work)) for name, each in named.items()}
     tasks = {name: each.task for name, each in named.items()}
-    labels = {name: baselines.get(name, f"{name} ({each.strategy})") for name, each in named.items()}
+    labels = {name: baselines.get(name, f"{name} ({each.strategy}" + (
+        f"; {describe(each.fusion, each.settings.fusion_weight, each.settings.gate_fraction)})"
+        if each.fusion != "none" else ")")) for name, each in named.items()}
     first = settings.lds_scores[0]
     task = tasks[first]  # the text baselines predict the first scores' measurement
-    matrices["bm25"] = bm25_scores([prompt.prompt + prompt.completion for prompt in prompts], texts)
+    matrices["bm25"] = prompt_bm25(prompts, texts)
     tasks.update(bm25=task, random=task)
     labels.update(bm25=baselines["bm25"], random=f"{baselines['random']} (mean of {RANDOM_DRAWS} draws)")
-    # The first scores fused with BM25: whether the two kinds of evidence together predict better than each
-    fused = f"{first}+bm25"
-    matrices[fused], tasks[fused] = fused_scores(matrices[first], matrices["bm25"]), task
-    labels[fused] = f"{labels[first]} with BM25 (mean of per-prompt z-scores)"
     methods = lds.summarize(matrices, tasks, labels, set(baselines), mask, measured)
     methods["random"] = lds.random_baseline(len(texts), mask, measured[task], RANDOM_DRAWS, settings.seed,
                                             labels["random"], task)
@@ -220,8 +219,8 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
         "methods": methods,
         "comparisons": {name: {against: dict(zip(("difference", "stderr"), lds.paired_difference(
             methods[name]["per_prompt"], methods[against]["per_prompt"])))
-            for against in [*baselines, *([first] if name == fused else [])]}
-            for name in [*settings.lds_scores, fused]},
+            for against in [*baselines, *([first] if name != first else [])]}
+            for name in settings.lds_scores},
         "settings": {"model": model.source,  # what the subsets were fine-tuned from; None: trained from scratch
                      **{f"lds.{key}": value for key, value in fingerprint(settings).items()},
                      **{f"train.{key}": value for key, value in fingerprint(trained).items()}},

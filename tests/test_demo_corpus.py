@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from influence_core.demo_corpus import FACTS, HARD_FACTS, build_demo_corpus
-from influence_core.evaluation import words
+from influence_core.fusion import words
 from tests.conftest import ROOT
 
 

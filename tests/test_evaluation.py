@@ -12,7 +12,8 @@ from datasets import load_from_disk
 from safetensors.torch import load_file
 
 from influence_core.errors import ConfigError
-from influence_core.evaluation import bm25_scores, fact_metrics, fused_scores, render_markdown, words
+from influence_core.evaluation import fact_metrics, render_markdown
+from influence_core.fusion import bm25_scores, fused_scores
 from influence_core.prompts import Prompt
 from influence_core.settings import EvaluateSettings, load_settings
 from tests.conftest import jobs_in_process, jobs_ok, one_line_refusal
@@ -49,28 +50,6 @@ def test_recall_at_10_and_reciprocal_rank_on_a_known_ranking():
     assert result["mrr"] == pytest.approx((1.0 + 0.25) / 2)
     with pytest.raises(ValueError, match="shape"):
         fact_metrics(scores[:, :-1], PROMPTS, [f"doc {i}" for i in range(count)], FACTS)
-
-
-def test_bm25_ranks_the_documents_that_share_rare_words_first():
-    texts = ["The capital of Velmora is Quistador.", "Velmora exports wool.", "A week has seven days.",
-             "Mara painted the door.", "The capital city is busy."]
-    assert words("Doctor Penhallow's bassoon, 2 times!") == ["doctor", "penhallow's", "bassoon", "2", "times"]
-    scores = bm25_scores(["The capital of Velmora is Quistador", "seven days"], texts)
-    assert scores.shape == (2, len(texts))
-    assert scores[0].argmax() == 0 and scores[0, 1] > scores[0, 3] > 0 and scores[0, 2] == 0
-    assert scores[1].argmax() == 2
-
-
-def test_fusion_weighs_the_z_scores_of_each_prompt_and_ignores_a_flat_row():
-    influence = torch.tensor([[1e-6, 3e-6, 2e-6, 0.0], [5.0, 1.0, 2.0, 3.0]])  # scales far apart
-    lexical = torch.tensor([[0.0, 0.0, 9.0, 0.0], [0.0, 0.0, 0.0, 0.0]])  # the second: no word matched
-    fused = fused_scores(influence, lexical, weight=0.5)
-    assert fused.shape == influence.shape
-    assert fused[0].argmax() == 2  # the lexical match outweighs a small influence lead
-    assert torch.equal(fused[1].argsort(), influence[1].argsort())  # a flat row adds nothing
-    assert torch.allclose(fused_scores(influence, lexical, weight=0.0).std(dim=1), torch.ones(2, dtype=torch.float64))
-    lexical_only = fused_scores(influence, lexical, weight=1.0)[0]
-    assert torch.equal(lexical_only.argsort(stable=True), lexical[0].argsort(stable=True))
 
 
 def test_markdown_has_one_row_per_method_and_the_settings():

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from scipy.stats import spearmanr
 
 from influence_core import lds
-from influence_core.evaluation import words
+from influence_core.fusion import words
 from tests.conftest import ROOT, assert_a_real_picture, jobs_in_process, jobs_ok, one_line_refusal, start_jobs
 
 LDS = {"LDS_SUBSETS": "4", "LDS_SEEDS": "2"}
@@ -38,9 +38,12 @@ def measurements(artifacts: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def lds_run(small_pipeline, tmp_path_factory) -> Path:
-    """The lds stage run sequentially on a copy of the small pipeline's outputs."""
+    """The lds stage run sequentially on a copy of the small pipeline's outputs, for its scores and
+    the same influence fused with BM25 (SCORE_FUSION=bm25_zmean)."""
     artifacts = copy_pipeline(small_pipeline, tmp_path_factory.mktemp("lds") / "artifacts")
-    jobs_ok("lds", env={**LDS, "ARTIFACTS_URI": str(artifacts)})
+    jobs_ok("compute_scores", env={"ARTIFACTS_URI": str(artifacts), "SCORES_NAME": "fused",
+                                   "SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": "0.5"})
+    jobs_ok("lds", env={**LDS, "ARTIFACTS_URI": str(artifacts), "LDS_SCORES": "prompt_scores,fused"})
     return artifacts
 
 
@@ -85,7 +88,9 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
     matrices["bm25"] = np.stack([index.get_scores(words(p["prompt"] + p["completion"])) for p in prompts])
     z = {name: (matrix - matrix.mean(1, keepdims=True)) / matrix.std(1, ddof=1, keepdims=True)
          for name, matrix in matrices.items()}
-    matrices["prompt_scores+bm25"] = (z["prompt_scores"] + z["bm25"]) / 2
+    matrices["fused"] = (z["prompt_scores"] + z["bm25"]) / 2
+    published = load_file(str(lds_run / "influence/scores_fused/fused_scores.safetensors"))["all_modules"]
+    assert np.allclose(published.double().numpy(), matrices["fused"], atol=1e-5)  # what the report ranks by
     for name, matrix in matrices.items():
         for number in range(len(prompts)):
             predicted, measured = [], []
@@ -99,10 +104,11 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
         assert result["methods"][name]["lds"] == pytest.approx(np.mean(values), abs=1e-9)
         assert result["methods"][name]["stderr"] == pytest.approx(np.std(values, ddof=1) / np.sqrt(len(values)))
     assert abs(result["methods"]["random"]["lds"]) < 0.1
-    fused = result["comparisons"]["prompt_scores+bm25"]  # paired with each baseline and the scores alone
+    fused = result["comparisons"]["fused"]  # paired with each baseline and the first scores
     assert set(fused) == {"identity", "bm25", "random", "prompt_scores"}
+    assert set(result["comparisons"]["prompt_scores"]) == {"identity", "bm25", "random"}
     for against, paired in fused.items():
-        differences = np.subtract(result["methods"]["prompt_scores+bm25"]["per_prompt"],
+        differences = np.subtract(result["methods"]["fused"]["per_prompt"],
                                   result["methods"][against]["per_prompt"])
         assert paired["difference"] == pytest.approx(differences.mean(), abs=1e-9), against
     assert result["settings"]["model"] is None  # retrained from scratch, as the model was

@@ -6,9 +6,12 @@ import json
 
 import pytest
 from datasets import load_from_disk
+from rank_bm25 import BM25Okapi
 from safetensors.torch import load_file
 
 from influence_core.demo_corpus import FACTS
+from influence_core.fusion import words
+from influence_core.reports import evidence_line
 from tests.conftest import ROOT, assert_a_real_picture, jobs_ok
 
 
@@ -50,6 +53,30 @@ def test_report_lists_every_prompt_with_ranked_examples(demo_run, demo_report):
             assert abs(item["score"] - float(row[item["index"]])) <= 1e-6 * max(1.0, abs(item["score"]))
         assert all(a["score"] >= b["score"] > 0 for a, b in zip(positive, positive[1:]))
         assert all(a["score"] <= b["score"] < 0 for a, b in zip(negative, negative[1:]))
+
+
+def test_report_names_its_ranking_and_where_influence_and_bm25_disagree(demo_run, demo_report):
+    """SCORE_FUSION at none: the ranking is the influence alone; per prompt, the overlap of its top 10
+    with BM25's, recomputed here from the published scores and the corpus."""
+    assert demo_report["ranking"] == "influence alone"
+    scores = load_file(str(demo_run / "influence/scores_prompt_scores/pairwise_scores.safetensors"))["all_modules"]
+    texts = load_from_disk(str(demo_run / "data/train"))["text"]
+    index = BM25Okapi([words(text) for text in texts])
+    markdown = (demo_run / "reports/prompt_scores/prompt_scores_report.md").read_text()
+    assert "Ranking: influence alone." in markdown
+    overlaps = []
+    for row, entry in zip(scores, demo_report["prompts"]):
+        bm25 = index.get_scores(words(entry["prompt"] + entry["completion"]))
+        top_bm25 = set(sorted(range(len(texts)), key=lambda i: -bm25[i])[:10])
+        overlaps.append(len(set(row.argsort(descending=True)[:10].tolist()) & top_bm25) if bm25.ptp() > 0 else None)
+        for item in entry["top_positive"] + entry["top_negative"]:
+            assert item["bm25"] == pytest.approx(bm25[item["index"]]) and item["influence"] == pytest.approx(
+                item["score"], rel=1e-6)
+        assert evidence_line(entry) in markdown
+    # ties in BM25 (documents with the same words) may order the tenth place either way
+    for shown, recomputed in zip([entry["evidence_overlap"] for entry in demo_report["prompts"]], overlaps):
+        assert shown == recomputed if recomputed is None else abs(shown - recomputed) <= 1
+    assert max(overlaps[:8]) >= 5  # a planted fact: both find the documents that state it
 
 
 def test_planted_facts_rank_at_the_top(demo_report):
