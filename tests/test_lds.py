@@ -164,7 +164,7 @@ def test_subsets_spread_over_processes_and_a_run_killed_with_kill_9_equal_the_se
     assert {name: (artifacts / "lds/subsets" / name / "_SUCCESS").stat().st_mtime_ns for name in done} == done
     assert measurements(artifacts) == measurements(lds_run)
     ours, sequential = (json.loads((a / "reports/lds/lds.json").read_text()) for a in (artifacts, lds_run))
-    assert ours["methods"] == sequential["methods"]
+    assert ours["methods"] == {name: method for name, method in sequential["methods"].items() if name != "fused"}
 
 
 def retrained(log: str) -> set[str]:

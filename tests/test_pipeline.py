@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from datasets import load_from_disk
 from rank_bm25 import BM25Okapi
@@ -68,7 +69,7 @@ def test_report_names_its_ranking_and_where_influence_and_bm25_disagree(demo_run
     for row, entry in zip(scores, demo_report["prompts"]):
         bm25 = index.get_scores(words(entry["prompt"] + entry["completion"]))
         top_bm25 = set(sorted(range(len(texts)), key=lambda i: -bm25[i])[:10])
-        overlaps.append(len(set(row.argsort(descending=True)[:10].tolist()) & top_bm25) if bm25.ptp() > 0 else None)
+        overlaps.append(len(set(row.argsort(descending=True)[:10].tolist()) & top_bm25) if np.ptp(bm25) > 0 else None)
         for item in entry["top_positive"] + entry["top_negative"]:
             assert item["bm25"] == pytest.approx(bm25[item["index"]]) and item["influence"] == pytest.approx(
                 item["score"], rel=1e-6)
