@@ -71,23 +71,37 @@ def corpus_env(corpus: str, root: Path) -> dict:
     return env
 
 
+def cost(artifacts: Path, *outputs: str) -> float:
+    """The seconds the outputs took when they were made."""
+    return sum(json.loads((artifacts / output / "_SUCCESS").read_text())["timings"]["seconds"] for output in outputs)
+
+
 def influence(artifacts: Path, name: str = SINGLE) -> torch.Tensor:
     from influence_core.artifacts import Scores
 
     return Scores.influence(artifacts / Scores(name).relative).double()
 
 
-def evaluate_corpus(corpus: str, root: Path, members: int) -> dict:
-    """Every method's per-prompt LDS on one corpus, and the seconds each part took."""
+def evaluate_corpus(corpus: str, root: Path) -> tuple[dict, dict]:
+    """Every method's per-prompt LDS on one corpus but the ensembles', and the seconds each part took;
+    and what add_ensembles needs."""
     from datasets import load_from_disk
 
-    env, seconds = corpus_env(corpus, root), {}
+    env = corpus_env(corpus, root)
     artifacts = Path(env["ARTIFACTS_URI"])
-    seconds["train"] = jobs("train", env=env)
-    seconds["fit_factors"] = jobs("fit_factors", env=env)
+    jobs("train", env=env)
+    jobs("fit_factors", env=env)
     for name, (_, settings) in METHODS.items():
-        seconds[f"compute_scores {name}"] = jobs("compute_scores", "--scores_name", name, env={**env, **settings})
-    seconds["lds"] = jobs("lds", "--lds_scores", ",".join(METHODS), env=env)
+        jobs("compute_scores", "--scores_name", name, env={**env, **settings})
+    jobs("lds", "--lds_scores", ",".join(METHODS), env=env)
+    # What each part cost when it was made (the outputs' _SUCCESS timings): true across reruns too.
+    seconds = {"train": cost(artifacts, "model"), "fit_factors": cost(artifacts, "influence/factors_tiny_lm_factors"),
+               **{f"compute_scores {name}": cost(artifacts, f"influence/scores_{name}") for name in METHODS},
+               "lds retraining": cost(artifacts, *[f"lds/subsets/{path.parent.name}" for path in
+                                                   (artifacts / "lds/subsets").glob("*/_SUCCESS")]),
+               "lds identity baseline": cost(artifacts, "influence/factors_lds_identity",
+                                             "influence/scores_lds_identity"),
+               "lds correlations": cost(artifacts, "reports/lds")}
     result = json.loads((artifacts / "reports/lds/lds.json").read_text())
     per_prompt = {name: result["methods"][name]["per_prompt"] for name in [*METHODS, *BASELINES]}
 
@@ -113,22 +127,27 @@ def evaluate_corpus(corpus: str, root: Path, members: int) -> dict:
     confident = (1 - confidence) * zscores(single) + confidence * zscores(bm25)
     per_prompt["confidence"] = lds.lds(confident, mask, measured)
 
-    # Ensembles: models trained with other training seeds, each fitted and scored at the defaults.
-    ensemble = [single]
+    context = {"env": env, "artifacts": artifacts, "single": single, "mask": mask, "measured": measured, "bm25": bm25}
+    return {"per_prompt": per_prompt, "seconds": seconds, "subsets": result["subsets"], "seeds": result["seeds"],
+            "documents": len(texts), "prompts": result["prompts"]}, context
+
+
+def add_ensembles(result: dict, context: dict, members: int) -> None:
+    """Ensembles: models trained with other training seeds, each fitted and scored at the defaults,
+    their influence averaged with the model's (alone, and fused with BM25)."""
+    ensemble = [context["single"]]
     for seed in range(1, members):
-        member_env = {**env, "ARTIFACTS_URI": str(artifacts / "members" / f"training_seed_{seed}"),
-                      "TRAINING_SEED": str(seed)}
-        started = time.time()
+        member = context["artifacts"] / "members" / f"training_seed_{seed}"
+        member_env = {**context["env"], "ARTIFACTS_URI": str(member), "TRAINING_SEED": str(seed)}
         for stage in ("train", "fit_factors", "compute_scores"):
             jobs(stage, *(["--scores_name", SINGLE] if stage == "compute_scores" else []), env=member_env)
-        seconds[f"ensemble member {seed}"] = time.time() - started
-        ensemble.append(influence(Path(member_env["ARTIFACTS_URI"])))
-    if members > 1:
-        mean = sum(ensemble) / len(ensemble)
-        per_prompt["ensemble"] = lds.lds(mean, mask, measured)
-        per_prompt["ensemble_zmean_50"] = lds.lds(fused_scores(mean, bm25, 0.5), mask, measured)
-    return {"per_prompt": per_prompt, "seconds": seconds, "subsets": result["subsets"], "seeds": result["seeds"],
-            "documents": len(texts), "prompts": result["prompts"]}
+        result["seconds"][f"ensemble member {seed}"] = cost(member, "model", "influence/factors_tiny_lm_factors",
+                                                            f"influence/scores_{SINGLE}")
+        ensemble.append(influence(member))
+    mean = sum(ensemble) / len(ensemble)
+    result["per_prompt"]["ensemble"] = lds.lds(mean, context["mask"], context["measured"])
+    result["per_prompt"]["ensemble_zmean_50"] = lds.lds(fused_scores(mean, context["bm25"], 0.5), context["mask"],
+                                                        context["measured"])
 
 
 def labels(members: int) -> dict[str, str]:
@@ -174,8 +193,9 @@ def render(study: dict) -> str:
     lines = [
         "# Scoring methods on three corpora",
         "",
-        f"LDS of each method (`python bench/lds_corpora.py`, {study['minutes']:.0f} minutes on this machine, "
-        f"{study['date']}): the `tiny` model retrained on {study['subsets']} random halves of its corpus x "
+        f"LDS of each method (`python bench/lds_corpora.py`, {study['minutes']:.0f} minutes of stage time on "
+        f"this 2-core machine, {study['date']}): the `tiny` model retrained on {study['subsets']} random "
+        "halves of its corpus x "
         f"{study['seeds']} training seeds, Spearman per prompt, the mean over the corpus's 24 prompts ± its "
         "standard error. Δ: the paired difference (mean over prompts of the method's correlation minus the "
         "other's, ± its standard error), per corpus and over the 72 prompts together. **better**: over two "
@@ -211,17 +231,30 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=3, help="Models in the ensembles (1: none)")
     args = parser.parse_args()
     root = Path(os.environ.get("ARTIFACTS_URI", ROOT / "artifacts" / "corpora"))
-    started = time.time()
-    study = {"corpora": {}}
+    study, contexts = {"corpora": {}}, {}
+    # First every corpus's methods that are settings (and the offline fusion), then the ensembles,
+    # which cost two more models per corpus; the table is written after each step.
     for corpus in args.corpora.split(","):
         print(f"{corpus} ...", flush=True)
-        study["corpora"][corpus] = evaluate_corpus(corpus, root, args.members)
-        print(f"{corpus}: {sum(study['corpora'][corpus]['seconds'].values()) / 60:.1f} minutes", flush=True)
+        study["corpora"][corpus], contexts[corpus] = evaluate_corpus(corpus, root)
+        write(study, args.members)
+    if args.members > 1:
+        for corpus, result in study["corpora"].items():
+            print(f"{corpus}: ensemble of {args.members} ...", flush=True)
+            add_ensembles(result, contexts[corpus], args.members)
+            write(study, args.members)
+    print(render(study))
+
+
+def write(study: dict, members: int) -> None:
+    """bench/lds_corpora.json and docs/results/lds_corpora.md for the corpora evaluated so far."""
     first = next(iter(study["corpora"].values()))
-    study |= {"subsets": first["subsets"], "seeds": first["seeds"], "minutes": (time.time() - started) / 60,
-              "date": time.strftime("%Y-%m-%d")}
+    study |= {"subsets": first["subsets"], "seeds": first["seeds"], "date": time.strftime("%Y-%m-%d"),
+              "minutes": sum(sum(result["seconds"].values()) for result in study["corpora"].values()) / 60}
     study["rows"] = {}
-    for name, label in labels(args.members).items():
+    for name, label in labels(members).items():
+        if not all(name in result["per_prompt"] for result in study["corpora"].values()):
+            continue  # the ensembles, before every corpus has them
         row = {"label": label, "lds": {}, "paired": {}, "better": {}}
         for corpus, result in study["corpora"].items():
             row["lds"][corpus] = dict(zip(("lds", "stderr"), lds.mean_and_stderr(result["per_prompt"][name])))
@@ -232,7 +265,6 @@ def main() -> None:
         study["rows"][name] = row
     (ROOT / "bench" / "lds_corpora.json").write_text(json.dumps(study, indent=1, ensure_ascii=False))
     (ROOT / "docs" / "results" / "lds_corpora.md").write_text(render(study))
-    print(render(study))
 
 
 if __name__ == "__main__":
