@@ -61,7 +61,7 @@ lds-study: install
 
 ## lds-corpora: every scoring method's LDS (EK-FAC alone, fused with BM25, gated, ensembles) on demo, demo-hard
 ## and real prose (the Jargon File), 24 prompts each, with paired differences: the table the defaults are
-## chosen by (docs/results/lds_corpora.md; about an hour on 2 CPU cores)
+## chosen by (docs/results/lds_corpora.md; about two hours on 2 CPU cores, resumable: a rerun skips what is done)
 lds-corpora: install
 	$(PY) bench/lds_corpora.py
 

@@ -76,6 +76,13 @@ def cost(artifacts: Path, *outputs: str) -> float:
     return sum(json.loads((artifacts / output / "_SUCCESS").read_text())["timings"]["seconds"] for output in outputs)
 
 
+def correlation_seconds(artifacts: Path) -> float:
+    """The lds report's own seconds: its run's time less the subsets that run retrained first."""
+    timings = json.loads((artifacts / "reports/lds/_SUCCESS").read_text())["timings"]
+    retrained = [json.loads(path.read_text())["timings"] for path in (artifacts / "lds/subsets").glob("*/_SUCCESS")]
+    return timings["seconds"] - sum(t["seconds"] for t in retrained if t["started_unix"] >= timings["started_unix"])
+
+
 def influence(artifacts: Path, name: str = SINGLE) -> torch.Tensor:
     from influence_core.artifacts import Scores
 
@@ -101,7 +108,7 @@ def evaluate_corpus(corpus: str, root: Path) -> tuple[dict, dict]:
                                                    (artifacts / "lds/subsets").glob("*/_SUCCESS")]),
                "lds identity baseline": cost(artifacts, "influence/factors_lds_identity",
                                              "influence/scores_lds_identity"),
-               "lds correlations": cost(artifacts, "reports/lds")}
+               "lds correlations": correlation_seconds(artifacts)}
     result = json.loads((artifacts / "reports/lds/lds.json").read_text())
     per_prompt = {name: result["methods"][name]["per_prompt"] for name in [*METHODS, *BASELINES]}
 
@@ -202,7 +209,10 @@ def render(study: dict) -> str:
         "standard errors together and not worse by more than one on any corpus.",
         "",
         "Corpora: " + "; ".join(f"{corpus} ({result['documents']} documents)"
-                                for corpus, result in study["corpora"].items()) + ".",
+                                for corpus, result in study["corpora"].items()) + "."
+        + ("" if len(corpora) == len(CORPORA) else
+           f" **Partial: {len(corpora)} of the {len(CORPORA)} corpora evaluated so far** (a rerun of the command "
+           "resumes: every stage skips what it has published)."),
         "",
         "| method | " + " | ".join(corpora) + " | Δ from EK-FAC alone, together | Δ from BM25, together | "
         + " | ".join(f"Δ EK-FAC / Δ BM25, {corpus}" for corpus in corpora) + " |",
