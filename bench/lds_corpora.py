@@ -205,7 +205,8 @@ def render(study: dict) -> str:
         "halves of its corpus x "
         f"{study['seeds']} training seeds, Spearman per prompt, the mean over the corpus's 24 prompts ± its "
         "standard error. Δ: the paired difference (mean over prompts of the method's correlation minus the "
-        "other's, ± its standard error), per corpus and over the 72 prompts together. **better**: over two "
+        f"other's, ± its standard error), per corpus and over the {24 * len(corpora)} prompts together. "
+        "**better**: over two "
         "standard errors together and not worse by more than one on any corpus.",
         "",
         "Corpora: " + "; ".join(f"{corpus} ({result['documents']} documents)"
