@@ -45,8 +45,12 @@ METHODS = {
                  {"SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": "0.5"}),
     "zmean_75": ("z-score mean, 0.75 on BM25 (SCORE_FUSION=bm25_zmean, FUSION_WEIGHT=0.75)",
                  {"SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": "0.75"}),
+    "gate_10": ("EK-FAC within BM25's top 10% (SCORE_FUSION=bm25_gate, GATE_FRACTION=0.1)",
+                {"SCORE_FUSION": "bm25_gate", "GATE_FRACTION": "0.1"}),
     "gate_20": ("EK-FAC within BM25's top 20% (SCORE_FUSION=bm25_gate, GATE_FRACTION=0.2)",
                 {"SCORE_FUSION": "bm25_gate", "GATE_FRACTION": "0.2"}),
+    "gate_40": ("EK-FAC within BM25's top 40% (SCORE_FUSION=bm25_gate, GATE_FRACTION=0.4)",
+                {"SCORE_FUSION": "bm25_gate", "GATE_FRACTION": "0.4"}),
 }
 BASELINES = {"bm25": "BM25 on prompt + completion", "identity": "identity (gradient dot products)",
              "random": "random scores"}
