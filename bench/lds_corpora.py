@@ -37,33 +37,33 @@ from influence_core.fusion import fused_scores, prompt_bm25, zscores  # noqa: E4
 
 # scores name: (what it is, compute_scores settings); the first is EK-FAC alone, the defaults before.
 SINGLE = "ekfac"
+
+
+def zmean(weight: float) -> tuple[str, dict]:
+    return (f"z-score mean, {weight:g} on BM25 (SCORE_FUSION=bm25_zmean, FUSION_WEIGHT={weight:g})",
+            {"SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": str(weight)})
+
+
+def gate(fraction: float) -> tuple[str, dict]:
+    return (f"EK-FAC within BM25's top {fraction:.0%} (SCORE_FUSION=bm25_gate, GATE_FRACTION={fraction:g})",
+            {"SCORE_FUSION": "bm25_gate", "GATE_FRACTION": str(fraction)})
+
+
 METHODS = {
     SINGLE: ("EK-FAC alone (SCORE_FUSION=none)", {}),
-    "zmean_25": ("z-score mean, 0.25 on BM25 (SCORE_FUSION=bm25_zmean, FUSION_WEIGHT=0.25)",
-                 {"SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": "0.25"}),
-    "zmean_50": ("z-score mean, 0.5 on BM25 (SCORE_FUSION=bm25_zmean, FUSION_WEIGHT=0.5)",
-                 {"SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": "0.5"}),
-    "zmean_75": ("z-score mean, 0.75 on BM25 (SCORE_FUSION=bm25_zmean, FUSION_WEIGHT=0.75)",
-                 {"SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": "0.75"}),
-    "gate_10": ("EK-FAC within BM25's top 10% (SCORE_FUSION=bm25_gate, GATE_FRACTION=0.1)",
-                {"SCORE_FUSION": "bm25_gate", "GATE_FRACTION": "0.1"}),
-    "gate_20": ("EK-FAC within BM25's top 20% (SCORE_FUSION=bm25_gate, GATE_FRACTION=0.2)",
-                {"SCORE_FUSION": "bm25_gate", "GATE_FRACTION": "0.2"}),
-    "gate_40": ("EK-FAC within BM25's top 40% (SCORE_FUSION=bm25_gate, GATE_FRACTION=0.4)",
-                {"SCORE_FUSION": "bm25_gate", "GATE_FRACTION": "0.4"}),
+    **{f"zmean_{round(100 * weight)}": zmean(weight) for weight in (0.25, 0.5, 0.75)},
+    **{f"gate_{round(100 * fraction)}": gate(fraction) for fraction in (0.1, 0.2, 0.4)},
 }
 BASELINES = {"bm25": "BM25 on prompt + completion", "identity": "identity (gradient dot products)",
              "random": "random scores"}
 
 
-def jobs(*args: str, env: dict) -> float:
-    """Run `python -m jobs ...` with `env` added; returns its wall seconds."""
-    started = time.time()
+def jobs(*args: str, env: dict) -> None:
+    """Run `python -m jobs ...` with `env` added (a stage skips what it has published)."""
     result = subprocess.run([sys.executable, "-m", "jobs", *args], cwd=ROOT, env={**os.environ, **env},
                             capture_output=True, text=True)
     if result.returncode:
         sys.exit(f"python -m jobs {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return time.time() - started
 
 
 def corpus_env(corpus: str, root: Path) -> dict:
@@ -121,9 +121,7 @@ def evaluate_corpus(corpus: str, root: Path) -> tuple[dict, dict]:
     subsets = [subset for subset in subsets if subset["subset"] < result["subsets"]]
     single = influence(artifacts)
     mask = lds.subset_mask([subset["examples"] for subset in subsets], single.shape[1])
-    measured = torch.tensor([[sum(seed["language_modeling"][p] for seed in subset["measurements"]) /
-                              len(subset["measurements"]) for p in range(single.shape[0])] for subset in subsets],
-                            dtype=torch.float64)
+    measured = lds.mean_measurements(subsets, "language_modeling", single.shape[0])
     again = max(abs(a - b) for a, b in zip(lds.lds(single, mask, measured), per_prompt[SINGLE]))
     if again > 1e-6:  # the offline methods below would be correlated with other measurements than the stage's
         print(f"warning: {corpus}: EK-FAC's LDS recomputed here differs from the stage's by {again:.2g}", flush=True)

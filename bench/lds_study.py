@@ -159,9 +159,7 @@ def ensemble_lds(artifacts: Path, groups: dict[str, list[Path]], result: dict) -
     single = scores(artifacts / "influence")
     examples = single.shape[1]
     mask = lds.subset_mask([subset["examples"] for subset in subsets], examples)
-    measured = torch.tensor([[sum(seed["language_modeling"][p] for seed in subset["measurements"]) /
-                              len(subset["measurements"]) for p in range(single.shape[0])] for subset in subsets],
-                            dtype=torch.float64)
+    measured = lds.mean_measurements(subsets, "language_modeling", single.shape[0])
     # The single model again from the same files: it must equal what the stage reported.
     check = lds.lds(single, mask, measured)
     assert max(abs(a - b) for a, b in zip(check, result["methods"][DEFAULT]["per_prompt"])) < 1e-9

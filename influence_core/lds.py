@@ -34,6 +34,13 @@ def draw_subset(num_examples: int, fraction: float, seed: int, index: int) -> li
     return sorted(rng.choice(num_examples, size=size, replace=False).tolist())
 
 
+def mean_measurements(subsets: Sequence[dict], task: str, num_prompts: int) -> torch.Tensor:
+    """subsets x prompts: each prompt's `task` measurement on each subset (a published
+    measurements.json), averaged over the subset's training seeds."""
+    return torch.tensor([[sum(values[task][p] for values in subset["measurements"]) / len(subset["measurements"])
+                          for p in range(num_prompts)] for subset in subsets], dtype=torch.float64)
+
+
 def subset_mask(subsets: Sequence[Sequence[int]], num_examples: int) -> torch.Tensor:
     """subsets x examples, 1.0 where the example is in the subset."""
     mask = torch.zeros(len(subsets), num_examples, dtype=torch.float64)

@@ -175,7 +175,6 @@ def retrain_subsets(indices: list[int], stamps: dict[int, dict], settings: LdsSe
 def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: TrainData, scores: list[Scores],
               identity: Scores, subsets: list[LdsSubset], trained: TrainSettings, work: Path) -> Path:
     """reports/lds/ in `work`: each method's correlations with the measured subsets."""
-    import torch
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
@@ -186,10 +185,7 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
     texts = load_from_disk(str(fetch_once(data, work)))["text"]
     measurements = [subset.measurements() for subset in subsets]
     mask = lds.subset_mask([measured["examples"] for measured in measurements], len(texts))
-    # subsets x prompts per task, averaged over the training seeds
-    measured = {task: torch.tensor([[sum(values[task][p] for values in subset["measurements"]) /
-                                     len(subset["measurements"]) for p in range(len(prompts))]
-                                    for subset in measurements], dtype=torch.float64)
+    measured = {task: lds.mean_measurements(measurements, task, len(prompts))
                 for task in measurements[0]["measurements"][0]}
     baselines = LdsReport.BASELINES
     named = {**dict(zip(settings.lds_scores, scores)), "identity": identity}
