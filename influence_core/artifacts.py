@@ -15,11 +15,14 @@ classes, and `require` checks the lineage of a stage's inputs, here and nowhere 
     reports/evaluation/           Evaluation: evaluation.json, evaluation.md
     reports/lds/                  LdsReport: lds.json, lds.md, lds.png, lds_prompts.png
     lds/subsets/<index>/          LdsSubset: measurements.json of the models retrained on one subset
+    ensemble/member_<k>/...       member k of an ensemble (ENSEMBLE_SEEDS): a tree of its own, laid out as
+                                  above (model/, data/train/, influence/factors_<name>/, influence/scores_<name>/)
 
 Lineage: every manifest records what its output was made from (`inputs`: each input artifact's
 path and fingerprint, the digest of its manifest; external inputs by setting name and content
 digest). `require` refuses, in one line naming both, an input made from another version of an
-artifact than the one published now, anywhere up its chain.
+artifact than the one published now, anywhere up its chain. A member of an ensemble records its
+inputs within its own tree (its stages ran with ARTIFACTS_URI there); the chain is followed there.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 FIELD = re.compile(r"\{(\w+)[^}]*\}")
 A = TypeVar("A", bound="Artifact")
+MEMBER = "ensemble/member_{number}"  # an ensemble member's tree, below ARTIFACTS_URI
+MEMBER_PREFIX = re.compile(r"^ensemble/member_(\d+)/")
 
 
 class Manifest(BaseModel):
@@ -100,6 +105,17 @@ class Artifact:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.relative!r})"
 
+    @property
+    def member(self) -> int | None:
+        """The ensemble member whose tree it is in (ensemble/member_<k>/...); None for the model's own."""
+        found = MEMBER_PREFIX.match(self.relative)
+        return int(found.group(1)) if found else None
+
+    @property
+    def maker(self) -> str:
+        """The stage to run to make it: a member's artifacts are all made by the ensemble stage."""
+        return "ensemble" if self.member is not None else self.producer
+
     @classmethod
     def pattern(cls) -> re.Pattern:
         """The paths of this kind, and anything below them: each {field} is one path segment."""
@@ -126,8 +142,9 @@ class Artifact:
 
     @property
     def made_by(self) -> str:
-        """The stage that made it (for an artifact several stages make, the one that did)."""
-        return self.manifest.stage or self.producer
+        """The stage that made it (for an artifact several stages make, the one that did; for an
+        ensemble member's, the ensemble stage, which ran the member's stages)."""
+        return "ensemble" if self.member is not None else self.manifest.stage or self.producer
 
     @property
     def settings(self) -> CommonSettings:
@@ -267,20 +284,21 @@ class Scores(Artifact):
     @staticmethod
     def matrix(local: Path) -> torch.Tensor:
         """The ranking the scores publish: the fused one with SCORE_FUSION, else the influence."""
-        return Scores.influence(local) if not (local / Scores.FUSED).exists() else Scores._load(local / Scores.FUSED)
+        return Scores.influence(local) if not (local / Scores.FUSED).exists() else Scores.load(local / Scores.FUSED)
 
     @staticmethod
     def influence(local: Path) -> torch.Tensor:
-        """Kronfluence's influence scores alone."""
-        return Scores._load(local / Scores.MATRIX)
+        """Kronfluence's influence scores alone (with ENSEMBLE_SEEDS, their mean over the ensemble's models)."""
+        return Scores.load(local / Scores.MATRIX)
 
     @staticmethod
     def lexical(local: Path) -> torch.Tensor | None:
         """BM25's scores, published beside the influence with SCORE_FUSION; None without."""
-        return Scores._load(local / Scores.LEXICAL) if (local / Scores.LEXICAL).exists() else None
+        return Scores.load(local / Scores.LEXICAL) if (local / Scores.LEXICAL).exists() else None
 
     @staticmethod
-    def _load(path: Path) -> torch.Tensor:
+    def load(path: Path) -> torch.Tensor:
+        """One scores file's matrix."""
         from safetensors.torch import load_file
 
         return load_file(str(path))[Scores.KEY]
@@ -424,8 +442,20 @@ _BY_SPECIFICITY = sorted(KINDS, key=lambda kind: -len(FIELD.sub("", kind.templat
 
 
 def kind_of(relative: str) -> type[Artifact] | None:
-    """The kind of artifact at a path (or below it); None for anything else (an external input's name)."""
+    """The kind of artifact at a path (or below it, or in an ensemble member's tree); None for
+    anything else (an external input's name)."""
+    relative = MEMBER_PREFIX.sub("", relative, count=1)
     return next((kind for kind in _BY_SPECIFICITY if kind.pattern().fullmatch(relative)), None)
+
+
+def in_member(artifact: A, number: int) -> A:
+    """The same artifact in ensemble member `number`'s tree (ensemble/member_<number>/...)."""
+    return type(artifact)(relative=f"{MEMBER.format(number=number)}/{artifact.relative}")
+
+
+def member_uri(artifacts_uri: str, number: int) -> str:
+    """The ARTIFACTS_URI member `number`'s stages run with."""
+    return f"{artifacts_uri.rstrip('/')}/{MEMBER.format(number=number)}"
 
 
 def at(store: Store, relative: str) -> Artifact | None:
@@ -475,9 +505,55 @@ def require(store: Store, *wanted: Artifact) -> None:
     for artifact in wanted:
         if artifact.bind(store) is None:
             raise ConfigError(f"missing input {store.url(artifact.relative)} (no {SUCCESS}): run the "
-                              f"{artifact.producer} stage first (python -m jobs {artifact.producer}) with the same "
+                              f"{artifact.maker} stage first (python -m jobs {artifact.maker}) with the same "
                               "ARTIFACTS_URI")
     check_lineage(store, wanted)
+
+
+SCORING_RECIPE = ("task", "damping_factor", "per_sample_gradient_dtype", "precondition_dtype", "score_dtype",
+                  "query_gradient_rank")  # what members' scores must share to be averaged (not batch sizes)
+
+
+def check_members(model: Model, data: TrainData, factors: Factors, members: list[Scores],
+                  scoring: CommonSettings, asked: list[dict]) -> None:
+    """An ensemble's members (bound, their own chains checked by `require`) belong with the model:
+    each trained on the same examples by the same recipe with the training seed the model's plus
+    its number, fitted with the same settings as `factors`, and scored as `scoring` scores, for
+    the same prompts."""
+    for scores in members:
+        number, remedy = scores.member, "rerun the ensemble stage (python -m jobs ensemble) with FORCE=true"
+        member_model, member_data, member_factors = (in_member(mine, number).bind(model.store)
+                                                     for mine in (model, data, factors))
+        if None in (member_model, member_data, member_factors):
+            raise ConfigError(f"ensemble member {number} of {scores.url} is incomplete (no model, data or factors "
+                              f"beside it): {remedy}")
+        seed = model.settings.model_seed + number
+        if _examples(member_data) != _examples(data):
+            raise ConfigError(f"ensemble member {number} was trained on other examples ({member_data.url}) than "
+                              f"{data.url}: {remedy}")
+        if (member_model.settings.model_seed != seed
+                or _without(member_model.manifest.settings, "training_seed")
+                != _without(model.manifest.settings, "training_seed")):
+            raise ConfigError(f"ensemble member {number} ({member_model.url}) was not trained as {model.url} was, with "
+                              f"training seed {seed}: {remedy}")
+        if member_factors.manifest.settings != factors.manifest.settings:
+            raise ConfigError(f"ensemble member {number}'s factors {member_factors.url} were fitted otherwise than "
+                              f"{factors.url}: {remedy}")
+        recorded = scores.manifest.settings
+        differ = [field.upper() for field in SCORING_RECIPE if recorded.get(field) != getattr(scoring, field)]
+        if differ or scores.prompts() != asked:
+            what = f"other {', '.join(differ)}" if differ else "other prompts"
+            raise ConfigError(f"ensemble member {number}'s scores {scores.url} were made with {what} than these: run "
+                              "the ensemble stage with the same settings as compute_scores")
+
+
+def _examples(data: TrainData) -> dict:
+    """The files of the tokenized examples, less datasets' state.json (a random fingerprint)."""
+    return _without(data.manifest.files or {}, "state.json")
+
+
+def _without(values: dict, key: str) -> dict:
+    return {name: value for name, value in values.items() if name != key}
 
 
 def check_lineage(store: Store, artifacts: tuple[Artifact, ...] | list[Artifact]) -> None:
@@ -488,7 +564,9 @@ def check_lineage(store: Store, artifacts: tuple[Artifact, ...] | list[Artifact]
     depth: dict[str, int] = {}
 
     def upstream(artifact: Artifact) -> list[tuple[str, str]]:
-        return [(path, recorded) for path, recorded in artifact.manifest.inputs.items() if kind_of(path)]
+        tree = MEMBER_PREFIX.match(artifact.relative)  # a member's inputs are paths within its tree
+        prefix = tree.group() if tree else ""
+        return [(prefix + path, recorded) for path, recorded in artifact.manifest.inputs.items() if kind_of(path)]
 
     def depth_of(relative: str, seen: frozenset = frozenset()) -> int:
         if relative not in depth:

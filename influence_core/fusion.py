@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from rank_bm25 import BM25Okapi
 
 from influence_core.prompts import Prompt
+
+if TYPE_CHECKING:
+    from influence_core.settings import ComputeScoresSettings
 
 BM25_K1, BM25_B = 1.5, 0.75  # rank_bm25's BM25Okapi defaults, stated so the reports can name them
 FUSIONS = ("none", "bm25_zmean", "bm25_gate")
@@ -80,13 +84,21 @@ def fuse(influence: torch.Tensor, lexical: torch.Tensor, fusion: str, weight: fl
     raise ValueError(f"unknown score fusion {fusion!r}, expected one of {FUSIONS}")
 
 
-def describe(fusion: str, weight: float, fraction: float) -> str:
-    """What made a ranking, in words (for the reports)."""
+ALONE = "influence alone"  # what made a ranking of one model's influence, unfused
+
+
+def describe(scoring: ComputeScoresSettings) -> str:
+    """What made a ranking, in words (for the reports): the ensemble and the fusion of its scores' settings."""
+    models = scoring.ensemble_seeds
+    influence = "influence" if models == 1 else (f"influence averaged over {models} models (training seeds "
+                                                 f"+0..+{models - 1})")
     return {
-        "none": "influence alone",
-        "bm25_zmean": f"influence fused with BM25: per prompt, the mean of their z-scores, {weight:g} on BM25",
-        "bm25_gate": f"influence within BM25's top {fraction:.0%} of the documents per prompt (the rest 0)",
-    }[fusion]
+        "none": ALONE if models == 1 else influence,
+        "bm25_zmean": f"{influence} fused with BM25: per prompt, the mean of their z-scores, "
+                      f"{scoring.fusion_weight:g} on BM25",
+        "bm25_gate": f"{influence} within BM25's top {scoring.gate_fraction:.0%} of the documents per prompt "
+                     "(the rest 0)",
+    }[scoring.score_fusion]
 
 
 def top_overlap(first: torch.Tensor, second: torch.Tensor, k: int) -> list[int | None]:

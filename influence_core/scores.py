@@ -109,6 +109,18 @@ def scores_dir(work_dir: Path, scores_name: str) -> Path:
     return work_dir / Scores(scores_name).relative
 
 
+def average_members(local: Path, members: list[Scores], work_dir: Path) -> None:
+    """With ENSEMBLE_SEEDS: the influence in `local` (the model's own) replaced by its mean with the
+    ensemble members' (bound Scores, checked by check_members), summed in float64."""
+    from safetensors.torch import save_file
+
+    own = Scores.influence(local)
+    total = own.double()
+    for scores in members:
+        total += Scores.load(scores.fetch_file(Scores.MATRIX, work_dir / scores.relative / Scores.MATRIX)).double()
+    save_file({Scores.KEY: (total / (len(members) + 1)).to(own.dtype).contiguous()}, str(local / Scores.MATRIX))
+
+
 def fuse_with_bm25(local: Path, train_dir: Path, prompts: list[Prompt], settings: ComputeScoresSettings) -> None:
     """With SCORE_FUSION: BM25 of every training document for every prompt, and the ranking fused from
     it and the influence, written beside Kronfluence's scores in `local` (influence_core.fusion)."""

@@ -90,6 +90,10 @@ FactorsName = Annotated[Name, _free("factors_name"), Field(
 ScoresName = Annotated[Name, _free("scores_name"), Field(
     description="Name of the scores: compute_scores writes influence/scores_<name>/, inspect_scores reports them "
                 "in reports/<name>/")]
+EnsembleSeeds = Annotated[int, Field(
+    ge=1, le=100, description="Models whose influence compute_scores averages: the model at ARTIFACTS_URI and "
+                              "ENSEMBLE_SEEDS - 1 members that the ensemble stage trains, fits and scores like it "
+                              "with training seeds +1, +2, ... (in ensemble/member_<k>/); 1: the model alone")]
 Prompts = Annotated[str, Field(description="Path or URL of the prompts file, a JSON list of {\"prompt\": ..., "
                                            "\"completion\": ...}; default the shipped prompts.json")]
 FactorBatchSize = Annotated[PositiveInt, Field(description="Training examples per batch (per process) while "
@@ -367,10 +371,35 @@ class ComputeScoresSettings(QuerySettings, ScoringSettings, ShardSettings):
     gate_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
         0.2, description="SCORE_FUSION=bm25_gate: share of the documents, the highest by BM25 per prompt, whose "
                          "influence is kept (above 0, at most 1)")
+    ensemble_seeds: EnsembleSeeds = 1
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> ComputeScoresSettings:
         self._check_index(self.shard, self.score_data_partitions, "shard", "SCORE_DATA_PARTITIONS")
+        return self
+
+
+class EnsembleSettings(QuerySettings, ScoringSettings, IndexedJobSettings):
+    """ensemble: the members compute_scores averages with ENSEMBLE_SEEDS, each trained as the model
+    was (the train stage's settings as its _SUCCESS records them) with its own training seed, fitted
+    as the factors FACTORS_NAME were, and scored as compute_scores scores (these settings), in
+    ensemble/member_<k>/."""
+
+    scores_name: ScoresName = "prompt_scores"
+    ensemble_seeds: EnsembleSeeds = 1
+    member_index: NonNegativeInt | None = Field(
+        None, description="The member (1 to ENSEMBLE_SEEDS - 1) to train, fit and score alone; 0 is the model "
+                          "itself, which has nothing to do; unset: every member not done")
+
+    @property
+    def members(self) -> list[int]:
+        """The members this process makes (the model itself, 0, is not one)."""
+        index = self._index(self.member_index)
+        return list(range(1, self.ensemble_seeds)) if index is None else [index] if index else []
+
+    @model_validator(mode="after")
+    def _member_in_range(self) -> EnsembleSettings:
+        self._check_index(self._index(self.member_index), self.ensemble_seeds, "member", "ENSEMBLE_SEEDS")
         return self
 
 
@@ -446,7 +475,7 @@ class InspectScoresSettings(CommonSettings):
                                                               "compute_self_scores has run")
 
 
-class PipelineSettings(InspectScoresSettings, ComputeSelfScoresSettings, ComputeScoresSettings,
+class PipelineSettings(InspectScoresSettings, ComputeSelfScoresSettings, ComputeScoresSettings, EnsembleSettings,
                        InspectFactorsSettings, FitFactorsSettings, TrainSettings):
     """Every stage's settings at once, for running the analysis stages in order locally."""
     # The last base's fields come first: --help lists them in the order the stages run.

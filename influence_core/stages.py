@@ -26,6 +26,7 @@ from influence_core.artifacts import (
     Scores,
     SelfScores,
     TrainData,
+    in_member,
 )
 from influence_core.settings import CommonSettings
 
@@ -62,12 +63,18 @@ def _evaluated(evaluate: settings.EvaluateSettings) -> list[Artifact]:
     return [Evaluation(), *map(Factors, names), *map(Scores, names)]
 
 
+def _members(ensemble: settings.EnsembleSettings) -> list[Artifact]:
+    return [in_member(artifact, number) for number in ensemble.members
+            for artifact in (Model(), TrainData(), Factors(ensemble.factors_name), Scores(ensemble.scores_name))]
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("train", settings.TrainSettings, (), lambda s: [TrainData(), Model()], pipeline=True),
     Stage("fit_factors", settings.FitFactorsSettings, (Model, TrainData), lambda s: [Factors(s.factors_name)],
           pipeline=True),
     Stage("inspect_factors", settings.InspectFactorsSettings, (Model, Factors),
           lambda s: [] if s.output_dir else [FactorsReport(s.factors_name)], pipeline=True, main_process_only=True),
+    Stage("ensemble", settings.EnsembleSettings, (Model, TrainData, Factors), _members, pipeline=True),
     Stage("compute_scores", settings.ComputeScoresSettings, (Model, TrainData, Factors),
           lambda s: [Scores(s.scores_name)], pipeline=True),
     Stage("compute_self_scores", settings.ComputeSelfScoresSettings, (Model, TrainData, Factors),

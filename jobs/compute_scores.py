@@ -2,6 +2,8 @@
 
 Output: influence/scores_<scores_name>/ (Kronfluence's pairwise_scores.safetensors and arguments,
 plus the prompts.json that was scored; with SCORE_FUSION, BM25's scores and the fused ranking too).
+With ENSEMBLE_SEEDS > 1 the influence published is the mean of the model's and its ensemble
+members' (the ensemble stage makes them; their lineage is checked first).
 """
 
 from __future__ import annotations
@@ -10,7 +12,17 @@ import json
 import logging
 import time
 
-from influence_core.artifacts import Factors, Model, Scores, TrainData, digest_of, fingerprints, require
+from influence_core.artifacts import (
+    Factors,
+    Model,
+    Scores,
+    TrainData,
+    check_members,
+    digest_of,
+    fingerprints,
+    in_member,
+    require,
+)
 from influence_core.plan import check_fits
 from influence_core.prompts import load_prompts
 from influence_core.settings import ComputeScoresSettings
@@ -24,15 +36,17 @@ def main(settings: ComputeScoresSettings) -> None:
     prompts = load_prompts(settings.prompts)
     store = open_store(settings.artifacts_uri)
     model, data, factors, output = Model(), TrainData(), Factors(settings.factors_name), Scores(settings.scores_name)
-    require(store, model, data, factors)
+    members = [in_member(output, number) for number in range(1, settings.ensemble_seeds)]
+    require(store, model, data, factors, *members)
     asked = [prompt.model_dump() for prompt in prompts]
-    inputs = {**fingerprints(model, data, factors), "PROMPTS": digest_of(asked)}
+    check_members(model, data, factors, members, settings, asked)
+    inputs = {**fingerprints(model, data, factors, *members), "PROMPTS": digest_of(asked)}
     if already_done(store, [output], "compute_scores", settings, inputs):
         return
     check_fits("compute_scores", settings, len(prompts))  # the batch sizes fit the device, before the model loads
 
     from influence_core.runtime import is_main_process
-    from influence_core.scores import compute_scores, fuse_with_bm25
+    from influence_core.scores import average_members, compute_scores, fuse_with_bm25
 
     with torchrun_stage("compute_scores", settings, store, [model, data, factors], output.relative, inputs) as (
             work, out):
@@ -44,6 +58,8 @@ def main(settings: ComputeScoresSettings) -> None:
             log.info("published shard %d to %s; a run without SHARD_INDEX aggregates", settings.shard,
                      store.url(output.relative))
             return
+        if members:
+            average_members(local, members, work)
         if settings.score_fusion != "none":
             fuse_with_bm25(local, work / data.relative, prompts, settings)
         (local / Scores.PROMPTS).write_text(json.dumps(asked, indent=2, ensure_ascii=False))

@@ -73,7 +73,7 @@ def main(settings: EvaluateSettings) -> None:
     from datasets import load_from_disk
 
     from influence_core.evaluation import LEXICAL_BASELINES, fact_metrics, lexical_scores, render_markdown
-    from influence_core.fusion import describe, fused_scores
+    from influence_core.fusion import ALONE, describe, fused_scores
     from influence_core.prompts import Prompt
 
     with work_dir() as work:
@@ -84,8 +84,8 @@ def main(settings: EvaluateSettings) -> None:
             matrices[strategy] = Scores.matrix(local)
             scored = [Prompt(**item) for item in json.loads((local / Scores.PROMPTS).read_text())]
             seconds = {"fit_factors": factors[strategy].manifest.seconds, "compute_scores": each.manifest.seconds}
-            label = LABELS[strategy] if each.fusion == "none" else ", ".join(
-                [LABELS[strategy], describe(each.fusion, each.settings.fusion_weight, each.settings.gate_fraction)])
+            label = LABELS[strategy] if describe(each.settings) == ALONE else ", ".join(
+                [LABELS[strategy], describe(each.settings)])
             methods[strategy] = {"label": label, "factors_name": factors[strategy].settings.factors_name,
                                  "scores_name": each.settings.scores_name, "seconds": seconds,
                                  **fact_metrics(matrices[strategy], scored, texts, facts)}

@@ -82,8 +82,7 @@ def main(settings: InspectScoresSettings) -> None:
                  "strategy": scores.strategy}
         report = build_report(matrix, prompts, texts, data.facts(), settings.num_influential, names)
         lexical = Scores.lexical(scores_dir)
-        fitted = scores.settings
-        attach_evidence(report, describe(scores.fusion, fitted.fusion_weight, fitted.gate_fraction),
+        attach_evidence(report, describe(scores.settings),
                         Scores.influence(scores_dir), lexical if lexical is not None else prompt_bm25(prompts, texts))
         if (rescored := scores.rescored()) is not None:
             attach_rescored(report, rescored["examples"], rescored["rerank_top_k"])

@@ -120,7 +120,7 @@ def identity_baseline(store: Store, scores: Scores, prompts: str) -> Scores:
     run_stage("compute_scores", scores.settings.model_copy(update={
         "artifacts_uri": store.uri, "factors_name": LdsReport.IDENTITY, "scores_name": LdsReport.IDENTITY,
         "prompts": prompts, "force": False, "shard_index": None, "job_completion_index": None,
-        "score_fusion": "none"}))
+        "score_fusion": "none", "ensemble_seeds": 1}))
     return Scores(LdsReport.IDENTITY)
 
 
@@ -179,7 +179,7 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
     from transformers import AutoTokenizer
 
     from influence_core import lds
-    from influence_core.fusion import describe, prompt_bm25
+    from influence_core.fusion import ALONE, describe, prompt_bm25
     from influence_core.modeling import load_model
 
     texts = load_from_disk(str(fetch_once(data, work)))["text"]
@@ -192,8 +192,7 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
     matrices = {name: Scores.matrix(fetch_once(each, work)) for name, each in named.items()}
     tasks = {name: each.task for name, each in named.items()}
     labels = {name: baselines.get(name, f"{name} ({each.strategy}" + (
-        f"; {describe(each.fusion, each.settings.fusion_weight, each.settings.gate_fraction)})"
-        if each.fusion != "none" else ")")) for name, each in named.items()}
+        f"; {describe(each.settings)})" if describe(each.settings) != ALONE else ")")) for name, each in named.items()}
     first = settings.lds_scores[0]
     task = tasks[first]  # the text baselines predict the first scores' measurement
     matrices["bm25"] = prompt_bm25(prompts, texts)

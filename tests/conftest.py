@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # tests run in under pytest-xdist (`make test` runs two workers), so a worker builds it once and no
 # other worker builds it again. A test using several goes with the first listed.
 SHARED_FIXTURES = {"demo_run": "demo", "small_pipeline": "small", "s3_pipeline": "small", "small_trained": "trained",
-                   "exactness_run": "exactness", "imported": "exactness"}
+                   "exactness_run": "exactness", "imported": "exactness", "ensemble": "ensemble"}
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per worker, and so per stage it starts: two workers with a thread per core each
@@ -33,7 +33,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The slow lane (`make test` runs it after the fast one; `make test-fast` leaves it out): tests that
 # read a pipeline's or a training run's artifacts, or that start processes (they say so with
 # `pytest.mark.slow` themselves, or for their whole module with `pytestmark`).
-SLOW_FIXTURES = {"demo_run", "small_pipeline", "s3_pipeline", "small_trained", "tiny_chain", "lds_run", "s3_env"}
+SLOW_FIXTURES = {"demo_run", "small_pipeline", "s3_pipeline", "small_trained", "tiny_chain", "lds_run", "s3_env",
+                 "ensemble"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups in its own hook

@@ -33,6 +33,7 @@ def outputs(stage: Stage) -> list[str]:
 STAGES = {  # stage: (its outputs, the outputs of the pipeline stages before it)
     stage.name: (outputs(stage), [path for earlier in PIPELINE[:number] for path in outputs(earlier)])
     for number, stage in enumerate(PIPELINE)
+    if outputs(stage)  # not the ensemble, whose members are the train, fit and score stages (tests/test_ensemble.py)
 }
 # Where each stage is killed, one kill per run, each rerun resuming from the last: a log line the
 # stage prints (then `delay` seconds more), or a file it publishes (staged or final) below the

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from influence_core.fusion import bm25_scores, describe, fuse, fused_scores, gated_scores, top_overlap, words
+from influence_core.fusion import ALONE, bm25_scores, describe, fuse, fused_scores, gated_scores, top_overlap, words
+from influence_core.settings import ComputeScoresSettings
 
 
 def test_bm25_ranks_the_documents_that_share_rare_words_first():
@@ -46,7 +47,14 @@ def test_fuse_publishes_what_each_setting_names():
     assert torch.equal(fuse(influence, lexical, "bm25_gate", 0.5, 0.25), gated_scores(influence, lexical, 0.25))
     with pytest.raises(ValueError, match="unknown score fusion"):
         fuse(influence, lexical, "rrf", 0.5, 0.2)
-    assert "0.3 on BM25" in describe("bm25_zmean", 0.3, 0.2) and "top 25%" in describe("bm25_gate", 0.5, 0.25)
+    def scoring(**settings) -> ComputeScoresSettings:
+        return ComputeScoresSettings.model_construct(**{**ComputeScoresSettings.model_construct().model_dump(),
+                                                        **settings})
+
+    assert describe(scoring()) == ALONE
+    assert "0.3 on BM25" in describe(scoring(score_fusion="bm25_zmean", fusion_weight=0.3))
+    assert "top 25%" in describe(scoring(score_fusion="bm25_gate", gate_fraction=0.25))
+    assert describe(scoring(ensemble_seeds=3)) == "influence averaged over 3 models (training seeds +0..+2)"
 
 
 def test_top_overlap_counts_the_shared_documents_of_the_two_top_k():

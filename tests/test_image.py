@@ -152,7 +152,7 @@ def run_the_local_overlay(tmp_path, s3_env: dict, s3_bucket: str, launch, git_sh
     rendered_uri = resolved_env(stage_container(jobs["train"]), objects)["ARTIFACTS_URI"]
     # The manifest's path, in the test's fresh bucket: s3://artifacts/influence -> s3://test-.../influence
     artifacts_uri = s3_bucket + "/" + rendered_uri.removeprefix("s3://").partition("/")[2]
-    order = ["train", *make_steps("deploy-fit-factors-sharded", "local"), "inspect-factors",
+    order = ["train", *make_steps("deploy-fit-factors-sharded", "local"), "inspect-factors", "ensemble",
              *make_steps("deploy-compute-scores-sharded", "local"), "compute-self-scores", "inspect-scores",
              *make_steps("deploy-build-index-sharded", "local"), "query"]
     lds_order = [*make_steps("deploy-lds", "local"), "inspect-scores"]  # then the report states the LDS

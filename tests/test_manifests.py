@@ -125,10 +125,10 @@ def all_stage_jobs(objects) -> list[tuple[str, dict]]:
 
 
 def partial(job: dict) -> bool:
-    """A step of a stage spread over pods (docs/guides/kubernetes.md, "Spread over pods"): an Indexed Job (a data
-    partition per pod) or a FACTOR_PHASE before `all`. The stage's own Job runs it whole."""
-    env = {entry["name"]: entry.get("value") for entry in stage_container(job).get("env", [])}
-    return job["spec"].get("completionMode") == "Indexed" or env.get("FACTOR_PHASE", "all") != "all"
+    """A step of a stage spread over pods (docs/guides/kubernetes.md, "Spread over pods"): a Job not
+    named after its stage (an Indexed Job's partitions, a FACTOR_PHASE before `all`). The Job named
+    after the stage runs it whole (the ensemble's is an Indexed Job too: compute_scores averages its pods' members)."""
+    return job["metadata"]["name"] != stage_container(job)["args"][-1].replace("_", "-")
 
 
 def stage_jobs(objects) -> dict[str, dict]:

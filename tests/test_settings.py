@@ -11,7 +11,6 @@ from influence_core.errors import ConfigError
 from influence_core.settings import (
     CommonSettings,
     ComputeScoresSettings,
-    ComputeSelfScoresSettings,
     FitFactorsSettings,
     InspectFactorsSettings,
     InspectScoresSettings,
@@ -20,6 +19,7 @@ from influence_core.settings import (
     load_settings,
     stage_settings,
 )
+from influence_core.stages import PIPELINE
 
 
 def test_classic_fit_factors_flags():
@@ -84,8 +84,7 @@ def test_pipeline_settings_split_into_stages():
 
 
 def test_pipeline_settings_combine_every_stage():
-    stages = (TrainSettings, FitFactorsSettings, InspectFactorsSettings, ComputeScoresSettings,
-              ComputeSelfScoresSettings, InspectScoresSettings)
+    stages = [stage.settings for stage in PIPELINE]
     fields = list(PipelineSettings.model_fields)
     assert set(fields) == set().union(*(stage.model_fields for stage in stages))
     assert fields.index("dataset") < fields.index("factor_strategy") < fields.index("num_influential")  # stage order

@@ -51,7 +51,7 @@ SHARDED_TARGETS = {
 }
 PARTITION_JOBS = {"fit-factors-covariance", "fit-factors-lambda", "compute-scores-shards",  # a data partition each
                   "build-index-shards"}  # index shards each
-INDEXED = PARTITION_JOBS | {"lds-retrain"}  # lds-retrain: a pod per LDS subset
+INDEXED = PARTITION_JOBS | {"lds-retrain", "ensemble"}  # a pod per LDS subset; per model of the ensemble
 MAX_INDEXED_COMPLETIONS = 100_000  # the Job API's limit when backoffLimitPerIndex is set
 PER_INDEX_ENV = ("SHARD_INDEX", "JOB_COMPLETION_INDEX")  # set by Kubernetes (or a user), never by a manifest
 
@@ -178,6 +178,24 @@ def test_lds_retrain_runs_a_pod_per_subset_the_stage_reads(overlay, monkeypatch,
     env_file = copy / "base" / "settings.env"
     env_file.write_text(env_file.read_text().replace("LDS_SUBSETS=16", "LDS_SUBSETS=5"))
     assert jobs_by_name(kustomize(copy / "overlays" / overlay))["lds-retrain"]["spec"]["completions"] == 5
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_ensemble_runs_a_pod_per_model_the_stage_reads(overlay, monkeypatch, tmp_path):
+    """completions = ENSEMBLE_SEEDS as the ensemble stage reads it; pod 0 is the model itself (no
+    member), every other index one member, and the next one is refused."""
+    copy = copy_k8s(tmp_path)
+    env_file = copy / "base" / "settings.env"
+    env_file.write_text(env_file.read_text().replace("ENSEMBLE_SEEDS=1", "ENSEMBLE_SEEDS=3"))
+    objects = kustomize(copy / "overlays" / overlay)
+    job = jobs_by_name(objects)["ensemble"]
+    assert job["spec"]["completions"] == load_stage_settings(job, objects, monkeypatch).ensemble_seeds == 3
+    assert job["spec"]["parallelism"] == {"local": 2, "cloud": 3}[overlay]
+    members = [load_stage_settings(job, objects, monkeypatch, JOB_COMPLETION_INDEX=str(index)).members
+               for index in range(3)]
+    assert members == [[], [1], [2]]
+    with pytest.raises(ConfigError, match="out of range"):
+        load_stage_settings(job, objects, monkeypatch, JOB_COMPLETION_INDEX="3")
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
