@@ -3,11 +3,11 @@ defaults are chosen by (`make lds-corpora`).
 
 Per corpus (bench/corpora.py: demo, demo-hard, jargon; 24 prompts each), in ARTIFACTS_URI/<corpus>
 (default ./artifacts/corpora/<corpus>): the model is trained, factors fitted, and the prompts scored
-once per method that is a setting (compute_scores with SCORE_FUSION, under the method's scores name);
-one `python -m jobs lds` run retrains the subsets and correlates them all beside its baselines
-(BM25, identity, random). The ensembles average the influence of models trained with other
-TRAINING_SEEDs on the same corpus (each trained, fitted and scored at the defaults) and are
-correlated here, with the same subsets, by influence_core.lds, as is the confidence-weighted fusion.
+once per method (compute_scores with SCORE_FUSION and ENSEMBLE_SEEDS, under the method's scores
+name; the ensemble stage first makes the members an ensemble averages); one `python -m jobs lds` run
+retrains the subsets and correlates them all beside its baselines (BM25, identity, random). The
+confidence-weighted fusion, an idea not made a setting, is correlated here with the same subsets by
+influence_core.lds.
 
 A method is better than another when its paired difference over the 72 prompts together exceeds two
 standard errors and it is not worse by more than one standard error on any corpus. Writes
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpora import CORPORA, JARGON_DOCUMENTS, prompts_file, write_jargon  # noqa: E402
 from influence_core import lds  # noqa: E402
-from influence_core.fusion import fused_scores, prompt_bm25, zscores  # noqa: E402
+from influence_core.fusion import prompt_bm25, zscores  # noqa: E402
 
 # scores name: (what it is, compute_scores settings); the first is EK-FAC alone, the defaults before.
 SINGLE = "ekfac"
@@ -54,6 +54,17 @@ METHODS = {
     **{f"zmean_{round(100 * weight)}": zmean(weight) for weight in (0.25, 0.5, 0.75)},
     **{f"gate_{round(100 * fraction)}": gate(fraction) for fraction in (0.1, 0.2, 0.4)},
 }
+
+
+def ensembles(members: int) -> dict[str, tuple[str, dict]]:
+    """The ensemble methods: EK-FAC averaged over `members` models, alone and within BM25's top 20%."""
+    if members == 1:
+        return {}
+    seeds = {"ENSEMBLE_SEEDS": str(members)}
+    label, fused = gate(0.2)
+    return {"ensemble": (f"ensemble: EK-FAC averaged over {members} models (ENSEMBLE_SEEDS={members})", seeds),
+            "ensemble_gate_20": (f"ensemble of {members}, {label[:label.index(' (')].removeprefix('EK-FAC ')} "
+                                 f"(ENSEMBLE_SEEDS={members}, SCORE_FUSION=bm25_gate)", {**seeds, **fused})}
 BASELINES = {"bm25": "BM25 on prompt + completion", "identity": "identity (gradient dot products)",
              "random": "random scores"}
 
@@ -93,28 +104,33 @@ def influence(artifacts: Path, name: str = SINGLE) -> torch.Tensor:
     return Scores.influence(artifacts / Scores(name).relative).double()
 
 
-def evaluate_corpus(corpus: str, root: Path) -> tuple[dict, dict]:
-    """Every method's per-prompt LDS on one corpus but the ensembles', and the seconds each part took;
-    and what add_ensembles needs."""
+def evaluate_corpus(corpus: str, root: Path, members: int) -> dict:
+    """Every method's per-prompt LDS on one corpus, and the seconds each part took."""
     from datasets import load_from_disk
 
     env = corpus_env(corpus, root)
     artifacts = Path(env["ARTIFACTS_URI"])
+    methods = {**METHODS, **ensembles(members)}
     jobs("train", env=env)
     jobs("fit_factors", env=env)
-    for name, (_, settings) in METHODS.items():
+    for name, (_, settings) in methods.items():
+        if "ENSEMBLE_SEEDS" in settings:  # its members' scores, under its name (their models made once)
+            jobs("ensemble", "--scores_name", name, env={**env, **settings})
         jobs("compute_scores", "--scores_name", name, env={**env, **settings})
-    jobs("lds", "--lds_scores", ",".join(METHODS), env=env)
+    jobs("lds", "--lds_scores", ",".join(methods), env=env)
     # What each part cost when it was made (the outputs' _SUCCESS timings): true across reruns too.
     seconds = {"train": cost(artifacts, "model"), "fit_factors": cost(artifacts, "influence/factors_tiny_lm_factors"),
-               **{f"compute_scores {name}": cost(artifacts, f"influence/scores_{name}") for name in METHODS},
+               **{f"compute_scores {name}": cost(artifacts, f"influence/scores_{name}") for name in methods},
+               **{f"ensemble member {number}": cost(artifacts / f"ensemble/member_{number}", "model",
+                                                    "influence/factors_tiny_lm_factors", "influence/scores_ensemble")
+                  for number in range(1, members)},
                "lds retraining": cost(artifacts, *[f"lds/subsets/{path.parent.name}" for path in
                                                    (artifacts / "lds/subsets").glob("*/_SUCCESS")]),
                "lds identity baseline": cost(artifacts, "influence/factors_lds_identity",
                                              "influence/scores_lds_identity"),
                "lds correlations": correlation_seconds(artifacts)}
     result = json.loads((artifacts / "reports/lds/lds.json").read_text())
-    per_prompt = {name: result["methods"][name]["per_prompt"] for name in [*METHODS, *BASELINES]}
+    per_prompt = {name: result["methods"][name]["per_prompt"] for name in [*methods, *BASELINES]}
 
     # The subsets again, from the published files: what the stage correlated with (checked below).
     subsets = [json.loads(path.read_text()) for path in sorted((artifacts / "lds/subsets").glob("*/measurements.json"))]
@@ -135,36 +151,13 @@ def evaluate_corpus(corpus: str, root: Path) -> tuple[dict, dict]:
     confidence = torch.tensor([p["probability"] for p in result["prompts"]], dtype=torch.float64)[:, None]
     confident = (1 - confidence) * zscores(single) + confidence * zscores(bm25)
     per_prompt["confidence"] = lds.lds(confident, mask, measured)
-
-    context = {"env": env, "artifacts": artifacts, "single": single, "mask": mask, "measured": measured, "bm25": bm25}
     return {"per_prompt": per_prompt, "seconds": seconds, "subsets": result["subsets"], "seeds": result["seeds"],
-            "documents": len(texts), "prompts": result["prompts"]}, context
-
-
-def add_ensembles(result: dict, context: dict, members: int) -> None:
-    """Ensembles: models trained with other training seeds, each fitted and scored at the defaults,
-    their influence averaged with the model's (alone, and fused with BM25)."""
-    ensemble = [context["single"]]
-    for seed in range(1, members):
-        member = context["artifacts"] / "members" / f"training_seed_{seed}"
-        member_env = {**context["env"], "ARTIFACTS_URI": str(member), "TRAINING_SEED": str(seed)}
-        for stage in ("train", "fit_factors", "compute_scores"):
-            jobs(stage, *(["--scores_name", SINGLE] if stage == "compute_scores" else []), env=member_env)
-        result["seconds"][f"ensemble member {seed}"] = cost(member, "model", "influence/factors_tiny_lm_factors",
-                                                            f"influence/scores_{SINGLE}")
-        ensemble.append(influence(member))
-    mean = sum(ensemble) / len(ensemble)
-    result["per_prompt"]["ensemble"] = lds.lds(mean, context["mask"], context["measured"])
-    result["per_prompt"]["ensemble_zmean_50"] = lds.lds(fused_scores(mean, context["bm25"], 0.5), context["mask"],
-                                                        context["measured"])
+            "documents": len(texts), "prompts": result["prompts"]}
 
 
 def labels(members: int) -> dict[str, str]:
-    return {**{name: label for name, (label, _) in METHODS.items()},
+    return {**{name: label for name, (label, _) in {**METHODS, **ensembles(members)}.items()},
             "confidence": "ours: z-score mean, the completion's probability on BM25 (offline)",
-            **({"ensemble": f"ensemble: EK-FAC averaged over {members} models (training seeds 0..{members - 1})",
-                "ensemble_zmean_50": f"ensemble of {members}, z-score mean 0.5 on BM25 (offline)"} if members > 1
-               else {}),
             **{name: f"baseline: {label}" for name, label in BASELINES.items()}}
 
 
@@ -244,18 +237,11 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=3, help="Models in the ensembles (1: none)")
     args = parser.parse_args()
     root = Path(os.environ.get("ARTIFACTS_URI", ROOT / "artifacts" / "corpora"))
-    study, contexts = {"corpora": {}}, {}
-    # First every corpus's methods that are settings (and the offline fusion), then the ensembles,
-    # which cost two more models per corpus; the table is written after each step.
-    for corpus in args.corpora.split(","):
+    study = {"corpora": {}}
+    for corpus in args.corpora.split(","):  # the table is written after each corpus
         print(f"{corpus} ...", flush=True)
-        study["corpora"][corpus], contexts[corpus] = evaluate_corpus(corpus, root)
+        study["corpora"][corpus] = evaluate_corpus(corpus, root, args.members)
         write(study, args.members)
-    if args.members > 1:
-        for corpus, result in study["corpora"].items():
-            print(f"{corpus}: ensemble of {args.members} ...", flush=True)
-            add_ensembles(result, contexts[corpus], args.members)
-            write(study, args.members)
     print(render(study))
 
 
@@ -266,8 +252,6 @@ def write(study: dict, members: int) -> None:
               "minutes": sum(sum(result["seconds"].values()) for result in study["corpora"].values()) / 60}
     study["rows"] = {}
     for name, label in labels(members).items():
-        if not all(name in result["per_prompt"] for result in study["corpora"].values()):
-            continue  # the ensembles, before every corpus has them
         row = {"label": label, "lds": {}, "paired": {}, "better": {}}
         for corpus, result in study["corpora"].items():
             row["lds"][corpus] = dict(zip(("lds", "stderr"), lds.mean_and_stderr(result["per_prompt"][name])))
