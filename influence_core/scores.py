@@ -20,7 +20,13 @@ from influence_core.errors import ConfigError
 from influence_core.factors import build_analyzer, data_partitions, load_training_examples
 from influence_core.prompts import Prompt
 from influence_core.runtime import autocast_dtype, is_main_process
-from influence_core.settings import ComputeScoresSettings, QueryIndexSettings, ScoringSettings, kronfluence_damping
+from influence_core.settings import (
+    ComputeScoresSettings,
+    FusionSettings,
+    QueryIndexSettings,
+    ScoringSettings,
+    kronfluence_damping,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,7 @@ def average_members(local: Path, members: list[Scores], work_dir: Path) -> None:
     save_file({Scores.KEY: (total / (len(members) + 1)).to(own.dtype).contiguous()}, str(local / Scores.MATRIX))
 
 
-def fuse_with_bm25(local: Path, train_dir: Path, prompts: list[Prompt], settings: ComputeScoresSettings) -> None:
+def fuse_with_bm25(local: Path, train_dir: Path, prompts: list[Prompt], settings: FusionSettings) -> None:
     """With SCORE_FUSION: BM25 of every training document for every prompt, and the ranking fused from
     it and the influence, written beside Kronfluence's scores in `local` (influence_core.fusion)."""
     from datasets import load_from_disk

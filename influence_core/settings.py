@@ -355,12 +355,9 @@ class ScoringSettings(DeviceSettings):
     score_dtype: Dtype = Field("float32", description="Dtype the scores are computed in")
 
 
-class ComputeScoresSettings(QuerySettings, ScoringSettings, ShardSettings):
-    """compute_scores: the influence of every training example on every prompt."""
+class FusionSettings(CommonSettings):
+    """How the published ranking combines the influence with lexical evidence (compute_scores, query)."""
 
-    scores_name: ScoresName = "prompt_scores"
-    score_data_partitions: PositiveInt = Field(
-        1, description="Parts the training examples are split into, scored one after another; a shard scores one")
     score_fusion: Literal["none", "bm25_zmean", "bm25_gate"] = Field(
         "none", description="How the published ranking combines the influence with BM25 on prompt + completion "
                             "(influence_core/fusion.py): none (influence alone), bm25_zmean (per prompt, the "
@@ -371,6 +368,14 @@ class ComputeScoresSettings(QuerySettings, ScoringSettings, ShardSettings):
     gate_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
         0.2, description="SCORE_FUSION=bm25_gate: share of the documents, the highest by BM25 per prompt, whose "
                          "influence is kept (above 0, at most 1)")
+
+
+class ComputeScoresSettings(QuerySettings, ScoringSettings, ShardSettings, FusionSettings):
+    """compute_scores: the influence of every training example on every prompt."""
+
+    scores_name: ScoresName = "prompt_scores"
+    score_data_partitions: PositiveInt = Field(
+        1, description="Parts the training examples are split into, scored one after another; a shard scores one")
     ensemble_seeds: EnsembleSeeds = 1
 
     @model_validator(mode="after")
@@ -445,7 +450,7 @@ class RerankSettings(CommonSettings):
                          "as compute_scores); 0: none")
 
 
-class QueryIndexSettings(QuerySettings, RerankSettings, IndexSettings):
+class QueryIndexSettings(QuerySettings, RerankSettings, IndexSettings, FusionSettings):
     """query: the prompts scored against the index, without a pass over the training examples."""
 
     scores_name: ScoresName = "query_scores"

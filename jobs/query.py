@@ -3,8 +3,9 @@ pass over the corpus (the index holds their whitened gradients), then score each
 RERANK_TOP_K best candidates again exactly, as compute_scores would.
 
 Output: influence/scores_<scores_name>/ in compute_scores' format (pairwise_scores.safetensors,
-corpus order; prompts.json), plus rescored.json: the examples whose scores are exact. With
---prompt and --completion: one question, its TOP_K documents printed, nothing published.
+corpus order; prompts.json; with SCORE_FUSION, BM25's scores and the fused ranking, as compute_scores
+fuses them), plus rescored.json: the examples whose scores are exact. With --prompt and --completion:
+one question, its TOP_K documents by the same ranking printed, nothing published.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def main(settings: QueryIndexSettings) -> None:
     check_fits("query", settings, len(prompts))
 
     from influence_core.index import answer, print_answer, write_scores
+    from influence_core.scores import fuse_with_bm25
 
     with tempfile.TemporaryDirectory(prefix="query-") as temporary:
         work = Path(temporary)
@@ -53,10 +55,12 @@ def main(settings: QueryIndexSettings) -> None:
         shards = (index.fetch_file(name, work / "shard") for name in index.shards())
         scores, exact = answer(work / model.relative, work / data.relative, work, shards, index.projection(), prompts,
                                settings)
-        if one:
-            print_answer(scores[0], exact, work / data.relative, settings.top_k)
-            return
         local = write_scores(work / output.relative, scores, asked, exact, settings)
+        if settings.score_fusion != "none":
+            fuse_with_bm25(local, work / data.relative, prompts, settings)
+        if one:
+            print_answer(Scores.matrix(local)[0], exact, work / data.relative, settings.top_k)
+            return
         record = manifest("query", settings, inputs, started, factor_strategy=factors.strategy,
                           rescored=len(exact))
         log.info("published %s", store.publish(local, output.relative, record))

@@ -43,6 +43,19 @@ def test_an_index_that_projects_nothing_scores_as_compute_scores(artifacts):
     assert float(relative.max()) < 1e-4, relative
 
 
+def test_with_fusion_the_index_answers_with_the_ranking_compute_scores_publishes(artifacts):
+    gate = ["--score_fusion=bm25_gate", "--gate_fraction=0.3"]
+    run("compute_scores", artifacts, "--scores_name=gated", *gate)
+    run("build_index", artifacts, "--projection_dim=0", "--index_dtype=float32")
+    run("query", artifacts, "--rerank_top_k=0", "--scores_name=gated_query", *gate)
+    exact, ours = (artifacts / Scores("gated").relative, artifacts / Scores("gated_query").relative)
+    assert torch.equal(Scores.lexical(ours), Scores.lexical(exact))
+    fused, published = Scores.matrix(exact).double(), Scores.matrix(ours).double()
+    assert torch.equal(fused != 0, published != 0)  # the same documents gated in
+    assert float(((published - fused).abs().amax(dim=1) / fused.abs().amax(dim=1)).max()) < 1e-4
+    assert not torch.equal(Scores.influence(ours) != 0, published != 0)  # the gate did shut some out
+
+
 def test_the_rescored_candidates_get_compute_scores_values_and_the_report_marks_them(artifacts):
     run("build_index", artifacts, "--projection_dim=8")  # far from exact: 8 x 8 per module
     run("query", artifacts, "--rerank_top_k=5", "--scores_name=reranked")
