@@ -1,5 +1,5 @@
 """Run the analysis stages in order, for local use: the pipeline stages of influence_core.stages
-(train, fit_factors, inspect_factors, compute_scores, compute_self_scores, inspect_scores). Accepts
+(train, fit_factors, inspect_factors, ensemble, compute_scores, compute_self_scores, inspect_scores). Accepts
 every stage's settings; finished stages are skipped."""
 
 from __future__ import annotations
