@@ -12,6 +12,7 @@ has a description, which `python -m jobs <stage> --help` prints.
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -23,7 +24,6 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
-    ValidationInfo,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -67,14 +67,19 @@ def _regular_expression(value: str | None) -> str | None:
     return value
 
 
+# Set while recorded_settings validates a manifest's settings (pydantic-settings does not hand
+# model_validate's context to the validators, so a context variable carries it).
+_READING_A_RECORD: ContextVar[bool] = ContextVar("reading_a_record", default=False)
+
+
 def _free(field: str):
     """A validator refusing a name whose artifact would be another's (reports/<SCORES_NAME> with
     SCORES_NAME=lds is the LDS report; influence_core.artifacts.reserved)."""
 
-    def check(value: str, info: ValidationInfo) -> str:
+    def check(value: str) -> str:
         from influence_core.artifacts import reserved
 
-        if (info.context or {}).get("recorded"):  # a manifest's record: the lds stage names its own baseline
+        if _READING_A_RECORD.get():  # a manifest's record: the lds stage names its own baseline
             return value
         taken = reserved(field, value)
         if taken:
@@ -523,7 +528,11 @@ def recorded_settings(cls: type[S], recorded: dict) -> S:
     """A stage's settings as a _SUCCESS manifest recorded them; fields it did not record take their
     defaults, not this process's environment."""
     constructed = cls.model_construct(**{k: v for k, v in recorded.items() if k in cls.model_fields})
-    return cls.model_validate(constructed.model_dump(include=set(cls.model_fields)), context={"recorded": True})
+    token = _READING_A_RECORD.set(True)
+    try:
+        return cls.model_validate(constructed.model_dump(include=set(cls.model_fields)))
+    finally:
+        _READING_A_RECORD.reset(token)
 
 
 def _comma_separated(value: object) -> object:

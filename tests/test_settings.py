@@ -155,3 +155,13 @@ def test_names_another_artifact_or_a_baseline_holds_are_refused(cls, flags, sett
     reports/factors_<name>), nor LDS_SCORES a baseline's name, nor a name the lds stage uses."""
     with pytest.raises(ConfigError, match=setting):
         load_settings(cls, flags)
+
+
+def test_a_manifest_may_record_the_names_the_lds_stage_gives_its_baseline():
+    from influence_core.artifacts import LdsReport
+    from influence_core.settings import recorded_settings
+
+    name = LdsReport.IDENTITY
+    assert recorded_settings(ComputeScoresSettings, {"scores_name": name, "factors_name": name}).scores_name == name
+    with pytest.raises(ConfigError, match="taken by the lds stage's identity baseline"):
+        load_settings(ComputeScoresSettings, [f"--scores_name={name}"])
