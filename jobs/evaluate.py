@@ -34,8 +34,9 @@ def strategy_settings(settings: EvaluateSettings, strategy: str) -> tuple[FitFac
     name = f"{settings.eval_name}_{strategy}"
     fit = stage_settings(FitFactorsSettings, settings).model_copy(
         update={"factors_name": name, "factor_strategy": strategy})
+    # One model: the evaluation compares curvature strategies (an ensemble's members would be made for each).
     score = stage_settings(ComputeScoresSettings, settings).model_copy(
-        update={"factors_name": name, "scores_name": name})
+        update={"factors_name": name, "scores_name": name, "ensemble_seeds": 1})
     return fit, score
 
 

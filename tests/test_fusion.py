@@ -49,7 +49,7 @@ def test_fuse_publishes_what_each_setting_names():
         fuse(influence, lexical, "rrf", 0.5, 0.2)
     def scoring(**settings) -> ComputeScoresSettings:
         return ComputeScoresSettings.model_construct(**{**ComputeScoresSettings.model_construct().model_dump(),
-                                                        **settings})
+                                                        "ensemble_seeds": 1, **settings})
 
     assert describe(scoring()) == ALONE
     assert "0.3 on BM25" in describe(scoring(score_fusion="bm25_zmean", fusion_weight=0.3))

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.image
 
 IMAGE_USER = "10001:10001"  # the Dockerfile's USER, and the pods' runAsUser:runAsGroup
 # A smaller demo than `make demo`'s defaults, the same in the container and out of it.
-DEMO_ARGS = ["--num_examples", "200", "--num_train_epochs", "4", "--num_influential", "10"]
+DEMO_ARGS = ["--num_examples", "200", "--num_train_epochs", "4", "--num_influential", "10", "--ensemble_seeds", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,7 @@ def run_the_local_overlay(tmp_path, s3_env: dict, s3_bucket: str, launch, git_sh
     settings_env.write_text(settings_env.read_text().replace("NUM_EXAMPLES=600", "NUM_EXAMPLES=100")
                             .replace("NUM_TRAIN_EPOCHS=10", "NUM_TRAIN_EPOCHS=1")
                             .replace("LDS_SUBSETS=16", "LDS_SUBSETS=2").replace("LDS_SEEDS=2", "LDS_SEEDS=1")
+                            .replace("ENSEMBLE_SEEDS=3", "ENSEMBLE_SEEDS=2")
                             .replace("INDEX_SHARD_SIZE=1024", "INDEX_SHARD_SIZE=30").replace("RERANK_TOP_K=100",
                                                                                           "RERANK_TOP_K=5"))
     objects = kustomize(k8s / "overlays" / "local")
