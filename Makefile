@@ -44,11 +44,12 @@ eval: install
 	@echo "Evaluation: $(ARTIFACTS_URI)/reports/evaluation/evaluation.md, $(ARTIFACTS_URI)/demo-hard/reports/evaluation/evaluation.md"
 
 ## lds: the linear datamodeling score of the demo's scores (docs/guides/lds.md): trains,
-## fits and scores first (each skipped when done), retrains the model on LDS_SUBSETS random halves of its
+## fits, makes the ensemble and scores first (each skipped when done), retrains the model on LDS_SUBSETS random halves of its
 ## data, correlates, and writes the report again with the LDS in it (about 8 minutes on 2 CPU cores)
 lds: install
 	$(PY) -m jobs train
 	$(PY) -m jobs fit_factors
+	$(PY) -m jobs ensemble
 	$(PY) -m jobs compute_scores
 	$(PY) -m jobs lds
 	$(PY) -m jobs inspect_scores

@@ -36,8 +36,13 @@ def main(settings: ComputeScoresSettings) -> None:
     prompts = load_prompts(settings.prompts)
     store = open_store(settings.artifacts_uri)
     model, data, factors, output = Model(), TrainData(), Factors(settings.factors_name), Scores(settings.scores_name)
+    require(store, model, data, factors)
+    if settings.ensemble_seeds > 1 and model.family == "imported":
+        log.warning("ENSEMBLE_SEEDS=%d: %s is %s imported as it is, with no training to repeat with other seeds: "
+                    "scoring it alone", settings.ensemble_seeds, model.url, model.source)
+        settings = settings.model_copy(update={"ensemble_seeds": 1})  # and recorded so
     members = [in_member(output, number) for number in range(1, settings.ensemble_seeds)]
-    require(store, model, data, factors, *members)
+    require(store, *members)
     asked = [prompt.model_dump() for prompt in prompts]
     check_members(model, data, factors, members, settings, asked)
     inputs = {**fingerprints(model, data, factors, *members), "PROMPTS": digest_of(asked)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 
 from influence_core.artifacts import Factors, Model, TrainData, member_uri, require
-from influence_core.errors import ConfigError
 from influence_core.prompts import load_prompts
 from influence_core.settings import ComputeScoresSettings, EnsembleSettings, stage_settings
 from jobs.common import open_store, run_stage
@@ -27,10 +26,11 @@ def main(settings: EnsembleSettings) -> None:
     store = open_store(settings.artifacts_uri)
     model, data, factors = Model(), TrainData(), Factors(settings.factors_name)
     require(store, model, data, factors)
-    if settings.members and model.family == "imported":
-        raise ConfigError(f"ENSEMBLE_SEEDS={settings.ensemble_seeds}: {model.url} is {model.source} imported as it "
-                          "is (import_model), so there is no training to repeat with other seeds; fine-tune it on "
-                          "the corpus with python -m jobs train (MODEL set) to average an ensemble")
+    if settings.members and model.family == "imported":  # compute_scores scores it alone
+        log.warning("ensemble: %s is %s imported as it is (import_model), with no training to repeat with other "
+                    "seeds: nothing to do (fine-tune it with python -m jobs train, MODEL set, for an ensemble)",
+                    model.url, model.source)
+        return
     if not settings.members:  # ENSEMBLE_SEEDS=1, or the pod of member 0: the model itself
         log.log(logging.INFO if settings.ensemble_seeds > 1 else logging.DEBUG,
                 "ensemble: nothing to train (ENSEMBLE_SEEDS=%d; member 0 is %s itself)", settings.ensemble_seeds,

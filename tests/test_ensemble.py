@@ -107,3 +107,21 @@ def test_a_member_index_names_one_member_and_zero_is_the_model_itself():
     assert load_settings(EnsembleSettings, ["--ensemble_seeds=3", "--member_index=0"]).members == []
     line = one_line_refusal(jobs_in_process("ensemble", "--ensemble_seeds=3", "--member_index=3"))
     assert "member 3 is out of range: ENSEMBLE_SEEDS is 3" in line
+
+
+@pytest.mark.slow
+def test_a_model_imported_as_it_is_is_scored_alone_at_the_default_ensemble(tmp_path):
+    from tests.families import save_tiny_model
+
+    artifacts = tmp_path / "artifacts"
+    (tmp_path / "prompts.json").write_text(json.dumps(PROMPTS))
+    source = save_tiny_model("gpt2", tmp_path / "gpt2")
+    assert run("import_model", artifacts, f"--model={source}")[0] == 0
+    assert run("fit_factors", artifacts)[0] == 0
+    code, log = run("ensemble", artifacts, "--ensemble_seeds=3", "--log_level=WARNING")
+    assert code == 0 and "imported as it is" in log and not (artifacts / "ensemble").exists()
+    code, log = run("compute_scores", artifacts, "--ensemble_seeds=3", "--log_level=WARNING")
+    assert code == 0 and "scoring it alone" in log, log[-3000:]
+    recorded = json.loads((artifacts / "influence/scores_prompt_scores/_SUCCESS").read_text())["settings"]
+    assert recorded["ensemble_seeds"] == 1
+    assert run("compute_scores", artifacts, "--ensemble_seeds=3", "--log_level=INFO")[1].count("skipping") == 1
