@@ -282,6 +282,7 @@ def build_shards(model_dir: Path, train_dir: Path, work_dir: Path, settings: Bui
     from influence_core.artifacts import Index
     from influence_core.factors import factors_dir, load_training_examples, tracked_modules
     from influence_core.runtime import is_main_process, rank, world_size
+    from influence_core.storage import partial_name
     from influence_core.tasks import TASKS
 
     model, tokenizer, whitened = prepared(model_dir, work_dir, settings)
@@ -303,7 +304,8 @@ def build_shards(model_dir: Path, train_dir: Path, work_dir: Path, settings: Bui
             continue
         rows = gradient_rows(model, loss, examples.select(range(first, first + count)), projection, whitened,
                              tokenizer.pad_token_id, settings.train_batch_size, getattr(torch, settings.index_dtype))
-        partial = path.with_name(path.name + ".partial")
+        # A name Output.sync never stages: the main process syncs while the others still write theirs.
+        partial = path.with_name(partial_name(path.name))
         save_file({Index.ROWS: rows.contiguous()}, str(partial), metadata={"first": str(first)})
         partial.replace(path)
         log.info("index shard %d (%d of %d here): examples %d-%d", number, done, len(mine), first, first + count - 1)

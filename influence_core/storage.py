@@ -3,7 +3,10 @@
 Stages compute in a local work directory, fetch their inputs into it and publish their outputs
 from it. A published output directory ends with `_SUCCESS`, written last; an output without it is
 incomplete, whatever else it holds. An output built in steps (Kronfluence partitions) stages each
-finished step under `_parts/`, so a rerun with the same settings and inputs resumes from them.
+finished step under `_parts/`, so a rerun with the same settings and inputs resumes from them. A new
+version replaces an output only once all its files are uploaded and checked, so a failed upload
+leaves the previous version complete. A file still being written (`partial_name`) is never staged,
+published or fetched.
 This is the only module that knows about fsspec; what the artifacts are (their kinds, files and
 lineage) is influence_core.artifacts'.
 
@@ -24,7 +27,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
 
@@ -35,7 +38,7 @@ from influence_core.errors import ConfigError, StorageError
 
 SUCCESS = "_SUCCESS"
 PARTS = "_parts"  # staged steps of outputs being built, one folder per settings and inputs
-PARTIAL = ".partial-"  # a local copy in progress, renamed when complete
+PARTIAL = ".partial-"  # a file still being written (partial_name), renamed when complete
 VERSIONED_PACKAGES = ("torch", "transformers", "datasets", "tokenizers", "kronfluence", "fsspec", "s3fs")
 # Bounded S3 retries: s3fs tries each call 3 times with backoff (botocore's own retries off), each
 # try waiting at most 5 s to connect and 15 s for data: a dead endpoint fails in under a minute.
@@ -70,6 +73,19 @@ def _sha256(path: Path) -> str:
 def fingerprint_of(manifest: dict) -> str:
     """What a stage records of a complete input: the digest of its `_SUCCESS` manifest."""
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def partial_name(name: str) -> str:
+    """The name to write the file `name` (or path) under until it is complete, then renamed to
+    `name`: unique, so processes never write into each other's, and one that no listing here
+    stages, publishes or fetches (`is_partial`)."""
+    return f"{name}{PARTIAL}{uuid.uuid4().hex[:8]}"
+
+
+def is_partial(name: str) -> bool:
+    """Whether a file name is that of a file still being written: `partial_name`'s, or the
+    `.partial` suffix build_shards used before, which staging folders of older runs may still hold."""
+    return PARTIAL in name or name.endswith(".partial")
 
 
 def below(relative: str, name: str) -> str:
@@ -153,7 +169,16 @@ class Store:
         if not self.fs.exists(base):
             return []
         return [posixpath.relpath(path, base) for path in self.fs.find(base)
-                if PARTIAL not in posixpath.basename(path) and f"/{PARTS}/" not in path[len(base):]]
+                if not is_partial(posixpath.basename(path)) and f"/{PARTS}/" not in path[len(base):]]
+
+    def _sizes(self, relative: str) -> dict[str, int]:
+        """The size of each file below a directory (relative to it) as the store lists it now, not
+        as a cached listing remembers it."""
+        base = self.path(relative)
+        self.fs.invalidate_cache(base)
+        if not self.fs.exists(base):
+            return {}
+        return {posixpath.relpath(path, base): info["size"] for path, info in self.fs.find(base, detail=True).items()}
 
     def _download(self, relative: str, destination: Path) -> list[str]:
         """Copy a directory's files here, leaving out unfinished copies and staged steps."""
@@ -176,9 +201,17 @@ class Store:
         for source, target in zip(local, remote):
             # Copy beside, then rename: a killed copy never leaves a truncated file under its name.
             self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-            partial = f"{target}{PARTIAL}{uuid.uuid4().hex[:8]}"
+            partial = partial_name(target)
             self.fs.put_file(str(source), partial)
             os.replace(partial, target)
+
+    def _move(self, source: str, target: str) -> None:
+        """Move a file within the store, replacing `target`."""
+        if not self.is_local:
+            self.fs.mv(source, target)
+            return
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)  # shutil.move, fsspec's, would not
+        os.replace(source, target)
 
     def _write_json(self, relative: str, content: dict) -> None:
         data, target = json.dumps(content, indent=2, default=str).encode(), self.path(relative)
@@ -186,12 +219,13 @@ class Store:
             self.fs.pipe_file(target, data)
             return
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-        partial = f"{target}{PARTIAL}{uuid.uuid4().hex[:8]}"
+        partial = partial_name(target)
         Path(partial).write_bytes(data)
         os.replace(partial, target)
 
     def publish(self, local_dir: Path, relative: str, manifest: dict) -> str:
-        """Replace `relative` with the contents of `local_dir`, `_SUCCESS` last."""
+        """Replace `relative` with the contents of `local_dir`, `_SUCCESS` last; the previous
+        version stays complete until every new file is uploaded (Output.complete)."""
         return Output(self, relative, local_dir, stamp={}).complete(manifest)
 
 
@@ -249,8 +283,12 @@ class Output:
     """An output directory published in steps. Each finished step (a Kronfluence partition) is
     uploaded at once to a staging folder, <output>/_parts/<hash of settings and inputs>/: a killed
     run loses only the step in progress, the shards of one run share their steps, and a run with
-    other settings or inputs uses another folder, so it never picks up stale steps. `complete`
-    moves everything into the output and writes `_SUCCESS` last."""
+    other settings or inputs uses another folder, so it never picks up stale steps (nor loses its
+    own to another run's `complete`, which clears only its own folder). A file still being written
+    (`is_partial`) is never staged. `complete` stages the remaining files and checks every staged
+    file's size on the store before it touches the output: a failed upload leaves the previous
+    version complete. Only then the old `_SUCCESS` goes, the staged files move in, the old files
+    not among them go, and the new `_SUCCESS` comes last."""
 
     def __init__(self, store: Store, relative: str, local_dir: Path, stamp: dict) -> None:
         if not relative.strip("/"):  # completing it replaces everything below it: never a whole store
@@ -271,8 +309,9 @@ class Output:
         return names
 
     def _local_files(self) -> dict[str, Path]:
+        # Another process's file in the shared work folder may still be being written (build_shards).
         return {path.relative_to(self.local_dir).as_posix(): path for path in sorted(self.local_dir.rglob("*"))
-                if path.is_file() and path.name != SUCCESS}
+                if path.is_file() and path.name != SUCCESS and not is_partial(path.name)}
 
     def _mark_synced(self, names: list[str]) -> None:
         for name in names:
@@ -292,24 +331,42 @@ class Output:
         self._mark_synced(changed)
         return changed
 
+    def _check_staged(self, files: dict[str, Path]) -> None:
+        """Refuse to publish a file the store does not hold whole: its size as listed there must be
+        the local one."""
+        staged = self.store._sizes(self.staging)
+        for name, path in files.items():
+            if staged.get(name) != path.stat().st_size:
+                self.synced.pop(name, None)  # a retry uploads it again
+                raise StorageError(f"{self.store.url(f'{self.staging}/{name}')} is missing or truncated after its "
+                                   "upload; the published output is unchanged; a retry may succeed", exit_code=3)
+
     def complete(self, manifest: dict) -> str:
-        """Replace the output with the local files (staged ones moved, the rest uploaded), drop
-        every staging folder, and write `_SUCCESS` (sizes and checksums of every file) last."""
-        store, files = self.store, self._local_files()
-        target, staging = store.path(self.relative), store.path(self.staging)
-        if store.fs.exists(target):
-            # Unmark first, so a reader never sees an old _SUCCESS beside new, half-copied files.
-            if store.fs.exists(f"{target}/{SUCCESS}"):
-                store.fs.rm_file(f"{target}/{SUCCESS}")
-            old = [path for path in store.fs.find(target) if not path.startswith(staging + "/")]
-            if old:
-                store.fs.rm(old)
-        unsynced = set(self._unsynced(files))
-        for name in sorted(set(files) - unsynced):
-            store.fs.mv(f"{staging}/{name}", f"{target}/{name}")
-        store._put([files[name] for name in sorted(unsynced)], [f"{target}/{name}" for name in sorted(unsynced)])
-        if store.fs.exists(f"{target}/{PARTS}"):
-            store.fs.rm(f"{target}/{PARTS}", recursive=True)
+        """Replace the output with the local files and write `_SUCCESS` (sizes and checksums of
+        every file) last. Nothing of the previous version is touched before every file is staged
+        and checked; this run's staging folder goes, other runs' stay."""
+        store = self.store
+        self.sync()  # the steps staged already are not uploaded again
+        files = self._local_files()
+        self._check_staged(files)
+        target = store.path(self.relative)
+        if store.fs.exists(f"{target}/{SUCCESS}"):
+            # Unmark first, so a reader never sees an old _SUCCESS beside new, half-moved files.
+            store.fs.rm_file(f"{target}/{SUCCESS}")
+        for name in files:
+            store._move(store.path(f"{self.staging}/{name}"), f"{target}/{name}")
+        store.fs.invalidate_cache(target)
+        # Other runs' staged steps are never part of the output, nor stale files of it.
+        stale = [path for path in store.fs.find(target) if not path[len(target):].startswith(f"/{PARTS}/")
+                 and posixpath.relpath(path, target) not in files]
+        if stale:
+            store.fs.rm(stale)
+        if store.exists(self.staging):  # only leftovers of an earlier try remain in it
+            store.fs.rm(store.path(self.staging), recursive=True)
+        if store.is_local:
+            with suppress(OSError):  # kept while it holds other runs' staging folders
+                os.rmdir(store.path(below(self.relative, PARTS)))
+        self.synced.clear()
         manifest = {**manifest, "files": {name: [path.stat().st_size, _sha256(path)] for name, path in files.items()}}
         store._write_json(below(self.relative, SUCCESS), manifest)
         return store.url(self.relative)
