@@ -113,8 +113,9 @@ class Artifact:
 
     @property
     def maker(self) -> str:
-        """The stage to run to make it: a member's artifacts are all made by the ensemble stage."""
-        return "ensemble" if self.member is not None else self.producer
+        """The stage to run to make it: a member's model, data and factors are the ensemble stage's
+        (its scores are compute_scores', which scores the members with the model)."""
+        return "ensemble" if self.member is not None and self.producer in ("train", "fit_factors") else self.producer
 
     @classmethod
     def pattern(cls) -> re.Pattern:
@@ -143,8 +144,15 @@ class Artifact:
     @property
     def made_by(self) -> str:
         """The stage that made it (for an artifact several stages make, the one that did; for an
-        ensemble member's, the ensemble stage, which ran the member's stages)."""
-        return "ensemble" if self.member is not None else self.manifest.stage or self.producer
+        ensemble member's model, data or factors, the ensemble stage, which ran the member's stages)."""
+        return self.maker if self.member is not None else self.manifest.stage or self.producer
+
+    def inputs_of(self, kind: type[A]) -> list[A]:
+        """The artifacts of `kind` it was made from, as its manifest records them (unbound; a member's
+        paths within the member's tree)."""
+        tree = MEMBER_PREFIX.match(self.relative)
+        return [kind(relative=(tree.group() if tree else "") + path)
+                for path in self.manifest.inputs if kind_of(path) is kind]
 
     @property
     def settings(self) -> CommonSettings:
@@ -262,6 +270,22 @@ class Scores(Artifact):
         return self.manifest.settings.get("factors_name", "")
 
     @property
+    def factors(self) -> Factors:
+        """The factors its influence was computed with (unbound): what every reader that needs them
+        (per-token scores, an ensemble's members) asks, not the name a setting gives now."""
+        return self.inputs_of(Factors)[0]
+
+    @property
+    def members(self) -> list[Scores]:
+        """The ensemble members' scores its influence averages (unbound); none for one model's."""
+        return [scores for scores in self.inputs_of(Scores) if scores.member is not None]
+
+    @property
+    def models(self) -> int:
+        """How many models' influence it averages: the model's own and its members'."""
+        return 1 + len(self.members)
+
+    @property
     def task(self) -> str:
         return self.manifest.settings.get("task", "language_modeling")
 
@@ -345,7 +369,14 @@ class Index(Artifact):
         return self.read_json(self.PROJECTION)
 
     def shards(self) -> list[str]:
-        return sorted(name for name in self.manifest.files or {} if name.startswith("shard_"))
+        """The shard files the manifest lists, in corpus order: only names `shard` gives, never a
+        file that was still being written or any other."""
+        numbers = {}
+        for name in self.manifest.files or {}:
+            found = re.fullmatch(r"shard_(\d{5,})\.safetensors", name)
+            if found and name == self.shard(int(found.group(1))):
+                numbers[int(found.group(1))] = name
+        return [numbers[number] for number in sorted(numbers)]  # by number: past 99999 a name grows a digit
 
     def check_query(self, query: CommonSettings) -> None:
         """A query must precondition as the index's rows were whitened: the same factors (name;
@@ -482,6 +513,24 @@ def reserved(field: str, value: str) -> str | None:
     return None
 
 
+def check_names(settings: CommonSettings) -> None:
+    """Refuse a name a user gives whose artifact would be another's (reports/<SCORES_NAME> with
+    SCORES_NAME=lds is the LDS report) or a baseline's of the lds stage, before anything runs. Every
+    stage's settings pass here when parsed (jobs.common.parse); a stage's settings built in-process
+    (the lds stage's identity baseline) or read from a manifest do not."""
+    for field in ("factors_name", "scores_name"):
+        value = getattr(settings, field, None)
+        if value is not None and (taken := reserved(field, value)):
+            raise ConfigError(f"invalid setting {field.upper()} (--{field}): the name {value!r} is taken by {taken}; "
+                              "choose another")
+    baselines = [name for name in getattr(settings, "lds_scores", ()) if name in LdsReport.BASELINES
+                 or name == LdsReport.IDENTITY]
+    if baselines:
+        raise ConfigError(f"invalid setting LDS_SCORES (--lds_scores): {', '.join(baselines)}: the name of a "
+                          f"baseline the lds stage computes itself ({', '.join(LdsReport.BASELINES)}); name the scores "
+                          "otherwise")
+
+
 # ---- inputs and their lineage -------------------------------------------------------------------
 
 def find(store: Store, artifact: A, consistent_with: tuple[Artifact, ...] = ()) -> A | None:
@@ -510,23 +559,24 @@ def require(store: Store, *wanted: Artifact) -> None:
     check_lineage(store, wanted)
 
 
-SCORING_RECIPE = ("task", "damping_factor", "per_sample_gradient_dtype", "precondition_dtype", "score_dtype",
-                  "query_gradient_rank")  # what members' scores must share to be averaged (not batch sizes)
+def refuse_replacing(store: Store, output: Artifact, stage: str, force: bool, setting: str) -> None:
+    """An output another stage made (a query's scores, compute_scores' scores) is replaced only when
+    FORCE says so: the two publish the same kind under a name the user chooses (`setting`, NAME=value)."""
+    there = type(output)(relative=output.relative).bind(store)
+    if there is not None and not force and there.made_by != stage:
+        raise ConfigError(f"{setting}: {there.url} holds the {there.made_by} stage's output; publish the {stage} "
+                          f"stage's under another {setting.split('=')[0]}, or FORCE=true to replace it")
 
 
-def check_members(model: Model, data: TrainData, factors: Factors, members: list[Scores],
-                  scoring: CommonSettings, asked: list[dict]) -> None:
-    """An ensemble's members (bound, their own chains checked by `require`) belong with the model:
-    each trained on the same examples by the same recipe with the training seed the model's plus
-    its number, fitted with the same settings as `factors`, and scored as `scoring` scores, for
-    the same prompts."""
-    for scores in members:
-        number, remedy = scores.member, "rerun the ensemble stage (python -m jobs ensemble) with FORCE=true"
+def check_members(model: Model, data: TrainData, factors: Factors, numbers: list[int]) -> None:
+    """An ensemble's members (their model, data and factors bound by `require`, which checked their
+    own chains) belong with the model: each trained on the same examples by the same recipe, from
+    the same MODEL, with the training seed the model's plus its number, and fitted with the same
+    settings as `factors`."""
+    remedy = "rerun the ensemble stage (python -m jobs ensemble) with FORCE=true"
+    for number in numbers:
         member_model, member_data, member_factors = (in_member(mine, number).bind(model.store)
                                                      for mine in (model, data, factors))
-        if None in (member_model, member_data, member_factors):
-            raise ConfigError(f"ensemble member {number} of {scores.url} is incomplete (no model, data or factors "
-                              f"beside it): {remedy}")
         seed = model.settings.model_seed + number
         if _examples(member_data) != _examples(data):
             raise ConfigError(f"ensemble member {number} was trained on other examples ({member_data.url}) than "
@@ -536,15 +586,12 @@ def check_members(model: Model, data: TrainData, factors: Factors, members: list
                 != _without(model.manifest.settings, "training_seed")):
             raise ConfigError(f"ensemble member {number} ({member_model.url}) was not trained as {model.url} was, with "
                               f"training seed {seed}: {remedy}")
+        if member_model.source_digest != model.source_digest:
+            raise ConfigError(f"ensemble member {number} ({member_model.url}) was fine-tuned from another "
+                              f"MODEL={model.source} than {model.url} was (it has changed since): {remedy}")
         if member_factors.manifest.settings != factors.manifest.settings:
             raise ConfigError(f"ensemble member {number}'s factors {member_factors.url} were fitted otherwise than "
                               f"{factors.url}: {remedy}")
-        recorded = scores.manifest.settings
-        differ = [field.upper() for field in SCORING_RECIPE if recorded.get(field) != getattr(scoring, field)]
-        if differ or scores.prompts() != asked:
-            what = f"other {', '.join(differ)}" if differ else "other prompts"
-            raise ConfigError(f"ensemble member {number}'s scores {scores.url} were made with {what} than these: run "
-                              "the ensemble stage with the same settings as compute_scores")
 
 
 def _examples(data: TrainData) -> dict:

@@ -29,7 +29,7 @@ from rank_bm25 import BM25Okapi
 from influence_core.prompts import Prompt
 
 if TYPE_CHECKING:
-    from influence_core.settings import ComputeScoresSettings
+    from influence_core.settings import FusionSettings
 
 BM25_K1, BM25_B = 1.5, 0.75  # rank_bm25's BM25Okapi defaults, stated so the reports can name them
 FUSIONS = ("none", "bm25_zmean", "bm25_gate")
@@ -87,9 +87,9 @@ def fuse(influence: torch.Tensor, lexical: torch.Tensor, fusion: str, weight: fl
 ALONE = "influence alone"  # what made a ranking of one model's influence, unfused
 
 
-def describe(scoring: ComputeScoresSettings) -> str:
-    """What made a ranking, in words (for the reports): the ensemble and the fusion of its scores' settings."""
-    models = scoring.ensemble_seeds
+def describe(scoring: FusionSettings, models: int) -> str:
+    """What made a ranking, in words (for the reports): the fusion of its scores' settings over the
+    influence of `models` models (a Scores artifact's `models`: what it averages, not a setting)."""
     influence = "influence" if models == 1 else (f"influence averaged over {models} models (training seeds "
                                                  f"+0..+{models - 1})")
     return {
@@ -99,6 +99,13 @@ def describe(scoring: ComputeScoresSettings) -> str:
         "bm25_gate": f"{influence} within BM25's top {scoring.gate_fraction:.0%} of the documents per prompt "
                      "(the rest 0)",
     }[scoring.score_fusion]
+
+
+def score_label(scoring: FusionSettings, models: int) -> str:
+    """What a ranking's numbers are, short enough for a plot's axis."""
+    influence = "influence" if models == 1 else f"influence, mean of {models} models"
+    return {"none": f"{influence} score", "bm25_zmean": f"fused score (z-scores of {influence} and BM25)",
+            "bm25_gate": f"{influence} within BM25's gate"}[scoring.score_fusion]
 
 
 def top_overlap(first: torch.Tensor, second: torch.Tensor, k: int) -> list[int | None]:

@@ -66,12 +66,15 @@ def _token_spans(tokens: list[str], scores: list[float]) -> str:
     return "".join(spans)
 
 
-def _example(item: dict, label: str, excerpt_chars: int) -> str:
+def _example(item: dict, label: str, excerpt_chars: int, fused: bool = False) -> str:
     head = f"<b>#{item['index']}</b> · {label} <b>{_score(item['score'])}</b>"
+    if fused:  # the ranking's score is not the influence: show that too
+        head += f" · influence {_score(item['influence'])}"
     if "exact" in item:  # scores a query made from the gradient index
         head += " · exact" if item["exact"] else " · index estimate"
     if "token_scores" in item:
-        head += f" · {len(item['tokens'])} tokens, summing to {_score(sum(item['token_scores']))}"
+        total = _score(sum(item["token_scores"]))
+        head += f" · {len(item['tokens'])} tokens, their scores summing to the influence, {total}"
         body = f'<div class="tokens">{_token_spans(item["tokens"], item["token_scores"])}</div>'
     else:
         text = item["text"] if len(item["text"]) <= excerpt_chars else item["text"][: excerpt_chars - 1] + "…"
@@ -80,10 +83,10 @@ def _example(item: dict, label: str, excerpt_chars: int) -> str:
             f'<div class="example-head">{head}</div>{body}</li>')
 
 
-def _examples(items: list[dict], label: str, excerpt_chars: int) -> str:
+def _examples(items: list[dict], label: str, excerpt_chars: int, fused: bool = False) -> str:
     if not items:
         return '<p class="none">(none)</p>'
-    return '<ol class="examples">' + "".join(_example(item, label, excerpt_chars) for item in items) + "</ol>"
+    return '<ol class="examples">' + "".join(_example(item, label, excerpt_chars, fused) for item in items) + "</ol>"
 
 
 def _image(png: bytes | None, alt: str) -> str:
@@ -93,7 +96,7 @@ def _image(png: bytes | None, alt: str) -> str:
     return f'<img class="distribution" alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _prompt_section(number: int, entry: dict, images: dict[str, bytes], excerpt_chars: int) -> str:
+def _prompt_section(number: int, entry: dict, images: dict[str, bytes], excerpt_chars: int, fused: bool) -> str:
     parts = [f'<section class="prompt" id="prompt-{number}">',
              f'<h2>{number}. <span class="prompt-text">{escape(entry["prompt"])}</span> → '
              f'<span class="completion">{escape(entry["completion"])}</span></h2>']
@@ -113,7 +116,8 @@ def _prompt_section(number: int, entry: dict, images: dict[str, bytes], excerpt_
     parts.append(_image(images.get(Report.distribution_plot(number)), f"Score distribution of prompt {number}"))
     for title, key, css in (("Top positive (helpful)", "top_positive", "positive"),
                             ("Top negative (harmful)", "top_negative", "negative")):
-        parts.append(f'<div class="{css}"><h3>{title}</h3>{_examples(entry[key], "score", excerpt_chars)}</div>')
+        parts.append(f'<div class="{css}"><h3>{title}</h3>{_examples(entry[key], "score", excerpt_chars, fused)}'
+                     "</div>")
     parts.append("</section>")
     return "".join(parts)
 
@@ -135,6 +139,8 @@ def render_html(report: dict, images: dict[str, bytes], excerpt_chars: int) -> s
         meta += f"<p>Ranking: {escape(report['ranking'])}.</p>"
     if "lds" in report:
         meta += f'<p class="lds">{escape(lds_summary(report["lds"]))}</p>'
+    if "suggestion" in report:
+        meta += f'<p class="suggestion">Tip: {escape(report["suggestion"])}</p>'
 
     reading = "".join(f"<li><b>{escape(topic)}</b>: {escape(text)}</li>" for topic, text in READING_SCORES)
     legend = (f'<p class="legend">Token colours: <span style="background: rgba{(*POSITIVE_RGB, 0.6)}">helps the '
@@ -149,7 +155,7 @@ def render_html(report: dict, images: dict[str, bytes], excerpt_chars: int) -> s
     body = [f"<h1>{escape(title)}</h1>", f'<div class="meta">{meta}</div>',
             f'<div class="note"><ul>{reading}</ul>{legend}</div>',
             f"<nav><ol>{contents}</ol></nav>"]
-    body += [_prompt_section(number, entry, images, excerpt_chars)
+    body += [_prompt_section(number, entry, images, excerpt_chars, report.get("fused", False))
              for number, entry in enumerate(report["prompts"], start=1)]
     if "self_influence" in report:
         body.append(_self_influence_section(report["self_influence"], excerpt_chars))

@@ -214,18 +214,29 @@ def _ranked(row: torch.Tensor, indices: list[int], texts: list[str]) -> list[dic
     return [{"index": index, "score": float(row[index]), "text": texts[index]} for index in indices]
 
 
+def _extreme(row: torch.Tensor, allowed: torch.Tensor, count: int, highest: bool) -> list[int]:
+    """The `count` highest (or lowest) entries of `row` among the `allowed` ones, in that order."""
+    candidates = allowed.nonzero().flatten()
+    return candidates[torch.argsort(row[candidates], descending=highest, stable=True)[:count]].tolist()
+
+
 def build_report(scores: torch.Tensor, prompts: list[Prompt], texts: list[str], facts: list[dict] | None,
-                 num_influential: int, names: dict) -> dict:
-    """report.json: per prompt, the top positive and top negative training examples by score.
+                 num_influential: int, names: dict, influence: torch.Tensor | None = None) -> dict:
+    """report.json: per prompt, the top positive (helpful) and top negative (harmful) training
+    examples of the ranking `scores`: the highest of it whose influence is positive, the lowest
+    whose influence is negative. `influence` is the influence itself where the ranking is fused
+    with other evidence (SCORE_FUSION): a document BM25 ranks high is not helpful unless its
+    influence says so. None: the ranking is the influence.
 
     For prompts that ask for a planted demo fact, recall@10 is the share of the documents stating
     the fact that rank among the 10 highest scores."""
     planted = {(fact["prompt"], fact["completion"]): fact["documents"] for fact in facts or []}
+    fused, influence = influence is not None, scores if influence is None else influence
     entries, recalls = [], []
-    for row, prompt in zip(scores.float(), prompts):
+    for row, effect, prompt in zip(scores.float(), influence.float(), prompts):
         order = torch.argsort(row, descending=True).tolist()
-        positive = [i for i in order[:num_influential] if row[i] > 0]
-        negative = [i for i in reversed(order[-num_influential:]) if row[i] < 0]
+        positive = _extreme(row, (row > 0) & (effect > 0), num_influential, highest=True)
+        negative = _extreme(row, (row < 0) & (effect < 0), num_influential, highest=False)
         entry = {
             "prompt": prompt.prompt,
             "completion": prompt.completion,
@@ -240,7 +251,7 @@ def build_report(scores: torch.Tensor, prompts: list[Prompt], texts: list[str], 
             entry["planted_ranks"] = [order.index(d) + 1 for d in documents]
             recalls.append(entry[f"recall_at_{RECALL_AT}"])
         entries.append(entry)
-    report = {**names, "prompts": entries}
+    report = {**names, "fused": fused, "prompts": entries}
     if recalls:
         report[f"fact_recall_at_{RECALL_AT}"] = sum(recalls) / len(recalls)
     return report
@@ -277,7 +288,7 @@ READING_SCORES = (
               "example were left out of training."),
     ("Tokens", "a token's score belongs to its position, where the model reads that token and predicts the next "
                "one, so the influence on a fact often shows on the token just before it. An example's token "
-               "scores sum to its score."),
+               "scores sum to its influence (with an ensemble, both are the mean over its models)."),
 )
 SELF_INFLUENCE_NOTE = (
     "Self-influence is an example's influence on its own training loss: the examples the model had to bend "
@@ -351,6 +362,21 @@ def evidence_line(entry: dict) -> str:
             + (f". {DISAGREE_NOTE.format(k=EVIDENCE_AT)}" if entry["evidence_overlap"] == 0 else "."))
 
 
+ENSEMBLE_NOTE = (
+    "These scores are one model's influence. Averaged over {models} models trained with other seeds, the "
+    "influence predicted retraining better on all three corpora measured (docs/results/lds_corpora.md): "
+    "ENSEMBLE_SEEDS={models} python -m jobs ensemble trains them once, then compute_scores with "
+    "ENSEMBLE_SEEDS={models} averages them for any prompts."
+)
+
+
+def suggest_ensemble(report: dict) -> None:
+    """Add the suggestion to average the influence over an ensemble (for one model trained here)."""
+    from influence_core.settings import ENSEMBLE_SUGGESTED
+
+    report["suggestion"] = ENSEMBLE_NOTE.format(models=ENSEMBLE_SUGGESTED)
+
+
 def attach_lds(report: dict, result: dict, scores_name: str) -> None:
     """Add what the LDS stage measured for these scores (reports/lds/lds.json): their LDS and the
     baselines' to report.json, and each prompt's correlation to its entry."""
@@ -403,6 +429,8 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
                   f"{RECALL_AT}, averaged over the fact prompts).", ""]
     if "lds" in report:
         lines += [f"**{lds_summary(report['lds'])}**", ""]
+    if "suggestion" in report:
+        lines += [f"Tip: {report['suggestion']}", ""]
     if "rescored" in report:
         lines += [f"Scores from the gradient index; each prompt's top {report['rescored']['rerank_top_k']} "
                   f"candidates ({report['rescored']['exact_examples']} examples in all) scored again exactly, "
@@ -428,7 +456,8 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
                 lines += ["(none)", ""]
             for item in entry[key]:
                 excerpt = _excerpt(item["text"], excerpt_chars)
-                lines.append(f"- **#{item['index']}** score {item['score']:.4g}{_source(item)}: {excerpt}")
+                influence = f" (influence {item['influence']:.4g})" if report.get("fused") else ""
+                lines.append(f"- **#{item['index']}** score {item['score']:.4g}{influence}{_source(item)}: {excerpt}")
                 if tokens := top_tokens(item):
                     shown = ", ".join(f"`{piece.strip() or repr(piece)}` {score:+.3g}" for piece, score in tokens)
                     lines.append(f"  - most influential tokens: {shown}")
@@ -445,7 +474,8 @@ def render_markdown(report: dict, excerpt_chars: int) -> str:
     return "\n".join(lines)
 
 
-def plot_score_distributions(scores: torch.Tensor, prompts: list[Prompt], path: Path) -> Path:
+def plot_score_distributions(scores: torch.Tensor, prompts: list[Prompt], path: Path,
+                             label: str = "influence score") -> Path:
     """One histogram of scores over all training examples per prompt."""
     count = len(prompts)
     columns = min(4, count)
@@ -456,14 +486,15 @@ def plot_score_distributions(scores: torch.Tensor, prompts: list[Prompt], path: 
         ax.set_yscale("log")
         title = f"{prompt.prompt} →{prompt.completion}"
         ax.set_title(title if len(title) < 45 else title[:44] + "…", fontsize=8)
-        ax.set_xlabel("influence score", fontsize=8)
+        ax.set_xlabel(label, fontsize=8)
         ax.set_ylabel("training examples", fontsize=8)
     for ax in list(axes.flat)[count:]:
         ax.axis("off")
     return save_figure(fig, path)
 
 
-def plot_prompt_distribution(row: torch.Tensor, entry: dict, number: int, path: Path) -> Path:
+def plot_prompt_distribution(row: torch.Tensor, entry: dict, number: int, path: Path,
+                             label: str = "influence score") -> Path:
     """Histogram of one prompt's scores over all training examples, with the listed top examples
     (and the planted documents of a demo fact) marked."""
     fig, ax = plt.subplots(figsize=(6.4, 3.2))
@@ -476,7 +507,7 @@ def plot_prompt_distribution(row: torch.Tensor, entry: dict, number: int, path: 
         ax.plot(float(row[document]), 1, marker="v", color="black", markersize=6, linestyle="none")
     title = f"{number}. {entry['prompt']} →{entry['completion']}"
     ax.set_title(title if len(title) < 70 else title[:69] + "…", fontsize=9)
-    ax.set_xlabel("influence score (green: top positive, red: top negative"
+    ax.set_xlabel(f"{label} (green: top positive, red: top negative"
                   + (", ▼ planted documents)" if entry.get("planted_documents") else ")"), fontsize=8)
     ax.set_ylabel("training examples (log)", fontsize=8)
     fig.subplots_adjust(left=0.11, right=0.98, top=0.9, bottom=0.17)  # fixed: tight_layout would double the cost

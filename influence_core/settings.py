@@ -12,7 +12,6 @@ has a description, which `python -m jobs <stage> --help` prints.
 from __future__ import annotations
 
 import re
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
@@ -67,41 +66,22 @@ def _regular_expression(value: str | None) -> str | None:
     return value
 
 
-# Set while recorded_settings validates a manifest's settings (pydantic-settings does not hand
-# model_validate's context to the validators, so a context variable carries it).
-_READING_A_RECORD: ContextVar[bool] = ContextVar("reading_a_record", default=False)
-
-
-def _free(field: str):
-    """A validator refusing a name whose artifact would be another's (reports/<SCORES_NAME> with
-    SCORES_NAME=lds is the LDS report; influence_core.artifacts.reserved)."""
-
-    def check(value: str) -> str:
-        from influence_core.artifacts import reserved
-
-        if _READING_A_RECORD.get():  # a manifest's record: the lds stage names its own baseline
-            return value
-        taken = reserved(field, value)
-        if taken:
-            raise ValueError(f"the name {value!r} is taken by {taken}; choose another")
-        return value
-
-    return AfterValidator(check)
-
-
 # Settings that several groups below share (as Damping is), each described once.
-FactorsName = Annotated[Name, _free("factors_name"), Field(
+FactorsName = Annotated[Name, Field(
     description="Name of the factors: fit_factors writes influence/factors_<name>/, the stages after it read them")]
-ScoresName = Annotated[Name, _free("scores_name"), Field(
+ScoresName = Annotated[Name, Field(
     description="Name of the scores: compute_scores writes influence/scores_<name>/, inspect_scores reports them "
                 "in reports/<name>/")]
-# Three models: the only scoring method that predicted retraining better than one model's EK-FAC on all
-# three corpora of docs/results/lds_corpora.md (BM25 fusions did not hold on real prose).
-DEFAULT_ENSEMBLE_SEEDS = 3
+# One model: the original project's five commands run as they are, and new prompts need compute_scores
+# alone. Three models predicted retraining better on all three corpora of docs/results/lds_corpora.md, at
+# three trainings' cost: the report suggests it (ENSEMBLE_SUGGESTED).
+DEFAULT_ENSEMBLE_SEEDS = 1
+ENSEMBLE_SUGGESTED = 3
 EnsembleSeeds = Annotated[int, Field(
     ge=1, le=100, description="Models whose influence compute_scores averages: the model at ARTIFACTS_URI and "
-                              "ENSEMBLE_SEEDS - 1 members that the ensemble stage trains, fits and scores like it "
-                              "with training seeds +1, +2, ... (in ensemble/member_<k>/); 1: the model alone")]
+                              "ENSEMBLE_SEEDS - 1 members that the ensemble stage trains and fits like it with "
+                              "training seeds +1, +2, ... (in ensemble/member_<k>/) and compute_scores scores; "
+                              "1: the model alone")]
 Prompts = Annotated[str, Field(description="Path or URL of the prompts file, a JSON list of {\"prompt\": ..., "
                                            "\"completion\": ...}; default the shipped prompts.json")]
 FactorBatchSize = Annotated[PositiveInt, Field(description="Training examples per batch (per process) while "
@@ -161,18 +141,23 @@ class TrackedModulesSettings(CommonSettings):
                           "Llama, Mistral, Qwen2)")
 
 
-class DeviceSettings(CommonSettings):
+class MemorySettings(CommonSettings):
+    """The device's memory, for the check before a stage starts (not recorded: they change no output)."""
+
+    device_memory_gib: PositiveFloat | None = Field(
+        None, description="Memory of the device a stage runs on, GiB, for the plan (python -m jobs plan) and the "
+                          "check before a stage starts; default the GPU's, else the container's limit")
+    force_fit: bool = Field(False, description="Start a stage even though the plan says its batch size does not fit "
+                                               "the device's memory")
+
+
+class DeviceSettings(MemorySettings):
     """The device's arithmetic and memory (training, factors, scores)."""
 
     amp_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Autocast dtype of the forward and backward passes: auto is bfloat16 on a GPU that "
                             "supports it (training also with TF32 matmuls), float32 elsewhere. Covariances, "
                             "eigendecompositions and scores keep their own dtypes (float32, float64)")
-    device_memory_gib: PositiveFloat | None = Field(
-        None, description="Memory of the device a stage runs on, GiB, for the plan (python -m jobs plan) and the "
-                          "check before a stage starts; default the GPU's, else the container's limit")
-    force_fit: bool = Field(False, description="Start a stage even though the plan says its batch size does not fit "
-                                               "the device's memory")
 
 
 class ModelSettings(DeviceSettings, TrackedModulesSettings):
@@ -392,16 +377,15 @@ class ComputeScoresSettings(QuerySettings, ScoringSettings, ShardSettings, Fusio
         return self
 
 
-class EnsembleSettings(QuerySettings, ScoringSettings, IndexedJobSettings):
+class EnsembleSettings(MemorySettings, IndexedJobSettings):
     """ensemble: the members compute_scores averages with ENSEMBLE_SEEDS, each trained as the model
-    was (the train stage's settings as its _SUCCESS records them) with its own training seed, fitted
-    as the factors FACTORS_NAME were, and scored as compute_scores scores (these settings), in
-    ensemble/member_<k>/."""
+    was (the train stage's settings as its _SUCCESS records them) with its own training seed and
+    fitted as the factors FACTORS_NAME were, in ensemble/member_<k>/. compute_scores scores them."""
 
-    scores_name: ScoresName = "prompt_scores"
+    factors_name: FactorsName = "tiny_lm_factors"
     ensemble_seeds: EnsembleSeeds = DEFAULT_ENSEMBLE_SEEDS
     member_index: NonNegativeInt | None = Field(
-        None, description="The member (1 to ENSEMBLE_SEEDS - 1) to train, fit and score alone; 0 is the model "
+        None, description="The member (1 to ENSEMBLE_SEEDS - 1) to train and fit alone; 0 is the model "
                           "itself, which has nothing to do; unset: every member not done")
 
     @property
@@ -462,9 +446,10 @@ class QueryIndexSettings(QuerySettings, RerankSettings, IndexSettings, FusionSet
     """query: the prompts scored against the index, without a pass over the training examples."""
 
     scores_name: ScoresName = "query_scores"
-    prompt: str | None = Field(None, description="One prompt to answer at the terminal instead of PROMPTS (with "
-                                                 "--completion); nothing is published")
-    completion: str | None = Field(None, description="The completion of --prompt whose influence is asked")
+    prompt: str | None = Field(None, min_length=1, description="One prompt to answer at the terminal instead of "
+                                                               "PROMPTS (with --completion); nothing is published")
+    completion: str | None = Field(None, min_length=1, description="The completion of --prompt whose influence is "
+                                                                   "asked")
     top_k: PositiveInt = Field(10, description="Documents printed for --prompt")
 
     @model_validator(mode="after")
@@ -531,11 +516,7 @@ def recorded_settings(cls: type[S], recorded: dict) -> S:
     """A stage's settings as a _SUCCESS manifest recorded them; fields it did not record take their
     defaults, not this process's environment."""
     constructed = cls.model_construct(**{k: v for k, v in recorded.items() if k in cls.model_fields})
-    token = _READING_A_RECORD.set(True)
-    try:
-        return cls.model_validate(constructed.model_dump(include=set(cls.model_fields)))
-    finally:
-        _READING_A_RECORD.reset(token)
+    return cls.model_validate(constructed.model_dump(include=set(cls.model_fields)))
 
 
 def _comma_separated(value: object) -> object:
@@ -547,15 +528,6 @@ def _distinct(values: tuple) -> tuple:
         raise ValueError("each strategy may be named once")
     return values
 
-
-def _not_a_baseline(names: tuple) -> tuple:
-    from influence_core.artifacts import LdsReport
-
-    taken = [name for name in names if name in LdsReport.BASELINES or name == LdsReport.IDENTITY]
-    if taken:
-        raise ValueError(f"{', '.join(taken)}: the name of a baseline the lds stage computes itself "
-                         f"({', '.join(LdsReport.BASELINES)}); name the scores otherwise")
-    return names
 
 class LdsSettings(IndexedJobSettings):
     """The linear datamodeling score: the model retrained on random subsets of its training
@@ -573,7 +545,7 @@ class LdsSettings(IndexedJobSettings):
         2, description="Models trained per subset, with training seeds the model's seed, +1, ...; their "
                        "measurements are averaged")
     lds_scores: Annotated[
-        tuple[Name, ...], NoDecode, BeforeValidator(_comma_separated), AfterValidator(_not_a_baseline),
+        tuple[Name, ...], NoDecode, BeforeValidator(_comma_separated),
         Field(min_length=1, description="Comma-separated scores names whose LDS is reported (compute_scores' "
                                         "SCORES_NAME); they must score the prompts of PROMPTS"),
     ] = ("prompt_scores",)

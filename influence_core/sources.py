@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from influence_core.artifacts import digest_of
+from influence_core.artifacts import Model, digest_of
 from influence_core.errors import ConfigError
 from influence_core.storage import content_digest, is_transient, redact, unreachable
 
@@ -87,3 +87,11 @@ def _hub_revision(name: str, setting: str, repo_type: str) -> str:
             raise ConfigError(f"{setting}={name}: the Hugging Face Hub refused it ({str(error).splitlines()[0][:200]})"
                               ) from None
         raise
+
+
+def check_source_unchanged(model: Model, stage: str) -> None:
+    """A stage that trains as `model` was trained (the lds stage's subsets, the ensemble's members)
+    starts from the same MODEL: refused when MODEL's content has changed since."""
+    if model.source_digest is not None and model_digest(model.source) != model.source_digest:
+        raise ConfigError(f"{stage}: MODEL={model.source} has changed since {model.url} was fine-tuned from it, so "
+                          "training again would start from another model: rerun train with FORCE=true")

@@ -65,7 +65,13 @@ def _evaluated(evaluate: settings.EvaluateSettings) -> list[Artifact]:
 
 def _members(ensemble: settings.EnsembleSettings) -> list[Artifact]:
     return [in_member(artifact, number) for number in ensemble.members
-            for artifact in (Model(), TrainData(), Factors(ensemble.factors_name), Scores(ensemble.scores_name))]
+            for artifact in (Model(), TrainData(), Factors(ensemble.factors_name))]
+
+
+def _scored(scoring: settings.ComputeScoresSettings) -> list[Artifact]:
+    """The scores, and with ENSEMBLE_SEEDS each member's, which compute_scores scores first."""
+    scores = Scores(scoring.scores_name)
+    return [scores, *(in_member(scores, number) for number in range(1, scoring.ensemble_seeds))]
 
 
 STAGES: tuple[Stage, ...] = (
@@ -75,8 +81,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("inspect_factors", settings.InspectFactorsSettings, (Model, Factors),
           lambda s: [] if s.output_dir else [FactorsReport(s.factors_name)], pipeline=True, main_process_only=True),
     Stage("ensemble", settings.EnsembleSettings, (Model, TrainData, Factors), _members, pipeline=True),
-    Stage("compute_scores", settings.ComputeScoresSettings, (Model, TrainData, Factors),
-          lambda s: [Scores(s.scores_name)], pipeline=True),
+    Stage("compute_scores", settings.ComputeScoresSettings, (Model, TrainData, Factors), _scored, pipeline=True),
     Stage("compute_self_scores", settings.ComputeSelfScoresSettings, (Model, TrainData, Factors),
           lambda s: [SelfScores(s.factors_name)], pipeline=True),
     Stage("inspect_scores", settings.InspectScoresSettings, (Scores, Model, TrainData, Factors, SelfScores, LdsReport),

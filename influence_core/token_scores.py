@@ -127,13 +127,18 @@ def shown_examples(report: dict) -> list[list[int]]:
     return [[item["index"] for item in entry["top_positive"] + entry["top_negative"]] for entry in report["prompts"]]
 
 
-def add_token_scores(report: dict, prompts: list[Prompt], model_dir: Path, train_dir: Path, scores_dir: Path,
-                     factors_name: str, task_name: str, batch_size: int, work_dir: Path) -> None:
-    """Give every example report.json lists its tokens and per-token scores (see per_token_scores)."""
+def add_token_scores(report: dict, prompts: list[Prompt], models: list[tuple[Path, Path]], train_dir: Path,
+                     scores_dir: Path, factors_name: str, task_name: str, batch_size: int) -> None:
+    """Give every example report.json lists its tokens and per-token scores (see per_token_scores):
+    of each of `models` ((model folder, work folder holding its factors): the model's own, then an
+    ensemble's members), averaged, so that they split the influence the scores average too."""
     examples = shown_examples(report)
-    scores = per_token_scores(model_dir, train_dir, factors_name, task_name, prompts, examples,
-                              recorded_score_arguments(scores_dir), batch_size, work_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    arguments = recorded_score_arguments(scores_dir)
+    each = [per_token_scores(model_dir, train_dir, factors_name, task_name, prompts, examples, arguments, batch_size,
+                             work_dir) for model_dir, work_dir in models]
+    scores = [{index: torch.tensor([model[number][index] for model in each], dtype=torch.float64).mean(0).tolist()
+               for index in each[0][number]} for number in range(len(prompts))]
+    tokenizer = AutoTokenizer.from_pretrained(models[0][0])
     shown = sorted({index for indices in examples for index in indices})
     ids = load_from_disk(str(train_dir)).select(shown)["input_ids"]
     attach_token_scores(report, scores, {index: token_pieces(tokenizer, row) for index, row in zip(shown, ids)})

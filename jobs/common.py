@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from influence_core.artifacts import Artifact, Manifest
+from influence_core.artifacts import Artifact, Manifest, check_names
 from influence_core.runtime import (
     barrier,
     configure_logging,
@@ -31,6 +31,7 @@ NOT_FINGERPRINTED = {"artifacts_uri", "force", "log_level", "output_dir", "shard
 
 def parse(cls: type[S], argv: list[str], stage: str) -> S:
     settings = load_settings(cls, argv, prog=f"python -m jobs {stage}")
+    check_names(settings)
     configure_logging(settings.log_level)
     configure_progress()
     return settings

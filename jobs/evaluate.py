@@ -85,8 +85,8 @@ def main(settings: EvaluateSettings) -> None:
             matrices[strategy] = Scores.matrix(local)
             scored = [Prompt(**item) for item in json.loads((local / Scores.PROMPTS).read_text())]
             seconds = {"fit_factors": factors[strategy].manifest.seconds, "compute_scores": each.manifest.seconds}
-            label = LABELS[strategy] if describe(each.settings) == ALONE else ", ".join(
-                [LABELS[strategy], describe(each.settings)])
+            ranking = describe(each.settings, each.models)
+            label = LABELS[strategy] if ranking == ALONE else f"{LABELS[strategy]}, {ranking}"
             methods[strategy] = {"label": label, "factors_name": factors[strategy].settings.factors_name,
                                  "scores_name": each.settings.scores_name, "seconds": seconds,
                                  **fact_metrics(matrices[strategy], scored, texts, facts)}

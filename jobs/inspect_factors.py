@@ -11,7 +11,6 @@ import logging
 import time
 
 from influence_core.artifacts import Factors, FactorsReport, Model, fingerprints, require
-from influence_core.errors import ConfigError
 from influence_core.settings import InspectFactorsSettings
 from influence_core.storage import owned_files, publish_to_folder, work_dir
 from jobs.common import already_done, manifest, open_store
@@ -30,8 +29,12 @@ def main(settings: InspectFactorsSettings) -> None:
     num_layers = next(config[key] for key in BLOCK_COUNT_KEYS if key in config)
     layer = num_layers - 1 if settings.layer_num is None else settings.layer_num
     if layer >= num_layers:
-        raise ConfigError(f"invalid setting LAYER_NUM (--layer_num): the model has layers 0..{num_layers - 1}, "
-                          f"got {layer}")
+        # The original project's README asks for --layer_num 11, the last block of its 12-layer
+        # GPT-Neo-125M, meaning "the last layer's MLP modules": its commands run as they are on any
+        # model, the last block plotted, and the summary says which (layer_asked, layer_plotted).
+        log.warning("inspect_factors: LAYER_NUM=%d, but %s has layers 0..%d: plotting the last, %d", layer, model.url,
+                    num_layers - 1, num_layers - 1)
+        layer = num_layers - 1
     if settings.output_dir:  # a folder of the user's: refused at once when it holds anything else
         owned_files(settings.output_dir, "OUTPUT_DIR")
         destination, output = open_store(settings.output_dir), ""
@@ -51,7 +54,7 @@ def main(settings: InspectFactorsSettings) -> None:
         if not plots:
             log.warning("the %r factors hold no lambda matrices or eigenvalues (identity strategy?): "
                         "nothing to plot", settings.factors_name)
-        summary = {"factors_name": settings.factors_name, "layer_plotted": layer,
+        summary = {"factors_name": settings.factors_name, "layer_asked": settings.layer_num, "layer_plotted": layer,
                    **factor_summary(factors_dir, factors.strategy, settings.damping_factor)}
         (work / "plots" / FactorsReport.SUMMARY).write_text(json.dumps(summary, indent=2))
         record = manifest("inspect_factors", settings, inputs, started, layer=layer,

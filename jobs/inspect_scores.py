@@ -23,6 +23,7 @@ from influence_core.artifacts import (
     TrainData,
     find,
     fingerprints,
+    in_member,
     require,
 )
 from influence_core.settings import InspectScoresSettings
@@ -42,10 +43,15 @@ def main(settings: InspectScoresSettings) -> None:
     store = open_store(settings.artifacts_uri)
     scores = Scores(settings.scores_name)
     require(store, scores)
-    factors, model, data = Factors(scores.factors_name), Model(), TrainData()
-    # The model: each completion's probability; the factors: the per-token scores of the examples
-    # shown, which must split the published totals, so they must be the factors that made them.
-    required = (scores, data, model, *([factors] if settings.per_token_scores else []))
+    members = scores.members
+    require(store, *members)
+    model, data = Model(), TrainData()
+    # The model: each completion's probability; the models and factors that made the influence (the
+    # ensemble's members' too): the per-token scores of the examples shown, which must split it.
+    explaining = [(model, scores.factors), *((in_member(model, member.member), member.factors)
+                                             for member in members)]
+    required = (scores, data, model, *([part for pair in explaining for part in pair]
+                                       if settings.per_token_scores else []))
     require(store, *required)
     lds = find(store, LdsReport(), required)
     if lds is not None and not lds.measured(scores):
@@ -59,7 +65,7 @@ def main(settings: InspectScoresSettings) -> None:
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from influence_core.fusion import describe, prompt_bm25
+    from influence_core.fusion import describe, prompt_bm25, score_label
     from influence_core.lds import completion_probabilities
     from influence_core.modeling import load_model
     from influence_core.prompts import Prompt
@@ -70,20 +76,25 @@ def main(settings: InspectScoresSettings) -> None:
         attach_rescored,
         attach_self_influence,
         build_report,
+        suggest_ensemble,
     )
 
     with work_dir() as work:
         scores_dir = scores.fetch(work / "scores")
         train_dir = data.fetch(work / "train")
-        matrix = Scores.matrix(scores_dir)
+        matrix, influence = Scores.matrix(scores_dir), Scores.influence(scores_dir)
         prompts = [Prompt(**item) for item in json.loads((scores_dir / Scores.PROMPTS).read_text())]
         texts = load_from_disk(str(train_dir))["text"]
         names = {"scores_name": settings.scores_name, "factors_name": scores.factors_name,
                  "strategy": scores.strategy}
-        report = build_report(matrix, prompts, texts, data.facts(), settings.num_influential, names)
+        report = build_report(matrix, prompts, texts, data.facts(), settings.num_influential, names,
+                              influence if scores.fusion != "none" else None)
+        report["score_label"] = score_label(scores.settings, scores.models)
         lexical = Scores.lexical(scores_dir)
-        attach_evidence(report, describe(scores.settings),
-                        Scores.influence(scores_dir), lexical if lexical is not None else prompt_bm25(prompts, texts))
+        attach_evidence(report, describe(scores.settings, scores.models), influence,
+                        lexical if lexical is not None else prompt_bm25(prompts, texts))
+        if scores.models == 1 and model.family != "imported":
+            suggest_ensemble(report)
         if (rescored := scores.rescored()) is not None:
             attach_rescored(report, rescored["examples"], rescored["rerank_top_k"])
         model_dir = model.fetch(work / "model")
@@ -93,15 +104,21 @@ def main(settings: InspectScoresSettings) -> None:
             attach_lds(report, lds.result(), settings.scores_name)
 
         if settings.per_token_scores:
-            from influence_core.factors import factors_dir
             from influence_core.runtime import configure_threads
             from influence_core.token_scores import add_token_scores
 
             configure_threads()
-            factors.fetch(factors_dir(work, scores.factors_name))
-            log.info("per-token scores of the %d prompts' top examples", len(prompts))
-            add_token_scores(report, prompts, model_dir, train_dir, scores_dir, scores.factors_name, scores.task,
-                             scores.settings.train_batch_size, work)
+            log.info("per-token scores of the %d prompts' top examples (%d model%s)", len(prompts), len(explaining),
+                     "s" if len(explaining) > 1 else "")
+            # Each model, and its factors where Kronfluence looks for them: <its work dir>/influence/factors_<name>.
+            places = [(model_dir, work)]
+            for member_model, _ in explaining[1:]:
+                place = work / f"member_{member_model.member}"
+                places.append((member_model.fetch(place / "model"), place))
+            for (_, factors), (_, place) in zip(explaining, places):
+                factors.fetch(place / Factors(scores.factors_name).relative)
+            add_token_scores(report, prompts, places, train_dir, scores_dir, scores.factors_name, scores.task,
+                             scores.settings.train_batch_size)
         if self_scores is not None:
             values = SelfScores.values(self_scores.fetch(work / "self_scores"))  # one per training example
             attach_self_influence(report, values, texts, settings.num_self_influential, scores.factors_name)
@@ -126,9 +143,10 @@ def write_report(report: dict, matrix: torch.Tensor, prompts: list[Prompt], sett
     out.mkdir()
     (out / Report.JSON).write_text(json.dumps(report, indent=2, ensure_ascii=False))
     (out / Report.markdown(settings.scores_name)).write_text(render_markdown(report, settings.excerpt_chars))
-    plot_score_distributions(matrix, prompts, out / Report.DISTRIBUTIONS)
+    plot_score_distributions(matrix, prompts, out / Report.DISTRIBUTIONS, report["score_label"])
     images = {}
     for number, (row, entry) in enumerate(zip(matrix, report["prompts"]), start=1):
-        path = plot_prompt_distribution(row, entry, number, out / Report.distribution_plot(number))
+        path = plot_prompt_distribution(row, entry, number, out / Report.distribution_plot(number),
+                                        report["score_label"])
         images[path.name] = path.read_bytes()
     (out / Report.HTML).write_text(render_html(report, images, settings.excerpt_chars), encoding="utf-8")

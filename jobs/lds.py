@@ -92,10 +92,7 @@ def retrainable(model: Model) -> None:
         raise ConfigError(f"lds: {model.url} is {model.source} imported as it is (import_model): it was not trained "
                           "here, so there is no training to repeat on subsets; fine-tune it on the corpus with "
                           "python -m jobs train (MODEL set) to measure the LDS of its scores")
-    if model.family == "fine_tuned":
-        if model.source_digest is not None and sources.model_digest(model.source) != model.source_digest:
-            raise ConfigError(f"lds: MODEL={model.source} has changed since {model.url} was fine-tuned from it, so "
-                              "retraining would start from another model: rerun train with FORCE=true")
+    sources.check_source_unchanged(model, "lds")
 
 
 def subset_stamp(settings: LdsSettings, index: int, seeds: list[int], asked: list[dict]) -> dict:
@@ -191,8 +188,9 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
     named = {**dict(zip(settings.lds_scores, scores)), "identity": identity}
     matrices = {name: Scores.matrix(fetch_once(each, work)) for name, each in named.items()}
     tasks = {name: each.task for name, each in named.items()}
+    ranking = {name: describe(each.settings, each.models) for name, each in named.items()}
     labels = {name: baselines.get(name, f"{name} ({each.strategy}" + (
-        f"; {describe(each.settings)})" if describe(each.settings) != ALONE else ")")) for name, each in named.items()}
+        f"; {ranking[name]})" if ranking[name] != ALONE else ")")) for name, each in named.items()}
     first = settings.lds_scores[0]
     task = tasks[first]  # the text baselines predict the first scores' measurement
     matrices["bm25"] = prompt_bm25(prompts, texts)

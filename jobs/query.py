@@ -15,8 +15,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from influence_core.artifacts import Factors, Index, Model, Scores, TrainData, digest_of, fingerprints, require
-from influence_core.errors import ConfigError
+from influence_core.artifacts import (
+    Factors,
+    Index,
+    Model,
+    Scores,
+    TrainData,
+    digest_of,
+    fingerprints,
+    refuse_replacing,
+    require,
+)
 from influence_core.plan import check_fits
 from influence_core.prompts import Prompt, load_prompts
 from influence_core.settings import QueryIndexSettings
@@ -35,10 +44,8 @@ def main(settings: QueryIndexSettings) -> None:
     require(store, model, data, factors, index)
     index.check_query(settings)
     output, asked = Scores(settings.scores_name), [prompt.model_dump() for prompt in prompts]
-    if not one and not settings.force and (there := output.bind(store)) and there.made_by != "query":
-        raise ConfigError(f"SCORES_NAME={settings.scores_name}: {there.url} holds the {there.made_by} stage's scores; "
-                          "publish the query's under another SCORES_NAME (default query_scores), or FORCE=true to "
-                          "replace them")
+    if not one:
+        refuse_replacing(store, output, "query", settings.force, f"SCORES_NAME={settings.scores_name}")
     inputs = {**fingerprints(model, data, factors, index), "PROMPTS": digest_of(asked)}
     if not one and already_done(store, [output], "query", settings, inputs):
         return

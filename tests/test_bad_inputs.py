@@ -150,10 +150,15 @@ def test_missing_input_names_the_artifact_and_stage(tmp_path):
     assert f"missing input {artifacts}/data/train" in result.stderr and "run the train stage first" in result.stderr
 
 
-def test_layer_out_of_range(demo_run):
-    line = one_line_refusal(jobs_in_process("inspect_factors", "--layer_num", "11",
-                                            env={"ARTIFACTS_URI": str(demo_run)}))
-    assert "the model has layers 0..3, got 11" in line
+def test_the_original_layer_11_plots_the_last_layer_of_a_shallower_model(demo_run, tmp_path):
+    """The original README's --layer_num 11 (the last of GPT-Neo-125M's 12 blocks) on the demo's
+    4-layer model: the last block is plotted, with a warning, and the summary says which."""
+    code, log = jobs_in_process("inspect_factors", "--layer_num", "11", "--output_dir", str(tmp_path / "plots"),
+                                env={"ARTIFACTS_URI": str(demo_run)})
+    assert code == 0 and "LAYER_NUM=11" in log and "plotting the last, 3" in log, log[-3000:]
+    summary = json.loads((tmp_path / "plots" / "summary.json").read_text())
+    assert (summary["layer_asked"], summary["layer_plotted"]) == (11, 3)
+    assert (tmp_path / "plots" / "lambda_matrix_h.3.mlp.c_fc.png").is_file()
 
 
 def copy_artifacts(source, destination, *outputs):

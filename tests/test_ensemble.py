@@ -1,6 +1,7 @@
-"""Ensembles (ENSEMBLE_SEEDS): members trained as the model was with other training seeds, fitted
-and scored as it was, each in its own tree; compute_scores averages them after checking that they
-belong with the model, and every later stage follows the members' lineage too."""
+"""Ensembles (ENSEMBLE_SEEDS): members trained as the model was with other training seeds and
+fitted as it was, each in its own tree (the ensemble stage); compute_scores scores them as it
+scores the model and averages them after checking that they belong with the model, and every
+later stage follows the members' lineage too."""
 
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ PROMPTS = [{"prompt": "The capital of Velmora is", "completion": " Quistador"},
            {"prompt": "The river Tallow flows into", "completion": " Lake Morwen"}]
 
 
-def run(stage: str, artifacts: Path, *flags: str) -> tuple[int, str]:
+def run(stage: str, artifacts: Path, *flags: str, env: dict | None = None) -> tuple[int, str]:
     """The stage in this process with the TINY flags it has, and the prompts beside the artifacts."""
     fields = BY_NAME[stage].settings.model_fields
     tiny = [flag for flag in [*TINY, f"--prompts={artifacts.parent / 'prompts.json'}"]
             if flag[2:].split("=")[0] in fields]
-    return jobs_in_process(stage, f"--artifacts_uri={artifacts}", *tiny, *flags)
+    return jobs_in_process(stage, f"--artifacts_uri={artifacts}", *tiny, *flags, env=env)
 
 
 def matrix(artifacts: Path, scores: str = "influence/scores_prompt_scores") -> torch.Tensor:
@@ -98,7 +99,88 @@ def test_scores_of_an_ensemble_whose_members_are_missing_are_refused(ensemble, t
     artifacts = tmp_path / "artifacts"
     shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
     line = one_line_refusal(run("compute_scores", artifacts, "--ensemble_seeds=4", "--scores_name=four"))
-    assert "ensemble/member_1/influence/scores_four" in line and "run the ensemble stage first" in line
+    assert "ensemble/member_3/model" in line and "run the ensemble stage first" in line
+    assert not (artifacts / "ensemble/member_1/influence/scores_four").exists()  # refused before any scoring
+
+
+@pytest.mark.slow
+def test_new_prompts_need_compute_scores_alone_which_scores_the_members(ensemble, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"prompt": "The bassoon player was", "completion": " Edrik Solvane"}]))
+    before = {path: path.read_text() for path in (artifacts / "ensemble").rglob("_SUCCESS")}
+    assert run("compute_scores", artifacts, "--ensemble_seeds=3", "--scores_name=other", f"--prompts={other}")[0] == 0
+    members = [matrix(artifacts / f"ensemble/member_{number}", "influence/scores_other") for number in (1, 2)]
+    assert run("compute_scores", artifacts, "--scores_name=other_alone", f"--prompts={other}")[0] == 0
+    alone = matrix(artifacts, "influence/scores_other_alone")
+    assert members[0].shape == alone.shape == (1, 100)
+    assert torch.allclose(matrix(artifacts, "influence/scores_other"), (alone + members[0] + members[1]) / 3,
+                          rtol=1e-5, atol=1e-12)
+    for path, text in before.items():  # the members' models and factors, and their first scores, as they were
+        assert path.read_text() == text
+    code, log = run("inspect_scores", artifacts, "--scores_name=other", "--log_level=INFO")
+    assert code == 0, log[-3000:]
+    report = json.loads((artifacts / "reports/other/report.json").read_text())
+    assert report["ranking"] == "influence averaged over 3 models (training seeds +0..+2)"
+    assert "suggestion" not in report
+    listed = report["prompts"][0]["top_positive"] + report["prompts"][0]["top_negative"]
+    assert listed and all(abs(sum(item["token_scores"]) - item["score"]) <= 1e-3 * abs(item["score"]) + 1e-9
+                          for item in listed)  # the token scores split the averaged influence, not model 0's
+
+
+@pytest.mark.slow
+def test_members_are_scored_with_the_factors_the_model_is_scored_with(ensemble, tmp_path):
+    """Members with factors of two names: compute_scores averages the members' scores made with the
+    factors it is asked for, never scores a member made with others (here: K-FAC with identity)."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    assert run("fit_factors", artifacts, "--factors_name=kf", "--factor_strategy=kfac")[0] == 0
+    # The member's kf factors (and, where the ensemble stage scores, scores of another name); its scores
+    # prompt_scores stay those made with the fixture's identity factors.
+    assert run("ensemble", artifacts, "--ensemble_seeds=2", "--factors_name=kf", env={"SCORES_NAME": "other"})[0] == 0
+    assert run("compute_scores", artifacts, "--ensemble_seeds=2", "--factors_name=kf")[0] == 0
+    assert run("compute_scores", artifacts, "--factors_name=kf", "--scores_name=kf_alone")[0] == 0
+    member = artifacts / "ensemble/member_1"
+    shutil.copy(tmp_path / "prompts.json", member.parent / "prompts.json")
+    assert run("compute_scores", member, "--factors_name=kf", "--scores_name=kf_member")[0] == 0
+    expected = (matrix(artifacts, "influence/scores_kf_alone") + matrix(member, "influence/scores_kf_member")) / 2
+    assert torch.allclose(matrix(artifacts), expected, rtol=1e-5, atol=1e-12)
+    inputs = json.loads((member / "influence/scores_prompt_scores/_SUCCESS").read_text())["inputs"]
+    assert "influence/factors_kf" in inputs and "influence/factors_tiny_lm_factors" not in inputs
+
+
+@pytest.mark.slow
+def test_members_of_a_model_fine_tuned_from_a_model_that_changed_since_are_refused(tmp_path):
+    from tests.families import save_tiny_model
+
+    artifacts, source = tmp_path / "artifacts", tmp_path / "neo"
+    (tmp_path / "prompts.json").write_text(json.dumps(PROMPTS))
+    save_tiny_model("gpt_neo", source)
+    assert run("train", artifacts, f"--model={source}")[0] == 0
+    assert run("fit_factors", artifacts)[0] == 0
+    save_tiny_model("gpt_neo", source, seed=1)  # MODEL saved again: other weights
+    line = one_line_refusal(run("ensemble", artifacts, "--ensemble_seeds=2"))
+    assert f"MODEL={source} has changed since" in line and not (artifacts / "ensemble").exists()
+    # A member fine-tuned from the new MODEL (made in its tree as the ensemble stage would) is refused too.
+    member = artifacts / "ensemble/member_1"
+    assert run("train", member, f"--model={source}", "--training_seed=1")[0] == 0
+    assert run("fit_factors", member)[0] == 0
+    line = one_line_refusal(run("compute_scores", artifacts, "--ensemble_seeds=2"))
+    assert "ensemble member 1" in line and "fine-tuned from another MODEL" in line
+
+
+@pytest.mark.slow
+def test_the_members_stages_check_the_device_memory_this_run_gives(ensemble, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    line = one_line_refusal(run("ensemble", artifacts, "--ensemble_seeds=4", "--device_memory_gib=0.01"))
+    assert "train: BATCH_SIZE=8 needs about" in line and "FORCE_FIT=true" in line
+    assert not (artifacts / "ensemble/member_3").exists()
+    code, log = run("ensemble", artifacts, "--ensemble_seeds=4", "--member_index=3", "--device_memory_gib=0.01",
+                    "--force_fit")
+    assert code == 0, log[-3000:]
+    assert (artifacts / "ensemble/member_3/influence/factors_tiny_lm_factors/_SUCCESS").is_file()
 
 
 def test_a_member_index_names_one_member_and_zero_is_the_model_itself():

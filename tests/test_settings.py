@@ -20,6 +20,7 @@ from influence_core.settings import (
     stage_settings,
 )
 from influence_core.stages import PIPELINE
+from tests.conftest import jobs_in_process, one_line_refusal
 
 
 def test_classic_fit_factors_flags():
@@ -153,8 +154,10 @@ def test_amp_dtype_reaches_training_factors_and_scores(monkeypatch):
 def test_names_another_artifact_or_a_baseline_holds_are_refused(cls, flags, setting):
     """reports/<SCORES_NAME> must not be another stage's report (reports/lds, reports/evaluation,
     reports/factors_<name>), nor LDS_SCORES a baseline's name, nor a name the lds stage uses."""
+    from influence_core.artifacts import check_names
+
     with pytest.raises(ConfigError, match=setting):
-        load_settings(cls, flags)
+        check_names(load_settings(cls, flags))
 
 
 def test_a_manifest_may_record_the_names_the_lds_stage_gives_its_baseline():
@@ -163,5 +166,5 @@ def test_a_manifest_may_record_the_names_the_lds_stage_gives_its_baseline():
 
     name = LdsReport.IDENTITY
     assert recorded_settings(ComputeScoresSettings, {"scores_name": name, "factors_name": name}).scores_name == name
-    with pytest.raises(ConfigError, match="taken by the lds stage's identity baseline"):
-        load_settings(ComputeScoresSettings, [f"--scores_name={name}"])
+    line = one_line_refusal(jobs_in_process("compute_scores", f"--scores_name={name}"))
+    assert "invalid setting SCORES_NAME" in line and "taken by the lds stage's identity baseline" in line
