@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# One model's stages, as measured before ENSEMBLE_SEEDS (docs/stages/ensemble.md) made three the default.
-os.environ.setdefault("ENSEMBLE_SEEDS", "1")
 sys.path.insert(0, str(ROOT))
 
 from bench.run import PROMPTS, machine, stage, write  # noqa: E402  (after the path is set)

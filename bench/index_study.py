@@ -27,8 +27,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-# One model's stages, as measured before ENSEMBLE_SEEDS (docs/stages/ensemble.md) made three the default.
-os.environ.setdefault("ENSEMBLE_SEEDS", "1")
 sys.path.insert(0, str(ROOT))
 
 CORPORA = {"demo": {}, "demo-hard": {"DATASET": "demo-hard", "PROMPTS": str(ROOT / "prompts-hard.json")}}

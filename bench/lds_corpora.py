@@ -115,9 +115,9 @@ def evaluate_corpus(corpus: str, root: Path, members: int) -> dict:
     jobs("train", env=env)
     jobs("fit_factors", env=env)
     for name, (_, settings) in methods.items():
-        if "ENSEMBLE_SEEDS" in settings:  # its members' scores, under its name (their models made once)
-            jobs("ensemble", "--scores_name", name, env={**env, **settings})
-        jobs("compute_scores", "--scores_name", name, env={**env, **settings})
+        if "ENSEMBLE_SEEDS" in settings:  # its members' models and factors, made once (skipped when done)
+            jobs("ensemble", env={**env, **settings})
+        jobs("compute_scores", "--scores_name", name, env={**env, **settings})  # scores the members too
     jobs("lds", "--lds_scores", ",".join(methods), env=env)
     # What each part cost when it was made (the outputs' _SUCCESS timings): true across reruns too.
     seconds = {"train": cost(artifacts, "model"), "fit_factors": cost(artifacts, "influence/factors_tiny_lm_factors"),

@@ -24,8 +24,6 @@ import torch
 from datasets import load_from_disk
 
 ROOT = Path(__file__).resolve().parent.parent
-# One model's stages, as measured before ENSEMBLE_SEEDS (docs/stages/ensemble.md) made three the default.
-os.environ.setdefault("ENSEMBLE_SEEDS", "1")
 sys.path.insert(0, str(ROOT))
 
 # scores name: (what it varies, fit_factors flags, compute_scores flags); the first is the defaults'

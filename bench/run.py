@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# One model's stages, as measured before ENSEMBLE_SEEDS (docs/stages/ensemble.md) made three the default.
-os.environ.setdefault("ENSEMBLE_SEEDS", "1")
 PROMPTS = ROOT / "bench" / "prompts16.json"
 SIZES = {"demo": 600, "5x demo": 3000}
 REPEATS = {"demo": 3, "5x demo": 1}  # the larger size once: make bench must finish in 20 minutes

@@ -14,7 +14,12 @@ Memory is counted in float32 tensors, what each stage holds at its peak:
 - compute_self_scores: as compute_scores without prompts;
 - inspect_scores: as compute_scores, on the examples the report shows (per-token scores);
 - inspect_factors: the factors;
+- ensemble (only with ENSEMBLE_SEEDS above 1): train's or fit_factors', whichever is larger, as each
+  member is trained and then fitted, one after another;
 - build_index and query: see index_estimates.
+A stage's row also says how many times it does its work ("runs": the ensemble trains and fits
+ENSEMBLE_SEEDS - 1 members, compute_scores scores the model and each member), one after another at
+that peak: its time is that many times one model's.
 On a CPU the figure is the process's peak resident memory, so it adds what the interpreter and its
 libraries take (PROCESS_BASELINE); on a GPU it is the device memory torch allocates, plus the CUDA
 context (CUDA_CONTEXT) where it is compared with the device's memory.
@@ -29,7 +34,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from influence_core.artifacts import Factors, Model, Scores, SelfScores, TrainData, find
+from influence_core.artifacts import Factors, Index, Model, Scores, SelfScores, TrainData, find, in_member
 from influence_core.demo_corpus import CORPORA
 from influence_core.errors import ConfigError
 from influence_core.settings import CommonSettings, PlanSettings
@@ -59,6 +64,7 @@ MODULE_PROJECTION_BYTES = 120
 RESCORED_BYTES = 5
 QUERY_BLOCK = 256
 QUERY_METADATA_BYTES = 2600  # a query's _SUCCESS and score_arguments.json: no Kronfluence metadata files
+INDEX_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}  # a stored float of each INDEX_DTYPE
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,9 @@ class Shape:
     tokens: int  # tokens of all training examples
     prompts: int
     from_published: bool  # the model and data are published (else: from the settings, upper bounds)
+    # The published index INDEX_NAME of the model: its floats per example and INDEX_DTYPE, as it was
+    # built (a query has no PROJECTION_DIM or INDEX_DTYPE of its own); None when none is published.
+    index: tuple[int, str] | None = None
 
     def activations_per_token(self, intermediate: int) -> int:
         """Floats a token keeps for the backward pass: per block its hidden states (about ten of
@@ -140,13 +149,15 @@ def measure_shape(settings: PlanSettings, prompts: int, stage: str = "fit_factor
     """The model's and the corpus's shape for these settings and one stage,
     read from the published model and data when they are what the stage runs on (their config and
     token counts), else from the settings; the tracked modules and strategy of scoring from the
-    published factors FACTORS_NAME of that model, else from the settings."""
+    published factors FACTORS_NAME of that model, else from the settings; the rows a query reads from
+    the published index INDEX_NAME of that model."""
     from influence_core.modeling import skeleton, tracked_names_in
 
     store = Store(settings.artifacts_uri)
     model = published_model(settings, store, stage)
     data = find(store, TrainData()) if model is not None else None
     factors = find(store, Factors(settings.factors_name), (model,)) if model is not None else None
+    index = find(store, Index(settings.index_name), (model,)) if model is not None else None
     with tempfile.TemporaryDirectory(prefix="plan-") as scratch:
         _write_config(settings, model, Path(scratch))
         skeleton_model = skeleton(scratch)  # on the meta device, as analysed (GPT-2's Conv1D as Linear)
@@ -159,13 +170,20 @@ def measure_shape(settings: PlanSettings, prompts: int, stage: str = "fit_factor
 
     tracked = sizes(tracked_names_in(skeleton_model, settings.tracked_modules))
     scored = sizes(factors.tracked_modules()) if factors is not None else tracked
+    index_row = None
+    if index is not None:
+        built = index.settings  # BuildIndexSettings as recorded: its PROJECTION_DIM and INDEX_DTYPE
+        # build_index records its rows' size; recomputed from PROJECTION_DIM for an index that did not
+        index_row = (index.manifest.extra("floats_per_example") or index_row_floats(scored, built.projection_dim),
+                     built.index_dtype)
     parameters = sum(parameter.numel() for parameter in skeleton_model.parameters())  # tied weights once
     config = skeleton_model.config
     return Shape(parameters=parameters, vocab=config.vocab_size, hidden=config.hidden_size,
                  layers=config.num_hidden_layers, heads=config.num_attention_heads, tracked=tracked, scored=scored,
                  scoring_strategy=factors.strategy if factors is not None else settings.factor_strategy,
                  examples=examples, longest=longest, tokens=tokens, prompts=prompts,
-                 from_published=model is not None and data is not None)
+                 from_published=model is not None and data is not None,
+                 index=index_row)
 
 
 def _intermediate(shape: Shape) -> int:
@@ -179,6 +197,7 @@ class Estimate:
     batch_setting: str | None  # the setting that sizes the batch
     batch: int
     published: dict[str, int]  # artifact path -> bytes
+    runs: int = 1  # times the stage does this work, one after another (models trained, fitted or scored)
 
     def peak(self, batch: int | None = None) -> int:
         return self.fixed + self.per_example * (self.batch if batch is None else batch)
@@ -209,7 +228,8 @@ class Modules:
 def estimates(settings: PlanSettings, shape: Shape) -> dict[str, Estimate]:
     """Each stage's memory (fixed and per example of a batch) and published sizes, in bytes:
     fit_factors for FACTOR_STRATEGY and TRACKED_MODULES, the stages after it for the factors'
-    own strategy and modules, scoring one query batch (QUERY_BATCH_SIZE prompts) at a time."""
+    own strategy and modules, scoring one query batch (QUERY_BATCH_SIZE prompts) at a time; the
+    ensemble's members (ENSEMBLE_SEEDS) as the model: trained, fitted and scored as it is."""
     weights = shape.parameters * FLOAT
     token_activations = shape.activations_per_token(_intermediate(shape)) * FLOAT * shape.longest
     fitted = Modules.of(shape.tracked, settings.factor_strategy, shape.longest)
@@ -226,19 +246,41 @@ def estimates(settings: PlanSettings, shape: Shape) -> dict[str, Estimate]:
     scoring_per_example = token_activations + scored.cached_inputs + 2 * scored.largest
     shown = 2 * settings.num_influential * shape.prompts  # examples inspect_scores scores per token
     model_files = weights + TOKENIZER_BYTES_PER_TOKEN * shape.vocab + METADATA_BYTES
+    factors_files = fitted.factors + METADATA_BYTES
+    scores_files = scores + METADATA_BYTES + PROMPT_BYTES * shape.prompts
+    members = range(1, settings.ensemble_seeds)  # the ensemble's, besides the model itself
+    # One micro-batch (BATCH_SIZE / MICRO_BATCHES examples) is in memory at a time.
+    train = Estimate(4 * weights, token_activations // settings.micro_batches, "BATCH_SIZE", settings.batch_size,
+                     {Model().relative: model_files})
+    fit_factors = Estimate(weights + fitted.factors + eigen, token_activations + 3 * fitted.largest,
+                           "FACTOR_BATCH_SIZE", settings.factor_batch_size,
+                           {Factors(settings.factors_name).relative: factors_files})
+    # Each member is trained, then fitted, in turn: the larger of the two peaks is the stage's. The
+    # members repeat the model's and its factors' recorded settings; the rows are of these settings,
+    # exact when they are those.
+    # A member publishes what train and fit_factors do, in its own tree (its data/train as well, which
+    # the plan does not size, as it does not the model's). Without members (ENSEMBLE_SEEDS=1) the
+    # stage loads no model and publishes nothing: no row, rather than a peak for work that does not happen.
+    repeated = max(train, fit_factors, key=Estimate.peak)
+    ensemble = {"ensemble": Estimate(
+        repeated.fixed, repeated.per_example, repeated.batch_setting, repeated.batch,
+        {in_member(artifact, number).relative: size for number in members
+         for artifact, size in ((Model(), model_files), (Factors(settings.factors_name), factors_files))},
+        runs=len(members))} if members else {}
     return {
-        # One micro-batch (BATCH_SIZE / MICRO_BATCHES examples) is in memory at a time.
-        "train": Estimate(4 * weights, token_activations // settings.micro_batches, "BATCH_SIZE",
-                          settings.batch_size, {Model().relative: model_files}),
-        "fit_factors": Estimate(weights + fitted.factors + eigen, token_activations + 3 * fitted.largest,
-                                "FACTOR_BATCH_SIZE", settings.factor_batch_size,
-                                {Factors(settings.factors_name).relative: fitted.factors + METADATA_BYTES}),
+        "train": train,
+        "fit_factors": fit_factors,
         "inspect_factors": Estimate(2 * scored.factors, 0, None, 0, {}),
+        **ensemble,
+        # The model and each member are scored one after another. With SCORE_FUSION, BM25's matrix and
+        # the fused one are published beside the (mean) influence; a member's scores are its influence
+        # alone (the fusion is of the mean).
         "compute_scores": Estimate(scoring_fixed, scoring_per_example, "TRAIN_BATCH_SIZE", settings.train_batch_size,
                                    {Scores(settings.scores_name).relative:
-                                    # with SCORE_FUSION, BM25's matrix and the fused one beside the influence
-                                    scores * (1 if settings.score_fusion == "none" else 3) + METADATA_BYTES
-                                    + PROMPT_BYTES * shape.prompts}),
+                                    scores_files + (0 if settings.score_fusion == "none" else 2 * scores),
+                                    **{in_member(Scores(settings.scores_name), number).relative: scores_files
+                                       for number in members}},
+                                   runs=1 + len(members)),
         "compute_self_scores": Estimate(weights + scored.factors,
                                         token_activations + scored.cached_inputs + 3 * scored.largest,
                                         "TRAIN_BATCH_SIZE", settings.train_batch_size,
@@ -264,16 +306,18 @@ def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_ac
     rows in INDEX_DTYPE) and, per example of a batch, its activations, one module's rotated gradient
     with its scaled and projected copies, and its row in float32. query: the weights, the whitening,
     the prompts' rows, a block of index rows in float32 and the scores; rescoring the candidates
-    is compute_scores on them."""
-    from influence_core.artifacts import Index
-
+    is compute_scores on them. build_index makes the rows of these settings (PROJECTION_DIM,
+    INDEX_DTYPE); query reads those of the published index, as it was built (these settings' before
+    it is)."""
     row = index_row_floats(shape.scored, settings.projection_dim)
-    stored = {"float16": 2, "bfloat16": 2, "float32": 4}[settings.index_dtype]
+    stored = INDEX_DTYPE_BYTES[settings.index_dtype]
+    queried, queried_dtype = shape.index or (row, settings.index_dtype)
+    queried_stored = INDEX_DTYPE_BYTES[queried_dtype]
     shard = min(settings.index_shard_size, shape.examples)
     shards = Index.shard_count(shape.examples, settings.index_shard_size)
     published = shape.examples * row * stored + shards * SHARD_HEADER_BYTES + METADATA_BYTES + (
         MODULE_PROJECTION_BYTES * len(shape.scored))
-    queries = shape.prompts * row * FLOAT
+    queries = shape.prompts * queried * FLOAT
     scores = shape.prompts * shape.examples * FLOAT
     rescored = min(shape.examples, shape.prompts * settings.rerank_top_k)
     return {
@@ -281,7 +325,8 @@ def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_ac
                                 token_activations + 3 * scored.largest + row * FLOAT, "TRAIN_BATCH_SIZE",
                                 settings.train_batch_size,
                                 {Index(settings.index_name).relative: published}),
-        "query": Estimate(weights + scored.factors + queries + QUERY_BLOCK * row * (FLOAT + stored) + 2 * scores,
+        "query": Estimate(weights + scored.factors + queries + QUERY_BLOCK * queried * (FLOAT + queried_stored)
+                          + 2 * scores,
                           scoring_per_example if rescored else 0, "TRAIN_BATCH_SIZE" if rescored else None,
                           settings.train_batch_size,
                           {Scores("query_scores").relative: scores + QUERY_METADATA_BYTES
@@ -333,6 +378,7 @@ def make_plan(settings: PlanSettings, prompts: int, stage: str | None = None) ->
             "batch_size": estimate.batch if estimate.batch_setting else None,
             "largest_batch_size_that_fits": largest if estimate.batch_setting else None,
             "published_bytes": estimate.published,
+            "runs": estimate.runs,
         }
     return {
         "device": {"name": name, "memory_bytes": available, "detected_memory_bytes": detected,
@@ -353,14 +399,15 @@ def render(plan: dict) -> str:
              f"{shape['parameters']:,} parameters, {shape['tracked_modules']} tracked modules, {shape['examples']:,} "
              f"examples (longest {shape['longest_example_tokens']} tokens), {shape['prompts']} prompts, from "
              f"{shape['from']}; train from {shape['train_from']}", "",
-             f"{'stage':<20} {'peak GiB':>9}  {'fits':<4}  {'batch':<26} {'largest that fits':>17}  published",
+             f"{'stage':<20} {'runs':>4} {'peak GiB':>9}  {'fits':<4}  {'batch':<26} {'largest that fits':>17}  "
+             "published",
              ]
     for stage, row in plan["stages"].items():
         batch = f"{row['batch_setting']}={row['batch_size']}" if row["batch_setting"] else "-"
         largest = "-" if row["largest_batch_size_that_fits"] is None else f"{row['largest_batch_size_that_fits']:,}"
         published = ", ".join(f"{path} {size / 2**20:,.1f} MiB" for path, size in row["published_bytes"].items())
-        lines.append(f"{stage:<20} {row['peak_memory_bytes'] / GIB:>9.2f}  {'yes' if row['fits'] else 'NO':<4}  "
-                     f"{batch:<26} {largest:>17}  {published or '-'}")
+        lines.append(f"{stage:<20} {row['runs']:>4} {row['peak_memory_bytes'] / GIB:>9.2f}  "
+                     f"{'yes' if row['fits'] else 'NO':<4}  {batch:<26} {largest:>17}  {published or '-'}")
     return "\n".join(lines)
 
 
@@ -379,8 +426,8 @@ def check_fits(stage: str, settings: CommonSettings, prompts: int = 1) -> None:
     except Exception as error:  # noqa: BLE001 (advice only; the reason is logged)
         log.debug("no memory plan for %s (%s); starting without the check", stage, str(error)[:200] or error)
         return
-    row = plan["stages"][stage]
-    if row["fits"]:
+    row = plan["stages"].get(stage)
+    if row is None or row["fits"]:  # no row: nothing to run (the ensemble with ENSEMBLE_SEEDS=1)
         return
     largest = row["largest_batch_size_that_fits"]
     fitting = f"the largest that fits is {largest}" if largest else "no batch size fits"

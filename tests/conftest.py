@@ -24,10 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = {"demo_run": "demo", "small_pipeline": "small", "s3_pipeline": "small", "small_trained": "trained",
                    "exactness_run": "exactness", "imported": "exactness", "ensemble": "ensemble"}
 
-# Each pipeline the tests run trains one model, not the default ensemble of three: the ensemble's
-# own tests (tests/test_ensemble.py, the image's Jobs) set ENSEMBLE_SEEDS themselves.
-os.environ.setdefault("ENSEMBLE_SEEDS", "1")
-
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per worker, and so per stage it starts: two workers with a thread per core each
     # would oversubscribe the cores, and torch's spinning threads then take twice the CPU time.

@@ -145,7 +145,7 @@ def run_the_local_overlay(tmp_path, s3_env: dict, s3_bucket: str, launch, git_sh
     settings_env.write_text(settings_env.read_text().replace("NUM_EXAMPLES=600", "NUM_EXAMPLES=100")
                             .replace("NUM_TRAIN_EPOCHS=10", "NUM_TRAIN_EPOCHS=1")
                             .replace("LDS_SUBSETS=16", "LDS_SUBSETS=2").replace("LDS_SEEDS=2", "LDS_SEEDS=1")
-                            .replace("ENSEMBLE_SEEDS=3", "ENSEMBLE_SEEDS=2")
+                            .replace("ENSEMBLE_SEEDS=1", "ENSEMBLE_SEEDS=2")
                             .replace("INDEX_SHARD_SIZE=1024", "INDEX_SHARD_SIZE=30").replace("RERANK_TOP_K=100",
                                                                                           "RERANK_TOP_K=5"))
     objects = kustomize(k8s / "overlays" / "local")

@@ -21,7 +21,8 @@ def published_bytes(artifacts, relative: str) -> int:
 
 
 def test_published_sizes_are_within_5_percent_of_the_demo_s(demo_run, capsys):
-    plan_stage.main(load_settings(PlanSettings, ["--artifacts_uri", str(demo_run), "--json"]))
+    settings = load_settings(PlanSettings, ["--artifacts_uri", str(demo_run), "--json"])  # the demo's ENSEMBLE_SEEDS
+    plan_stage.main(settings)
     plan = json.loads(capsys.readouterr().out)
     assert set(plan["stages"]) >= {"train", "fit_factors", "compute_scores", "compute_self_scores", "inspect_scores"}
     assert plan["shape"]["examples"] == 600 and plan["shape"]["prompts"] == 12
@@ -33,8 +34,10 @@ def test_published_sizes_are_within_5_percent_of_the_demo_s(demo_run, capsys):
         for relative, estimated in row["published_bytes"].items():
             assert estimated == pytest.approx(published_bytes(demo_run, relative), rel=0.05), relative
             checked.append(relative)
-    assert sorted(checked) == ["influence/factors_tiny_lm_factors", "influence/scores_prompt_scores",
-                               "influence/self_scores_tiny_lm_factors", "model"]
+    members = [f"ensemble/member_{number}/{path}" for number in range(1, settings.ensemble_seeds)
+               for path in ("influence/factors_tiny_lm_factors", "influence/scores_prompt_scores", "model")]
+    assert sorted(checked) == sorted(["influence/factors_tiny_lm_factors", "influence/scores_prompt_scores",
+                                      "influence/self_scores_tiny_lm_factors", "model", *members])
 
 
 def test_before_training_the_plan_reads_the_settings(tmp_path):
@@ -121,3 +124,83 @@ def test_scoring_is_charged_for_the_factors_own_strategy_and_modules(small_train
     # A scoring run's settings name the factors only; its defaults would say EK-FAC over the MLP.
     assert scoring(fitted) == scoring(bare, factor_strategy="identity", tracked_modules="mlp|attn")
     assert scoring(fitted) != scoring(bare)
+
+
+def test_the_ensemble_is_planned_as_its_members_training_fitting_and_scoring(tmp_path):
+    """ENSEMBLE_SEEDS=3: the ensemble stage trains and fits two members, each as the model (its peak
+    the larger of train's and fit_factors', its outputs theirs in ensemble/member_<k>/), and
+    compute_scores scores three models; with 1 there is no ensemble to plan, and no row."""
+    from influence_core.errors import ConfigError
+    from influence_core.plan import check_fits, render
+    from influence_core.settings import EnsembleSettings
+
+    nothing = str(tmp_path / "nothing")
+    single = make_plan(PlanSettings(artifacts_uri=nothing, ensemble_seeds=1), prompts=4)["stages"]
+    plan = make_plan(PlanSettings(artifacts_uri=nothing, ensemble_seeds=3), prompts=4)
+    three = plan["stages"]
+    ensemble, train, fit_factors = three["ensemble"], three["train"], three["fit_factors"]
+    larger = max(train, fit_factors, key=lambda row: row["peak_memory_bytes"])
+    memory = ("peak_memory_bytes", "fits", "batch_setting", "batch_size", "largest_batch_size_that_fits")
+    assert [ensemble[key] for key in memory] == [larger[key] for key in memory]
+    assert ensemble["published_bytes"] == {
+        f"ensemble/member_{number}/{path}": size for number in (1, 2)
+        for path, size in (*train["published_bytes"].items(), *fit_factors["published_bytes"].items())}
+    assert sorted(ensemble["published_bytes"]) == [
+        "ensemble/member_1/influence/factors_tiny_lm_factors", "ensemble/member_1/model",
+        "ensemble/member_2/influence/factors_tiny_lm_factors", "ensemble/member_2/model"]
+    assert ensemble["runs"] == 2
+    assert "ensemble" not in single and all(row["runs"] == 1 for row in single.values())
+
+    own = single["compute_scores"]["published_bytes"]
+    assert three["compute_scores"]["published_bytes"] == {
+        **own, **{f"ensemble/member_{number}/influence/scores_prompt_scores": own["influence/scores_prompt_scores"]
+                  for number in (1, 2)}}
+    assert three["compute_scores"]["runs"] == 3
+    # The members' scores are the influence alone; BM25's and the fused matrices are the model's.
+    fused = make_plan(PlanSettings(artifacts_uri=nothing, ensemble_seeds=3, score_fusion="bm25_zmean"),
+                      prompts=4)["stages"]["compute_scores"]["published_bytes"]
+    member = fused.pop("ensemble/member_1/influence/scores_prompt_scores")
+    assert member == own["influence/scores_prompt_scores"] < fused["influence/scores_prompt_scores"]
+    # Nothing else changes: the other stages run once, on the model.
+    assert {stage: row for stage, row in three.items() if stage not in ("ensemble", "compute_scores")} == {
+        stage: row for stage, row in single.items() if stage != "compute_scores"}
+    shown = next(line for line in render(plan).splitlines() if line.startswith("ensemble "))
+    assert shown.split()[1] == "2" and "ensemble/member_2/model" in shown
+
+    # The stage's own check: nothing to refuse without members; with them, what cannot fit is refused.
+    tiny = ["--artifacts_uri", nothing, "--device_memory_gib", "0.01"]
+    check_fits("ensemble", load_settings(EnsembleSettings, [*tiny, "--ensemble_seeds", "1"]))
+    with pytest.raises(ConfigError, match=f"ensemble: {larger['batch_setting']}="):
+        check_fits("ensemble", load_settings(EnsembleSettings, [*tiny, "--ensemble_seeds", "3"]))
+
+
+def test_the_query_is_planned_for_the_published_index_not_the_query_s_defaults(small_trained, tmp_path):
+    """A query reads the index as build_index made it: an index of PROJECTION_DIM=16 in float32 is
+    planned as such, though the query's settings (which have neither) would say 256 and float16."""
+    from influence_core.plan import index_row_floats
+    from influence_core.storage import SUCCESS, fingerprint_of
+
+    bare, indexed = tmp_path / "bare", tmp_path / "indexed"
+    for artifacts in (bare, indexed):
+        for output in ("model", "data/train"):
+            shutil.copytree(small_trained / output, artifacts / output)
+    built = {"projection_dim": 16, "index_dtype": "float32"}
+    floats = index_row_floats(measure_shape(PlanSettings(artifacts_uri=str(bare)), 12, "query").scored, 16)
+    model = fingerprint_of(json.loads((indexed / "model" / SUCCESS).read_text()))
+    (indexed / "index/index").mkdir(parents=True)
+
+    def publish_index(made_from: str) -> None:
+        """A published index as build_index records it (the plan reads no shard), made from `made_from`."""
+        (indexed / "index/index" / SUCCESS).write_text(json.dumps({
+            "stage": "build_index", "settings": {**built, "factors_name": "tiny_lm_factors"},
+            "inputs": {"model": made_from}, "files": {}, "floats_per_example": floats}))
+
+    def query(artifacts, **settings) -> dict:
+        return make_plan(PlanSettings(artifacts_uri=str(artifacts), **settings), 12, "query")["stages"]["query"]
+
+    publish_index(model)
+    assert query(indexed) == query(bare, **built)
+    assert query(indexed)["peak_memory_bytes"] < query(bare)["peak_memory_bytes"]
+    assert measure_shape(PlanSettings(artifacts_uri=str(indexed)), 12, "query").index == (floats, "float32")
+    publish_index("another model's fingerprint")  # stale: the query would refuse it; the plan falls back
+    assert query(indexed) == query(bare)
