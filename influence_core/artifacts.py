@@ -380,9 +380,10 @@ class Index(Artifact):
 
     def check_query(self, query: CommonSettings) -> None:
         """A query must precondition as the index's rows were whitened: the same factors (name;
-        their version is the lineage's) and the same damping and precondition dtype."""
+        their version is the lineage's), the same damping and precondition dtype, and the same
+        autocast (its rows' and the candidates' exact scores are computed under it)."""
         built = self.manifest.settings
-        for field in ("factors_name", "damping_factor", "precondition_dtype"):
+        for field in ("factors_name", "damping_factor", "precondition_dtype", "amp_dtype"):
             theirs, mine = built.get(field), getattr(query, field)
             if str(theirs) != str(mine):
                 raise ConfigError(f"{field.upper()}={mine}: the index {self.url} was built with {field.upper()}="

@@ -103,8 +103,9 @@ def describe(scoring: FusionSettings, models: int) -> str:
 
 def score_label(scoring: FusionSettings, models: int) -> str:
     """What a ranking's numbers are, short enough for a plot's axis."""
-    influence = "influence" if models == 1 else f"influence, mean of {models} models"
-    return {"none": f"{influence} score", "bm25_zmean": f"fused score (z-scores of {influence} and BM25)",
+    influence = "influence" if models == 1 else f"mean influence of {models} models"
+    return {"none": "influence score" if models == 1 else f"influence score (mean of {models} models)",
+            "bm25_zmean": f"fused score (z-scores of {influence} and BM25)",
             "bm25_gate": f"{influence} within BM25's gate"}[scoring.score_fusion]
 
 

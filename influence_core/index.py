@@ -20,6 +20,12 @@ An index therefore belongs to one set of factors and one damping, which its mani
 The whitened gradient of a module is projected to PROJECTION_DIM per side by two random matrices
 with orthonormal rows (scaled so that E[P^T P] = I): P_out W P_in^T, outputs x inputs down to
 k x k. At PROJECTION_DIM 0, or at least a side's size, that side is kept whole.
+
+The gradients are those compute_scores preconditions: the forward pass and the loss run under the
+autocast AMP_DTYPE names, as Kronfluence runs them (the backward follows the forward's dtypes); the
+whitening is float32 arithmetic. Rows that would not be finite in the dtype they are stored in
+(float16 ends at 65504, and whitening divides by sqrt(eigenvalue + damping)) are refused, not
+stored as inf.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from datasets import Dataset
 from torch import nn
 
 from influence_core.data import PadCollator
+from influence_core.errors import ConfigError
 from influence_core.settings import BuildIndexSettings, IndexSettings, QueryIndexSettings
 
 log = logging.getLogger(__name__)
@@ -172,19 +179,21 @@ class _Recorder:
             if module.bias is not None:  # the bias is a weight on a constant input of 1 (Kronfluence's layout)
                 activation = torch.cat([activation, activation.new_ones(*activation.shape[:-1], 1)], dim=-1)
             if in_side is not None:
-                activation = activation @ in_side
+                with _no_autocast(activation):  # the forward runs under AMP_DTYPE; the whitening stays float32
+                    activation = activation @ in_side
 
             def backward(gradient: torch.Tensor) -> None:
-                gradient = gradient.float()
-                if out_side is not None:
-                    gradient = gradient @ out_side
-                rows = torch.einsum("bto,bti->boi", gradient, activation)
-                if scale is not None:
-                    rows = rows * scale
-                    if p_out is not None:
-                        rows = torch.einsum("ko,boi->bki", p_out, rows)
-                    if p_in is not None:
-                        rows = torch.einsum("boi,ki->bok", rows, p_in)
+                with _no_autocast(gradient):
+                    gradient = gradient.float()
+                    if out_side is not None:
+                        gradient = gradient @ out_side
+                    rows = torch.einsum("bto,bti->boi", gradient, activation)
+                    if scale is not None:
+                        rows = rows * scale
+                        if p_out is not None:
+                            rows = torch.einsum("ko,boi->bki", p_out, rows)
+                        if p_in is not None:
+                            rows = torch.einsum("boi,ki->bok", rows, p_in)
                 self.gradients[name] = rows.flatten(1)
 
             output.register_hook(backward)
@@ -197,6 +206,12 @@ class _Recorder:
     def close(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+
+def _no_autocast(tensor: torch.Tensor) -> torch.autocast:
+    """Autocast off on the tensor's device: Kronfluence takes the activations and output gradients
+    as the autocast passes made them but multiplies them in its own dtypes, as the hooks do."""
+    return torch.autocast(tensor.device.type, enabled=False)
 
 
 def _then(basis: torch.Tensor | None, projection: torch.Tensor | None) -> torch.Tensor | None:
@@ -223,11 +238,15 @@ def _activation_gradients_only(model: nn.Module) -> Iterator[None]:
 
 def gradient_rows(model: nn.Module, loss, examples: Dataset, projection: Projection,
                   whitened: dict[str, ModuleWhitening], pad_token_id: int, batch_size: int,
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                  dtype: torch.dtype = torch.float32, amp_dtype: torch.dtype | None = None,
+                  what: str = "training example", first: int = 0) -> torch.Tensor:
     """Each example's whitened, projected gradient of `loss(batch, model)` (a summed loss: the
     task's training loss for the index, its measurement for the queries), in the order of
     `examples`: (len(examples), projection.size) in `dtype`. Batches are sorted by length (each is
-    padded to its longest; an example's gradient depends on it alone)."""
+    padded to its longest; an example's gradient depends on it alone). `amp_dtype` is the autocast
+    of the forward pass (runtime.autocast_dtype(AMP_DTYPE); None: none), as compute_scores' passes
+    run, so that the index and the exact rescoring see the same gradients. A row that is not finite,
+    or would not be in `dtype`, is refused (ConfigError) naming example i as `what` {first + i}."""
     device = next(model.parameters()).device
     lengths = [len(ids) for ids in examples["input_ids"]]
     order = sorted(range(len(examples)), key=lambda i: -lengths[i])
@@ -240,11 +259,44 @@ def gradient_rows(model: nn.Module, loss, examples: Dataset, projection: Project
             for start in range(0, len(order), batch_size):
                 chosen = order[start:start + batch_size]
                 batch = {key: value.to(device) for key, value in collate([examples[i] for i in chosen]).items()}
-                loss(batch, model).backward()
-                rows[chosen] = recorder.take().to("cpu", dtype)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    total = loss(batch, model)
+                total.backward()  # outside autocast, as Kronfluence's (its ops run in the forward's dtypes)
+                rows[chosen] = _stored(recorder.take(), dtype, amp_dtype,
+                                       [f"{what} {first + i}" for i in chosen]).to("cpu")
     finally:
         recorder.close()
     return rows
+
+
+def _stored(block: torch.Tensor, dtype: torch.dtype, amp_dtype: torch.dtype | None,
+            names: list[str]) -> torch.Tensor:
+    """A batch's float32 rows in `dtype`, refused in one line where a row is not finite, or would
+    not be once cast: an inf or NaN row in the index scores every query as inf or NaN, silently."""
+    finite = torch.isfinite(block).all(dim=1)
+    if not bool(finite.all()):
+        row = int((~finite).nonzero()[0])
+        value = float(block[row][~torch.isfinite(block[row])][0])
+        if amp_dtype is not None:  # autocast's narrower arithmetic is the first suspect
+            amp = str(amp_dtype).removeprefix("torch.")
+            raise ConfigError(f"AMP_DTYPE: {names[row]}'s whitened gradient is not finite ({value}) with the passes "
+                              f"autocast to {amp}; run with AMP_DTYPE=float32, or check the model and its factors "
+                              "(python -m jobs inspect_factors)")
+        raise ConfigError(f"DAMPING_FACTOR: {names[row]}'s whitened gradient is not finite ({value}) in float32: the "
+                          "model's gradient or its factors hold inf or NaN, or the damping is too small to invert "
+                          "the factors; use a larger DAMPING_FACTOR, or check the model and its factors (python -m "
+                          "jobs inspect_factors)")
+    cast = block.to(dtype)
+    fits = torch.isfinite(cast).all(dim=1)
+    if not bool(fits.all()):
+        row = int((~fits).nonzero()[0])
+        name, largest = str(dtype).removeprefix("torch."), torch.finfo(dtype).max
+        wider = " or ".join(other for other in ("bfloat16", "float32")
+                            if torch.finfo(getattr(torch, other)).max > largest)
+        raise ConfigError(f"INDEX_DTYPE={name}: {names[row]}'s whitened gradient reaches "
+                          f"{float(block[row].abs().max()):.3g}, past {name}'s largest {largest:.6g}; build with "
+                          f"INDEX_DTYPE={wider}, or a larger DAMPING_FACTOR")
+    return cast
 
 
 # ---- building the index and querying it ----------------------------------------------------------
@@ -281,7 +333,7 @@ def build_shards(model_dir: Path, train_dir: Path, work_dir: Path, settings: Bui
 
     from influence_core.artifacts import Index
     from influence_core.factors import factors_dir, load_training_examples, tracked_modules
-    from influence_core.runtime import is_main_process, rank, world_size
+    from influence_core.runtime import autocast_dtype, is_main_process, rank, world_size
     from influence_core.storage import partial_name
     from influence_core.tasks import TASKS
 
@@ -303,7 +355,8 @@ def build_shards(model_dir: Path, train_dir: Path, work_dir: Path, settings: Bui
         if _shard_rows(path) == count:  # restored from an earlier run
             continue
         rows = gradient_rows(model, loss, examples.select(range(first, first + count)), projection, whitened,
-                             tokenizer.pad_token_id, settings.train_batch_size, getattr(torch, settings.index_dtype))
+                             tokenizer.pad_token_id, settings.train_batch_size, getattr(torch, settings.index_dtype),
+                             amp_dtype=autocast_dtype(settings.amp_dtype), first=first)
         # A name Output.sync never stages: the main process syncs while the others still write theirs.
         partial = path.with_name(partial_name(path.name))
         save_file({Index.ROWS: rows.contiguous()}, str(partial), metadata={"first": str(first)})
@@ -327,12 +380,15 @@ def _shard_rows(path: Path) -> int | None:
 
 
 def query_rows(model: nn.Module, tokenizer, queries: Dataset, projection: Projection,
-               whitened: dict[str, ModuleWhitening], task: str, names: Sequence[str], batch_size: int) -> torch.Tensor:
-    """The queries' measurement gradients, whitened and projected as the index's rows are."""
+               whitened: dict[str, ModuleWhitening], task: str, names: Sequence[str], batch_size: int,
+               amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The queries' measurement gradients, whitened and projected as the index's rows are, under
+    the autocast `amp_dtype` (as compute_scores measures them)."""
     from influence_core.tasks import TASKS
 
     measure = TASKS[task](list(names)).compute_measurement
-    return gradient_rows(model, measure, queries, projection, whitened, tokenizer.pad_token_id, batch_size)
+    return gradient_rows(model, measure, queries, projection, whitened, tokenizer.pad_token_id, batch_size,
+                         amp_dtype=amp_dtype, what="prompt", first=1)  # prompts are numbered from 1, as the reports
 
 
 def score_shards(queries: torch.Tensor, shards: Iterable[Path], chunk: int = 256) -> torch.Tensor:
@@ -363,6 +419,7 @@ def answer(model_dir: Path, train_dir: Path, work_dir: Path, shards: Iterable[Pa
 
     from influence_core.data import tokenize_prompts
     from influence_core.factors import factors_dir, load_training_examples, tracked_modules
+    from influence_core.runtime import autocast_dtype
     from influence_core.scores import rescore
 
     context = AutoConfig.from_pretrained(model_dir).max_position_embeddings
@@ -371,7 +428,7 @@ def answer(model_dir: Path, train_dir: Path, work_dir: Path, shards: Iterable[Pa
     names = tracked_modules(factors_dir(work_dir, settings.factors_name))
     projection = Projection.from_json(recorded)
     rows = query_rows(model, tokenizer, queries, projection, whitened, settings.task, names,
-                      settings.query_batch_size or len(prompts))
+                      settings.query_batch_size or len(prompts), autocast_dtype(settings.amp_dtype))
     scores = score_shards(rows, shards)
     del model
     if not settings.rerank_top_k:

@@ -207,3 +207,22 @@ def test_a_model_imported_as_it_is_is_scored_alone_at_the_default_ensemble(tmp_p
     recorded = json.loads((artifacts / "influence/scores_prompt_scores/_SUCCESS").read_text())["settings"]
     assert recorded["ensemble_seeds"] == 1
     assert run("compute_scores", artifacts, "--ensemble_seeds=3", "--log_level=INFO")[1].count("skipping") == 1
+
+
+@pytest.mark.slow
+def test_the_report_of_an_ensemble_splits_its_averaged_influence_into_tokens(ensemble, tmp_path):
+    """Per-token scores of the averaged influence are the mean of each model's, with its own
+    factors: they sum to the listed (averaged) score, not to the model's own."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    code, log = run("inspect_scores", artifacts, "--num_influential=2")
+    assert code == 0, log[-3000:]
+    report = json.loads((artifacts / "reports/prompt_scores/report.json").read_text())
+    alone = matrix(artifacts, "influence/scores_alone")
+    listed = [(number, item) for number, entry in enumerate(report["prompts"])
+              for item in entry["top_positive"] + entry["top_negative"]]
+    assert listed
+    for number, item in listed:
+        assert abs(sum(item["token_scores"]) - item["score"]) <= 1e-3 * abs(item["score"]) + 1e-9, item["index"]
+        assert abs(item["score"] - float(alone[number, item["index"]])) > 1e-3 * abs(item["score"])
+    assert report["score_label"] == "influence score (mean of 3 models)"

@@ -63,3 +63,29 @@ def test_top_overlap_counts_the_shared_documents_of_the_two_top_k():
     assert top_overlap(first, second, k=3) == [2, 1]
     assert top_overlap(first, second, k=10) == [5, 5]  # k beyond the documents: all of them
     assert top_overlap(first, torch.zeros(2, 5), k=3) == [None, None]  # no word matched: no lexical top k
+
+
+@pytest.mark.slow
+def test_a_fused_report_lists_as_helpful_only_documents_of_positive_influence(small_pipeline, tmp_path):
+    """With SCORE_FUSION=bm25_zmean a document BM25 ranks high can top the ranking with negative
+    influence: it is not listed as helpful (nor a positive one as harmful), and the report says what
+    its numbers are (the score beside the influence, the axes' label)."""
+    import json
+    import shutil
+
+    from tests.conftest import jobs_ok
+
+    artifacts = tmp_path / "artifacts"
+    for relative in ("model", "data/train", "influence/factors_tiny_lm_factors"):
+        shutil.copytree(small_pipeline / relative, artifacts / relative)
+    env = {"ARTIFACTS_URI": str(artifacts), "SCORES_NAME": "fused"}
+    jobs_ok("compute_scores", env={**env, "SCORE_FUSION": "bm25_zmean", "FUSION_WEIGHT": "0.9"})
+    jobs_ok("inspect_scores", "--no-per_token_scores", "--num_influential=5", env=env)
+    report = json.loads((artifacts / "reports/fused/report.json").read_text())
+    positive = [item for entry in report["prompts"] for item in entry["top_positive"]]
+    negative = [item for entry in report["prompts"] for item in entry["top_negative"]]
+    assert positive and negative
+    assert all(item["influence"] > 0 and item["score"] > 0 for item in positive)
+    assert all(item["influence"] < 0 and item["score"] < 0 for item in negative)
+    assert report["fused"] and report["score_label"].startswith("fused score")
+    assert "(influence " in (artifacts / "reports/fused/fused_report.md").read_text()
