@@ -226,3 +226,16 @@ def test_the_report_of_an_ensemble_splits_its_averaged_influence_into_tokens(ens
         assert abs(sum(item["token_scores"]) - item["score"]) <= 1e-3 * abs(item["score"]) + 1e-9, item["index"]
         assert abs(item["score"] - float(alone[number, item["index"]])) > 1e-3 * abs(item["score"])
     assert report["score_label"] == "influence score (mean of 3 models)"
+
+
+@pytest.mark.slow
+def test_members_are_scored_under_the_autocast_the_model_is(ensemble, tmp_path):
+    """AMP_DTYPE is part of how the members are scored: members scored in float32 are scored again
+    under bfloat16 autocast when the model's scores are, never averaged with them."""
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    assert run("compute_scores", artifacts, "--ensemble_seeds=3", "--amp_dtype=bfloat16")[0] == 0
+    for number in (1, 2):
+        recorded = json.loads((artifacts / f"ensemble/member_{number}/influence/scores_prompt_scores/_SUCCESS")
+                              .read_text())["settings"]
+        assert recorded["amp_dtype"] == "bfloat16", number
