@@ -218,8 +218,11 @@ def test_build_index_and_query_compute_their_rows_under_amp_dtype(artifacts, mon
     run("build_index", artifacts, "--projection_dim=8", "--amp_dtype=bfloat16")
     assert asked == [torch.bfloat16]  # one shard of 100 examples
     run("query", artifacts, "--rerank_top_k=0", "--amp_dtype=bfloat16")
-    run("query", artifacts, "--rerank_top_k=0", "--amp_dtype=float32", "--scores_name=float32_query")
-    assert asked == [torch.bfloat16, torch.bfloat16, None]
+    assert asked == [torch.bfloat16, torch.bfloat16]
+    # A query under another autocast than the index's rows is refused (Index.check_query).
+    line = one_line_refusal(jobs_in_process("query", f"--artifacts_uri={artifacts}", "--rerank_top_k=0",
+                                            "--amp_dtype=float32", "--scores_name=float32_query", "--log_level=ERROR"))
+    assert "AMP_DTYPE=float32: the index" in line and "was built with AMP_DTYPE=bfloat16" in line
 
 
 def test_rows_past_the_index_dtype_s_range_are_refused_not_stored_as_inf(artifacts):
