@@ -123,31 +123,3 @@ def test_the_import_model_job_publishes_a_model_of_your_own(s3_env, s3_bucket, t
         assert manifest["stage"] == "import_model" and manifest["settings"]["model"] == env["MODEL"]
     assert json.loads(fs.cat_file(f"{s3_bucket}/run/model/config.json"))["model_type"] == "gpt2"
 
-
-def test_the_original_flow_runs_as_jobs_at_the_overlays_settings(s3_env, s3_bucket):
-    """The original project's steps as the README deploys them, one Job each and no other: train,
-    fit-factors, inspect-factors, compute-scores, inspect-scores, each stage with the settings its
-    Job's pod gets from the local overlay (ENSEMBLE_SEEDS included; the corpus made smaller), the
-    report published in the bucket. In this process: the pods themselves, launcher and image
-    included, run in tests/test_image.py."""
-    import fsspec
-
-    from influence_core.stages import BY_NAME
-    from tests.conftest import jobs_in_process
-
-    objects = render("local")
-    jobs = stage_jobs(objects)
-    for stage in ("train", "fit_factors", "inspect_factors", "compute_scores", "inspect_scores"):
-        fields = {name.upper() for name in BY_NAME[stage].settings.model_fields}
-        env = {name: value for name, value in resolved_env(stage_container(jobs[stage]), objects).items()
-               if name in fields and value is not None}
-        env.update({**{name: value for name, value in FASTER.items() if name in env},
-                    "ARTIFACTS_URI": f"{s3_bucket}/run", "LOG_LEVEL": "WARNING"})
-        if stage == "inspect_scores":
-            env["PER_TOKEN_SCORES"] = "false"  # the per-token pass is the slowest part of the report, not tested here
-        code, log = jobs_in_process(stage, env=env)
-        assert code == 0, f"{stage}:\n{log[-3000:]}"
-    fs = fsspec.filesystem("s3", endpoint_url=s3_env["FSSPEC_S3_ENDPOINT_URL"], key=s3_env["AWS_ACCESS_KEY_ID"],
-                           secret=s3_env["AWS_SECRET_ACCESS_KEY"])
-    assert fs.exists(f"{s3_bucket}/run/reports/prompt_scores/prompt_scores_report.md")
-    assert not fs.exists(f"{s3_bucket}/run/ensemble")

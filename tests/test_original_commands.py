@@ -5,8 +5,8 @@ runs in this process as `python <script>` runs it (its argv, from the user's fol
 interpreter to start), and only the corpus is made smaller (NUM_EXAMPLES, NUM_TRAIN_EPOCHS) so the
 test is quick; bench/original_commands.py runs the same commands as processes at the full defaults.
 
-The same flow as Kubernetes Jobs (train, fit-factors, inspect-factors, compute-scores, inspect-scores,
-no other) is tests/test_manifest_run.py's."""
+The same flow as Kubernetes Jobs needs no other Job at the overlays' settings
+(tests/test_sharded_manifests.py); every Job runs as a container in tests/test_image.py."""
 
 from __future__ import annotations
 

@@ -181,6 +181,18 @@ def test_lds_retrain_runs_a_pod_per_subset_the_stage_reads(overlay, monkeypatch,
 
 
 @pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_the_original_flow_needs_no_other_job(overlay, monkeypatch):
+    """The original project's steps as Jobs (train, fit-factors, inspect-factors, compute-scores,
+    inspect-scores) at the overlay's settings: compute-scores' pod averages no ensemble, so no Job
+    but these has to run first (the stages at these settings: tests/test_original_commands.py; every
+    Job as a container: tests/test_image.py)."""
+    objects = render(overlay)
+    jobs = stage_jobs(objects)
+    assert {"train", "fit_factors", "inspect_factors", "compute_scores", "inspect_scores"} <= set(jobs)
+    assert load_stage_settings(jobs["compute_scores"], objects, monkeypatch).ensemble_seeds == 1
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
 def test_the_ensemble_runs_a_pod_per_model_the_stage_reads(overlay, monkeypatch, tmp_path):
     """completions = ENSEMBLE_SEEDS as the ensemble stage reads it; pod 0 is the model itself (no
     member), every other index one member, and the next one is refused. At the default, one model,
