@@ -35,6 +35,12 @@ def matrix(artifacts: Path, scores: str = "influence/scores_prompt_scores") -> t
     return load_file(str(artifacts / scores / "pairwise_scores.safetensors"))["all_modules"]
 
 
+def copied(ensemble: Path, tmp_path: Path) -> Path:
+    """A copy of the ensemble fixture's artifacts (and its prompts file) for a test to change."""
+    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    return tmp_path / "artifacts"
+
+
 @pytest.fixture(scope="module")
 def ensemble(tmp_path_factory) -> Path:
     """A tiny model, its factors, two members (ENSEMBLE_SEEDS=3), the averaged scores, and the
@@ -77,8 +83,7 @@ def test_a_finished_ensemble_is_skipped(ensemble):
 
 @pytest.mark.slow
 def test_a_member_trained_again_otherwise_is_refused_by_the_stages_that_read_it(ensemble, tmp_path):
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    artifacts = copied(ensemble, tmp_path)
     member = artifacts / "ensemble/member_1"
     assert run("train", member, "--training_seed=1", "--learning_rate=3e-3")[0] == 0
     # Scores made from the member's old model: the lineage is followed into the member's tree.
@@ -96,8 +101,7 @@ def test_a_member_trained_again_otherwise_is_refused_by_the_stages_that_read_it(
 
 @pytest.mark.slow
 def test_scores_of_an_ensemble_whose_members_are_missing_are_refused(ensemble, tmp_path):
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    artifacts = copied(ensemble, tmp_path)
     line = one_line_refusal(run("compute_scores", artifacts, "--ensemble_seeds=4", "--scores_name=four"))
     assert "ensemble/member_3/model" in line and "run the ensemble stage first" in line
     assert not (artifacts / "ensemble/member_1/influence/scores_four").exists()  # refused before any scoring
@@ -105,8 +109,7 @@ def test_scores_of_an_ensemble_whose_members_are_missing_are_refused(ensemble, t
 
 @pytest.mark.slow
 def test_new_prompts_need_compute_scores_alone_which_scores_the_members(ensemble, tmp_path):
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    artifacts = copied(ensemble, tmp_path)
     other = tmp_path / "other.json"
     other.write_text(json.dumps([{"prompt": "The bassoon player was", "completion": " Edrik Solvane"}]))
     before = {path: path.read_text() for path in (artifacts / "ensemble").rglob("_SUCCESS")}
@@ -133,8 +136,7 @@ def test_new_prompts_need_compute_scores_alone_which_scores_the_members(ensemble
 def test_members_are_scored_with_the_factors_the_model_is_scored_with(ensemble, tmp_path):
     """Members with factors of two names: compute_scores averages the members' scores made with the
     factors it is asked for, never scores a member made with others (here: K-FAC with identity)."""
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    artifacts = copied(ensemble, tmp_path)
     assert run("fit_factors", artifacts, "--factors_name=kf", "--factor_strategy=kfac")[0] == 0
     # The member's kf factors (and, where the ensemble stage scores, scores of another name); its scores
     # prompt_scores stay those made with the fixture's identity factors.
@@ -172,8 +174,7 @@ def test_members_of_a_model_fine_tuned_from_a_model_that_changed_since_are_refus
 
 @pytest.mark.slow
 def test_the_members_stages_check_the_device_memory_this_run_gives(ensemble, tmp_path):
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    artifacts = copied(ensemble, tmp_path)
     line = one_line_refusal(run("ensemble", artifacts, "--ensemble_seeds=4", "--device_memory_gib=0.01"))
     assert "train: BATCH_SIZE=8 needs about" in line and "FORCE_FIT=true" in line
     assert not (artifacts / "ensemble/member_3").exists()
@@ -213,8 +214,7 @@ def test_a_model_imported_as_it_is_is_scored_alone_at_the_default_ensemble(tmp_p
 def test_the_report_of_an_ensemble_splits_its_averaged_influence_into_tokens(ensemble, tmp_path):
     """Per-token scores of the averaged influence are the mean of each model's, with its own
     factors: they sum to the listed (averaged) score, not to the model's own."""
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    artifacts = copied(ensemble, tmp_path)
     code, log = run("inspect_scores", artifacts, "--num_influential=2")
     assert code == 0, log[-3000:]
     report = json.loads((artifacts / "reports/prompt_scores/report.json").read_text())
@@ -232,8 +232,7 @@ def test_the_report_of_an_ensemble_splits_its_averaged_influence_into_tokens(ens
 def test_members_are_scored_under_the_autocast_the_model_is(ensemble, tmp_path):
     """AMP_DTYPE is part of how the members are scored: members scored in float32 are scored again
     under bfloat16 autocast when the model's scores are, never averaged with them."""
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(ensemble.parent, tmp_path, dirs_exist_ok=True)
+    artifacts = copied(ensemble, tmp_path)
     assert run("compute_scores", artifacts, "--ensemble_seeds=3", "--amp_dtype=bfloat16")[0] == 0
     for number in (1, 2):
         recorded = json.loads((artifacts / f"ensemble/member_{number}/influence/scores_prompt_scores/_SUCCESS")
