@@ -135,3 +135,36 @@ def test_an_index_reads_only_the_shard_files_it_writes():
     names = ["shard_00001.safetensors.partial", "shard_x.txt", "shard_00000.safetensors", Index.PROJECTION]
     index.manifest = Manifest.parse({"stage": "build_index", "files": {name: [1, "0" * 64] for name in names}})
     assert index.shards() == ["shard_00000.safetensors"]
+
+
+def test_scores_replaced_by_a_run_whose_upload_fails_are_still_the_previous_readable_scores(store, tmp_path,
+                                                                                            monkeypatch):
+    """The issue's case: compute_scores' output replaced, the upload of the new matrix failing midway;
+    the previous scores are still complete, verified and read as they were."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from influence_core.artifacts import Scores
+
+    def scores_folder(path: Path, matrix: torch.Tensor) -> Path:
+        path.mkdir(parents=True)
+        save_file({Scores.KEY: matrix}, str(path / Scores.MATRIX))
+        (path / Scores.PROMPTS).write_text(json.dumps([{"prompt": "p", "completion": " c"}]))
+        return path
+
+    old, new = torch.arange(6.0).reshape(1, 6), -torch.arange(6.0).reshape(1, 6)
+    relative = Scores("s").relative
+    store.publish(scores_folder(tmp_path / "old", old), relative, {"stage": "compute_scores"})
+
+    def fails(lpath):
+        raise ConnectionError("connection reset by peer")
+
+    uploads_through(store, monkeypatch, fails)
+    with pytest.raises(ConnectionError):
+        store.publish(scores_folder(tmp_path / "new", new), relative, {"stage": "compute_scores"})
+    monkeypatch.undo()
+    scores = Scores("s").bind(store)
+    assert scores is not None, "the previous scores are no longer complete"
+    assert torch.equal(Scores.influence(scores.fetch(tmp_path / "read")), old)
