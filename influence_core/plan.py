@@ -87,6 +87,7 @@ class Shape:
     # The published index INDEX_NAME of the model: its floats per example and INDEX_DTYPE, as it was
     # built (a query has no PROJECTION_DIM or INDEX_DTYPE of its own); None when none is published.
     index: tuple[int, str] | None = None
+    imported: bool = False  # the published model is MODEL as it is (import_model): it has no ensemble
 
     def activations_per_token(self, intermediate: int) -> int:
         """Floats a token keeps for the backward pass: per block its hidden states (about ten of
@@ -183,7 +184,7 @@ def measure_shape(settings: PlanSettings, prompts: int, stage: str = "fit_factor
                  scoring_strategy=factors.strategy if factors is not None else settings.factor_strategy,
                  examples=examples, longest=longest, tokens=tokens, prompts=prompts,
                  from_published=model is not None and data is not None,
-                 index=index_row)
+                 index=index_row, imported=model is not None and model.family == "imported")
 
 
 def _intermediate(shape: Shape) -> int:
@@ -248,7 +249,8 @@ def estimates(settings: PlanSettings, shape: Shape) -> dict[str, Estimate]:
     model_files = weights + TOKENIZER_BYTES_PER_TOKEN * shape.vocab + METADATA_BYTES
     factors_files = fitted.factors + METADATA_BYTES
     scores_files = scores + METADATA_BYTES + PROMPT_BYTES * shape.prompts
-    members = range(1, settings.ensemble_seeds)  # the ensemble's, besides the model itself
+    # The ensemble's, besides the model itself; an imported model is scored alone (no training to repeat).
+    members = range(1, 1 if shape.imported else settings.ensemble_seeds)
     # One micro-batch (BATCH_SIZE / MICRO_BATCHES examples) is in memory at a time.
     train = Estimate(4 * weights, token_activations // settings.micro_batches, "BATCH_SIZE", settings.batch_size,
                      {Model().relative: model_files})

@@ -204,3 +204,17 @@ def test_the_query_is_planned_for_the_published_index_not_the_query_s_defaults(s
     assert measure_shape(PlanSettings(artifacts_uri=str(indexed)), 12, "query").index == (floats, "float32")
     publish_index("another model's fingerprint")  # stale: the query would refuse it; the plan falls back
     assert query(indexed) == query(bare)
+
+
+def test_an_imported_model_is_planned_without_an_ensemble(tmp_path):
+    """A model imported as it is has no training to repeat: the ensemble stage does nothing and
+    compute_scores scores it alone, whatever ENSEMBLE_SEEDS says, and so does the plan."""
+    from tests.conftest import jobs_ok
+    from tests.families import save_tiny_model
+
+    artifacts = tmp_path / "artifacts"
+    jobs_ok("import_model", f"--model={save_tiny_model('gpt2', tmp_path / 'gpt2')}", "--num_examples=100",
+            env={"ARTIFACTS_URI": str(artifacts)})
+    stages = make_plan(PlanSettings(artifacts_uri=str(artifacts), ensemble_seeds=3), prompts=4)["stages"]
+    assert "ensemble" not in stages and stages["compute_scores"]["runs"] == 1
+    assert list(stages["compute_scores"]["published_bytes"]) == ["influence/scores_prompt_scores"]
