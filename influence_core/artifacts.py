@@ -570,14 +570,14 @@ def refuse_replacing(store: Store, output: Artifact, stage: str, force: bool, se
 
 
 def check_members(model: Model, data: TrainData, factors: Factors, numbers: list[int]) -> None:
-    """An ensemble's members (their model, data and factors bound by `require`, which checked their
-    own chains) belong with the model: each trained on the same examples by the same recipe, from
-    the same MODEL, with the training seed the model's plus its number, and fitted with the same
-    settings as `factors`."""
+    """An ensemble's members `numbers` exist (their model, data and factors, each chain checked by
+    `require`) and belong with the model (bound): each trained on the same examples by the same
+    recipe, from the same MODEL, with the training seed the model's plus its number, and fitted
+    with the same settings as `factors`."""
     remedy = "rerun the ensemble stage (python -m jobs ensemble) with FORCE=true"
-    for number in numbers:
-        member_model, member_data, member_factors = (in_member(mine, number).bind(model.store)
-                                                     for mine in (model, data, factors))
+    members = [tuple(in_member(mine, number) for mine in (model, data, factors)) for number in numbers]
+    require(model.store, *(part for member in members for part in member))
+    for number, (member_model, member_data, member_factors) in zip(numbers, members):
         seed = model.settings.model_seed + number
         if _examples(member_data) != _examples(data):
             raise ConfigError(f"ensemble member {number} was trained on other examples ({member_data.url}) than "

@@ -48,7 +48,6 @@ def main(settings: ComputeScoresSettings) -> None:
                     "scoring it alone", settings.ensemble_seeds, model.url, model.source)
         settings = settings.model_copy(update={"ensemble_seeds": 1})  # and recorded so
     numbers = list(range(1, settings.ensemble_seeds))
-    require(store, *[in_member(mine, number) for number in numbers for mine in (model, data, factors)])
     check_members(model, data, factors, numbers)
     for number in numbers:  # each member scored as the model is (skipped when done; a shard: its part)
         main(member_scoring(settings, number))
