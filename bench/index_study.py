@@ -10,7 +10,7 @@ again under another name), build_index, both queries and one question at the ter
 back; and, unless --no-lds, the LDS of the three scores from one `python -m jobs lds` run
 (LDS_SCORES naming all three; the retrained subsets are shared).
 
-    python bench/index_study.py [--no-lds] [--projection_dims 64,128,256]
+    python bench/index_study.py [--no-lds] [--index_dims 4096,8192]
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from influence_core.settings import INDEX_DIM_DEFAULT  # noqa: E402
 
 CORPORA = {"demo": {}, "demo-hard": {"DATASET": "demo-hard", "PROMPTS": str(ROOT / "prompts-hard.json")}}
 
@@ -62,10 +64,10 @@ def study(corpus: str, env: dict, dims: list[int], lds: bool) -> dict:
     seconds = row["seconds"]
     seconds["compute_scores"] = jobs(env, "compute_scores", "--scores_name", "index_study_exact", "--force")
     for dim in dims:  # the index's own scores at other sizes, without rescoring
-        jobs(env, "build_index", "--index_name", f"study_{dim}", "--projection_dim", str(dim))
+        jobs(env, "build_index", "--index_name", f"study_{dim}", "--index_dim", str(dim))
         jobs(env, "query", "--index_name", f"study_{dim}", "--rerank_top_k", "0", "--scores_name", f"study_{dim}",
              "--force")
-        row[f"projection_dim_{dim}"] = compare(artifacts, f"study_{dim}")
+        row[f"index_dim_{dim}"] = compare(artifacts, f"study_{dim}")
     seconds["build_index"] = jobs(env, "build_index", "--force")
     seconds["query_index_only"] = jobs(env, "query", "--rerank_top_k", "0", "--scores_name", "query_index",
                                        "--force")
@@ -87,7 +89,7 @@ def study(corpus: str, env: dict, dims: list[int], lds: bool) -> dict:
 def render(result: dict) -> str:
     lines = [f"# Gradient index study ({result['date']})", "",
              "`python bench/index_study.py`: the demo and demo-hard at the defaults (600 documents, the tiny "
-             "model, EK-FAC, damping 1e-8, PROJECTION_DIM 256, INDEX_DTYPE float16, RERANK_TOP_K 100), "
+             f"model, EK-FAC, damping 1e-8, INDEX_DIM {INDEX_DIM_DEFAULT}, INDEX_DTYPE float16, RERANK_TOP_K 100), "
              f"{result['machine']}. Per prompt, Pearson with compute_scores' scores over the training "
              "examples and the overlap of the top 10 (mean / worst prompt).", "",
              "| corpus | scores | Pearson (mean / min) | top-10 overlap (mean / min) | LDS ± s.e. |",
@@ -104,12 +106,12 @@ def render(result: dict) -> str:
             item = row[key]
             lines.append(f"| {row['corpus']} | {label} | {item['pearson_mean']:.3f} / {item['pearson_min']:.3f} | "
                          f"{item['top10_overlap_mean']:.2f} / {item['top10_overlap_min']} | {cell(name)} |")
-    lines += ["", "The index alone at other sizes (PROJECTION_DIM per side of each module; 0 keeps it whole):", "",
-              "| corpus | PROJECTION_DIM | Pearson (mean / min) | top-10 overlap (mean / min) |", "|---|---|---|---|"]
+    lines += ["", "The index alone at other sizes (INDEX_DIM numbers per example; 0 keeps it whole):", "",
+              "| corpus | INDEX_DIM | Pearson (mean / min) | top-10 overlap (mean / min) |", "|---|---|---|---|"]
     for row in result["rows"]:
         for key, item in row.items():
-            if key.startswith("projection_dim_"):
-                lines.append(f"| {row['corpus']} | {key.removeprefix('projection_dim_')} | {item['pearson_mean']:.3f} "
+            if key.startswith("index_dim_"):
+                lines.append(f"| {row['corpus']} | {key.removeprefix('index_dim_')} | {item['pearson_mean']:.3f} "
                              f"/ {item['pearson_min']:.3f} | {item['top10_overlap_mean']:.2f} / "
                              f"{item['top10_overlap_min']} |")
     lines += ["", "Seconds, each a `python -m jobs` process (start-up and model loading included), run back to back:",
@@ -126,9 +128,9 @@ def render(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--no-lds", dest="lds", action="store_false")
-    parser.add_argument("--projection_dims", default="64,128")
+    parser.add_argument("--index_dims", default="4096,8192")
     args = parser.parse_args()
-    dims = [int(dim) for dim in args.projection_dims.split(",") if dim]
+    dims = [int(dim) for dim in args.index_dims.split(",") if dim]
     base = os.environ.get("ARTIFACTS_URI", str(ROOT / "artifacts"))
     rows = []
     for corpus, extra in CORPORA.items():

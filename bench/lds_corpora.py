@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.corpora import CORPORA, JARGON_DOCUMENTS, prompts_file, write_jargon  # noqa: E402
 from influence_core import lds  # noqa: E402
-from influence_core.fusion import prompt_bm25, zscores  # noqa: E402
+from influence_core.fusion import corpus_bm25, prompt_bm25, zscores  # noqa: E402
 
 # scores name: (what it is, compute_scores settings); the first is EK-FAC alone, the defaults before.
 SINGLE = "ekfac"
@@ -146,7 +146,7 @@ def evaluate_corpus(corpus: str, root: Path, members: int) -> dict:
     from influence_core.prompts import Prompt
 
     prompts = [Prompt(prompt=p["prompt"], completion=p["completion"]) for p in result["prompts"]]
-    bm25 = prompt_bm25(prompts, texts)
+    bm25 = prompt_bm25(prompts, corpus_bm25(artifacts / "data/train"))
     # Our idea: lean on BM25 as far as the model is sure of the completion (its probability), where the
     # influence's gradients shrink to noise; on influence where the model still learns the completion.
     confidence = torch.tensor([p["probability"] for p in result["prompts"]], dtype=torch.float64)[:, None]

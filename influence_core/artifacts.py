@@ -4,7 +4,8 @@ readers for what later stages need of it. A stage reads another stage's output o
 classes, and `require` checks the lineage of a stage's inputs, here and nowhere else.
 
     model/                        Model: save_pretrained's config, weights and tokenizer, training_metrics.json
-    data/train/                   TrainData: datasets.save_to_disk, example i = document i of the corpus
+    data/train/                   TrainData: datasets.save_to_disk, example i = document i of the corpus;
+                                  bm25/ (the corpus's BM25 index, bm25s's files), planted_facts.json
     checkpoints/train/            TrainCheckpoints: the last checkpoint of an unfinished training run
     influence/factors_<name>/     Factors: Kronfluence's factor files, tracked_modules.json
     influence/scores_<name>/      Scores: pairwise_scores.safetensors (prompts x examples, corpus order), prompts.json
@@ -159,15 +160,28 @@ class Artifact:
         """The producing stage's settings, as the manifest recorded them (unrecorded ones at their defaults)."""
         return recorded_settings(self.settings_class, self.manifest.settings)
 
-    def fetch(self, destination: Path) -> Path:
-        """A verified local copy of every file (sizes and checksums as `_SUCCESS` recorded them)."""
-        return self.store.fetch(self.relative, destination,
-                                remedy=f"rerun the {self.made_by} stage with FORCE=true")
+    def fetch(self, destination: Path, cache: Path | None = None) -> Path:
+        """A verified local copy of every file (sizes and checksums as `_SUCCESS` recorded them).
+        With a `cache` folder (CACHE_DIR), the copy kept there, verified only when it first came
+        (Store.fetch_cached), and `destination` a link to it: to read, never to write into."""
+        remedy = f"rerun the {self.made_by} stage with FORCE=true"
+        if cache is None:
+            return self.store.fetch(self.relative, destination, remedy=remedy)
+        entry = self.store.fetch_cached(self.relative, cache, remedy=remedy)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if destination.is_symlink():
+            destination.unlink()
+        destination.symlink_to(entry.absolute(), target_is_directory=True)
+        return destination
 
-    def fetch_file(self, name: str, destination: Path) -> Path:
-        """One of its files, verified as `fetch` verifies them all (read in place from a local store)."""
-        return self.store.fetch_file(self.relative, name, self.manifest.files or {}, destination,
-                                     remedy=f"rerun the {self.made_by} stage with FORCE=true")
+    def fetch_file(self, name: str, destination: Path, cache: Path | None = None) -> Path:
+        """One of its files, verified as `fetch` verifies them all (read in place from a local store);
+        with a `cache` folder, the file in the copy kept there (Store.fetch_file_cached), not
+        `destination`."""
+        remedy = f"rerun the {self.made_by} stage with FORCE=true"
+        if cache is not None:
+            return self.store.fetch_file_cached(self.relative, name, self.manifest.files or {}, cache, remedy=remedy)
+        return self.store.fetch_file(self.relative, name, self.manifest.files or {}, destination, remedy=remedy)
 
     def read_json(self, name: str) -> Any:
         """One small JSON file of it, read directly (None when it has no such file)."""
@@ -217,9 +231,14 @@ class TrainData(Artifact):
     producer = "train"
     settings_class = settings_module.TrainSettings
     PLANTED_FACTS = "planted_facts.json"  # the demo corpora's facts and the documents stating them
+    BM25 = "bm25"  # the corpus's BM25 index, bm25s's files (influence_core.fusion); absent in data published before
 
     def facts(self) -> list[dict] | None:
         return self.read_json(self.PLANTED_FACTS) if self.has(self.PLANTED_FACTS) else None
+
+    @staticmethod
+    def bm25_dir(local: Path) -> Path:
+        return local / TrainData.BM25
 
 
 class TrainCheckpoints(Artifact):
@@ -356,6 +375,11 @@ class Index(Artifact):
     @staticmethod
     def shard(number: int) -> str:
         return f"shard_{number:05d}.safetensors"
+
+    @staticmethod
+    def search(number: int) -> str:
+        """The shard's search structure (INDEX_SEARCH other than exact; influence_core.search)."""
+        return f"search_{number:05d}.faiss"
 
     @staticmethod
     def shard_count(examples: int, shard_size: int) -> int:

@@ -18,6 +18,7 @@ completion withheld) is reported beside it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,15 +26,18 @@ from influence_core.fusion import bm25_scores, prompt_bm25
 from influence_core.prompts import Prompt
 from influence_core.reports import RECALL_AT, build_report
 
+if TYPE_CHECKING:
+    import bm25s
+
 LEXICAL_BASELINES = {
     "bm25": "BM25 on prompt + completion",
     "bm25_prompt_only": "BM25 on the prompt alone",
 }
 
 
-def lexical_scores(prompts: Sequence[Prompt], texts: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The lexical baselines' rankings, by baseline name."""
-    return {"bm25": prompt_bm25(prompts, texts), "bm25_prompt_only": bm25_scores([p.prompt for p in prompts], texts)}
+def lexical_scores(prompts: Sequence[Prompt], corpus: bm25s.BM25 | Sequence[str]) -> dict[str, torch.Tensor]:
+    """The lexical baselines' rankings, by baseline name, from the corpus's BM25 index (or its texts)."""
+    return {"bm25": prompt_bm25(prompts, corpus), "bm25_prompt_only": bm25_scores([p.prompt for p in prompts], corpus)}
 
 
 def fact_metrics(scores: torch.Tensor, prompts: Sequence[Prompt], texts: Sequence[str],

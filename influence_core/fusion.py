@@ -12,26 +12,42 @@ the model is already sure of, word overlap misses paraphrases and finds echoes. 
 - bm25_gate: per prompt, the influence of the GATE_FRACTION of the documents BM25 ranks highest;
   every other document scores 0 (a cheap recall stage, then influence).
 
-BM25 is Okapi BM25 (`rank_bm25`, its default k1=1.5, b=0.75) over lower-cased word tokens,
-queried with the prompt plus its completion.
+BM25 is Okapi BM25 (k1=1.5, b=0.75) over lower-cased word tokens (`words`), queried with the prompt
+plus its completion, computed by `bm25s`: its term-frequency part tf (k1 + 1) / (tf + k1 (1 - b + b
+|d| / avgdl)) (bm25s's method="atire", which is Okapi's) times Robertson's idf log((N - df + 0.5) /
+(df + 0.5)) (idf_method="robertson", Okapi's). A word in more than half the documents gets idf 0
+where rank_bm25's BM25Okapi, used before, gave it a quarter of the mean idf: scores that include such
+words (the, of) differ slightly from rank_bm25's; the others are the same. The tokens are our `words`
+passed to bm25s as lists (its own tokenizer drops one-letter words and would change the scores).
+
+The index is built once per corpus, when train or import_model publishes data/train, and saved with
+bm25s's own files in data/train/bm25/ (TrainData.BM25, part of the data's checksums); `corpus_bm25`
+loads it memory-mapped, or builds it from the texts for data published before it was.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from rank_bm25 import BM25Okapi
 
 from influence_core.prompts import Prompt
 
 if TYPE_CHECKING:
+    import bm25s
+
     from influence_core.settings import FusionSettings
 
-BM25_K1, BM25_B = 1.5, 0.75  # rank_bm25's BM25Okapi defaults, stated so the reports can name them
+BM25_K1, BM25_B = 1.5, 0.75  # Okapi BM25's usual values, stated so the reports can name them
+# bm25s's parameters for Okapi BM25 (the module's docstring), in float64 as the scores always were
+BM25_OKAPI = {"method": "atire", "idf_method": "robertson", "k1": BM25_K1, "b": BM25_B, "dtype": "float64"}
+BM25_DESCRIPTION = (f"Okapi BM25 (bm25s, method=atire, idf_method=robertson), k1={BM25_K1:g}, b={BM25_B:g}, "
+                    "lower-cased word tokens")
 FUSIONS = ("none", "bm25_zmean", "bm25_gate")
 
 
@@ -40,15 +56,53 @@ def words(text: str) -> list[str]:
     return re.findall(r"\w+(?:'\w+)*", text.lower())
 
 
-def bm25_scores(queries: Sequence[str], texts: Sequence[str]) -> torch.Tensor:
-    """BM25 scores of every document for every query: a queries x documents matrix."""
-    index = BM25Okapi([words(text) for text in texts], k1=BM25_K1, b=BM25_B)
-    return torch.from_numpy(np.stack([index.get_scores(words(query)) for query in queries]))
+def _bm25s():
+    """bm25s, imported when first used. Its import sets its logger to DEBUG: reset, so that its lines
+    follow LOG_LEVEL as every other logger's do."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return bm25s
 
 
-def prompt_bm25(prompts: Sequence[Prompt], texts: Sequence[str]) -> torch.Tensor:
+def build_bm25(texts: Sequence[str]) -> bm25s.BM25:
+    """The BM25 index of the documents `texts` (document i = text i)."""
+    index = _bm25s().BM25(**BM25_OKAPI)
+    index.index([words(text) for text in texts], show_progress=False)
+    return index
+
+
+def save_bm25(texts: Sequence[str], data_dir: Path) -> None:
+    """The corpus's BM25 index, saved with bm25s's files where the data in `data_dir` is published
+    (TrainData.bm25_dir): what train and import_model publish beside the examples."""
+    from influence_core.artifacts import TrainData
+
+    build_bm25(texts).save(str(TrainData.bm25_dir(data_dir)), show_progress=False)
+
+
+def corpus_bm25(data_dir: Path) -> bm25s.BM25:
+    """The BM25 index of the published data in `data_dir` (a data/train folder), memory-mapped; built
+    here from its texts where the data was published without one (before it was part of it)."""
+    from influence_core.artifacts import TrainData
+
+    if (folder := TrainData.bm25_dir(data_dir)).is_dir():
+        return _bm25s().BM25.load(str(folder), mmap=True)
+    from datasets import load_from_disk
+
+    return build_bm25(load_from_disk(str(data_dir))["text"])
+
+
+def bm25_scores(queries: Sequence[str], corpus: bm25s.BM25 | Sequence[str]) -> torch.Tensor:
+    """BM25 scores of every document for every query: a queries x documents matrix (float64). `corpus`:
+    the corpus's index (`corpus_bm25`), or its texts, indexed here."""
+    index = corpus if isinstance(corpus, _bm25s().BM25) else build_bm25(corpus)
+    return torch.from_numpy(np.stack([np.asarray(index.get_scores_from_ids(index.get_tokens_ids(words(query))),
+                                                 dtype=np.float64) for query in queries]))
+
+
+def prompt_bm25(prompts: Sequence[Prompt], corpus: bm25s.BM25 | Sequence[str]) -> torch.Tensor:
     """BM25 of every document for each prompt, queried with the prompt plus its completion."""
-    return bm25_scores([prompt.prompt + prompt.completion for prompt in prompts], texts)
+    return bm25_scores([prompt.prompt + prompt.completion for prompt in prompts], corpus)
 
 
 def zscores(matrix: torch.Tensor) -> torch.Tensor:

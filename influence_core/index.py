@@ -17,9 +17,12 @@ where training gradients are small, and a random projection of raw gradients los
 (docs/guides/ask-new-questions.md, "Why whitened", has the figures).
 An index therefore belongs to one set of factors and one damping, which its manifest records.
 
-The whitened gradient of a module is projected to PROJECTION_DIM per side by two random matrices
-with orthonormal rows (scaled so that E[P^T P] = I): P_out W P_in^T, outputs x inputs down to
-k x k. At PROJECTION_DIM 0, or at least a side's size, that side is kept whole.
+An example's row holds at most INDEX_DIM numbers, whatever the model's size: the budget is shared
+equally among the tracked modules (`shares`: a module smaller than its share is kept whole and
+leaves the rest to the others), and each module's whitened gradient is projected to its share by
+two random matrices with orthonormal rows (scaled so that E[P^T P] = I): P_out W P_in^T, outputs x
+inputs down to k_out x k_in, as square as the module allows. At INDEX_DIM 0 every module is kept
+whole (exact scores).
 
 The gradients are those compute_scores preconditions: the forward pass and the loss run under the
 autocast AMP_DTYPE names, as Kronfluence runs them (the backward follows the forward's dtypes); the
@@ -67,6 +70,37 @@ class ModuleProjection:
         return self.out_dim * self.in_dim
 
 
+def module_size(module: nn.Module) -> tuple[int, int]:
+    """A Linear module's gradient as Kronfluence lays it out: outputs x inputs, a column for the bias."""
+    return module.out_features, module.in_features + (module.bias is not None)
+
+
+def shares(sizes: Sequence[tuple[int, int]], budget: int) -> list[tuple[int, int]]:
+    """Each module's projected sides (out_dim, in_dim) for modules of `sizes` (outputs, inputs) within
+    `budget` numbers in all (0: every module whole). Equal shares, the smallest modules first so
+    that what a module kept whole does not use passes to the larger ones; within its share a module's
+    sides are as square as its shape allows (docs/results/index_budget.md measures the budget)."""
+    if not budget:
+        return list(sizes)
+    sides: list[tuple[int, int]] = [(0, 0)] * len(sizes)
+    left = budget
+    order = sorted(range(len(sizes)), key=lambda i: sizes[i][0] * sizes[i][1])
+    for done, i in enumerate(order):
+        share = max(1, left // (len(order) - done))
+        outputs, inputs = sizes[i]
+        side = math.isqrt(share)
+        if outputs * inputs <= share:
+            sides[i] = (outputs, inputs)
+        elif outputs <= side:
+            sides[i] = (outputs, min(inputs, share // outputs))
+        elif inputs <= side:
+            sides[i] = (min(outputs, share // inputs), inputs)
+        else:
+            sides[i] = (side, side)
+        left -= sides[i][0] * sides[i][1]
+    return sides
+
+
 @dataclass(frozen=True)
 class Projection:
     """The random projections of an index: per tracked module, two matrices drawn from `seed` and
@@ -76,15 +110,11 @@ class Projection:
     seed: int
 
     @classmethod
-    def plan(cls, model: nn.Module, names: Sequence[str], dim: int, seed: int) -> Projection:
-        """Projections to `dim` per side (0: none) of the named Linear modules of `model`."""
-        modules = []
-        for name in names:
-            module = model.get_submodule(name)
-            outputs, inputs = module.out_features, module.in_features + (module.bias is not None)
-            modules.append(ModuleProjection(name, outputs, inputs, min(dim or outputs, outputs),
-                                            min(dim or inputs, inputs)))
-        return cls(tuple(modules), seed)
+    def plan(cls, model: nn.Module, names: Sequence[str], budget: int, seed: int) -> Projection:
+        """Projections of the named Linear modules of `model` to `budget` numbers in all (0: none)."""
+        sizes = [module_size(model.get_submodule(name)) for name in names]
+        return cls(tuple(ModuleProjection(name, outputs, inputs, out_dim, in_dim) for name, (outputs, inputs), (
+            out_dim, in_dim) in zip(names, sizes, shares(sizes, budget))), seed)
 
     @property
     def size(self) -> int:
@@ -327,23 +357,29 @@ def prepared(model_dir: Path, work_dir: Path,
 def build_shards(model_dir: Path, train_dir: Path, work_dir: Path, settings: BuildIndexSettings, local: Path,
                  after_shard: Callable[[], None] = lambda: None) -> tuple[Projection, int]:
     """Write the index's shards that `local` does not hold yet (this pod's only, with SHARD_INDEX;
-    this process's share of them under torchrun), calling `after_shard` after each, and its
-    projection.json. Returns the projection and the number of training examples."""
-    from safetensors.torch import save_file
+    this process's share of them under torchrun), each with its search structure where INDEX_SEARCH
+    asks for one (a restored shard without one gets it), calling `after_shard` after each file, and
+    its projection.json. Returns the projection and the number of training examples."""
+    from safetensors.torch import load_file, save_file
 
     from influence_core.artifacts import Index
     from influence_core.factors import factors_dir, load_training_examples, tracked_modules
     from influence_core.runtime import autocast_dtype, is_main_process, rank, world_size
+    from influence_core.search import resolve, search_rows, write_search
     from influence_core.storage import partial_name
     from influence_core.tasks import TASKS
 
     model, tokenizer, whitened = prepared(model_dir, work_dir, settings)
     names = tracked_modules(factors_dir(work_dir, settings.factors_name))
-    projection = Projection.plan(model, names, settings.projection_dim, settings.seed)
+    projection = Projection.plan(model, names, settings.index_dim, settings.seed)
+    examples = load_training_examples(train_dir)
+    stored = projection.size * getattr(torch, settings.index_dtype).itemsize
+    search = resolve(settings.index_search, len(examples), stored)
     local.mkdir(parents=True, exist_ok=True)
     if is_main_process():
-        (local / Index.PROJECTION).write_text(json.dumps(projection.to_json(), indent=2))
-    examples = load_training_examples(train_dir)
+        (local / Index.PROJECTION).write_text(json.dumps(
+            {**projection.to_json(), "index_dim": settings.index_dim, "bytes_per_example": stored,
+             "search": search}, indent=2))
     size = settings.index_shard_size
     shards = Index.shard_count(len(examples), size)
     pod = [n for n in range(shards) if settings.shard is None or n % settings.index_partitions == settings.shard]
@@ -352,17 +388,25 @@ def build_shards(model_dir: Path, train_dir: Path, work_dir: Path, settings: Bui
     for done, number in enumerate(mine, 1):
         path, first = local / Index.shard(number), number * size
         count = min(size, len(examples) - first)
-        if _shard_rows(path) == count:  # restored from an earlier run
-            continue
-        rows = gradient_rows(model, loss, examples.select(range(first, first + count)), projection, whitened,
-                             tokenizer.pad_token_id, settings.train_batch_size, getattr(torch, settings.index_dtype),
-                             amp_dtype=autocast_dtype(settings.amp_dtype), first=first)
-        # A name Output.sync never stages: the main process syncs while the others still write theirs.
-        partial = path.with_name(partial_name(path.name))
-        save_file({Index.ROWS: rows.contiguous()}, str(partial), metadata={"first": str(first)})
-        partial.replace(path)
-        log.info("index shard %d (%d of %d here): examples %d-%d", number, done, len(mine), first, first + count - 1)
-        after_shard()
+        rows = None
+        if _shard_rows(path) != count:  # else restored from an earlier run
+            rows = gradient_rows(model, loss, examples.select(range(first, first + count)), projection, whitened,
+                                 tokenizer.pad_token_id, settings.train_batch_size,
+                                 getattr(torch, settings.index_dtype), amp_dtype=autocast_dtype(settings.amp_dtype),
+                                 first=first)
+            # A name Output.sync never stages: the main process syncs while the others still write theirs.
+            partial = path.with_name(partial_name(path.name))
+            save_file({Index.ROWS: rows.contiguous()}, str(partial), metadata={"first": str(first)})
+            partial.replace(path)
+            log.info("index shard %d (%d of %d here): examples %d-%d", number, done, len(mine), first,
+                     first + count - 1)
+            after_shard()  # the costly part staged before its search structure is built
+        # A restored shard's structure is built again where it was not restored with it (a build killed in between).
+        if search is not None and (rows is not None or search_rows(local / Index.search(number)) != count):
+            write_search(local / Index.search(number), load_file(str(path))[Index.ROWS] if rows is None else rows,
+                         search)
+            log.info("index shard %d's search structure (%s)", number, search["structure"])
+            after_shard()
     return projection, len(examples)
 
 
@@ -410,41 +454,84 @@ def score_shards(queries: torch.Tensor, shards: Iterable[Path], chunk: int = 256
     return torch.cat(parts, dim=1)
 
 
-def answer(model_dir: Path, train_dir: Path, work_dir: Path, shards: Iterable[Path], recorded: dict,
-           prompts: list, settings: QueryIndexSettings) -> tuple[torch.Tensor, list[int]]:
-    """The prompts scored against the index (its shards in order, its projection as `recorded`),
-    then each prompt's RERANK_TOP_K best candidates scored again exactly: prompts x training
-    examples, and the examples whose scores are exact (in corpus order)."""
+def prompt_rows(model_dir: Path, work_dir: Path, recorded: dict, prompts: list,
+                settings: QueryIndexSettings) -> tuple[Dataset, torch.Tensor]:
+    """The prompts tokenized, and their rows made as the index's were (its projection as `recorded`);
+    the model is not kept."""
     from transformers import AutoConfig
 
     from influence_core.data import tokenize_prompts
-    from influence_core.factors import factors_dir, load_training_examples, tracked_modules
+    from influence_core.factors import factors_dir, tracked_modules
     from influence_core.runtime import autocast_dtype
-    from influence_core.scores import rescore
 
     context = AutoConfig.from_pretrained(model_dir).max_position_embeddings
     model, tokenizer, whitened = prepared(model_dir, work_dir, settings)
     queries = tokenize_prompts(prompts, tokenizer, context)
     names = tracked_modules(factors_dir(work_dir, settings.factors_name))
-    projection = Projection.from_json(recorded)
-    rows = query_rows(model, tokenizer, queries, projection, whitened, settings.task, names,
+    rows = query_rows(model, tokenizer, queries, Projection.from_json(recorded), whitened, settings.task, names,
                       settings.query_batch_size or len(prompts), autocast_dtype(settings.amp_dtype))
-    scores = score_shards(rows, shards)
-    del model
+    return queries, rows
+
+
+class Rescored(list):
+    """The examples scored again exactly (Kronfluence), in corpus order; `search`, how the index was
+    searched (INDEX_SEARCH as built: "exact" or the structure), and `refined`, the examples whose
+    index scores come from their full rows (None: every example's; the others hold the search's
+    estimates)."""
+
+    def __init__(self, examples: Iterable[int] = (), search: str = "exact", refined: list[int] | None = None):
+        super().__init__(examples)
+        self.search, self.refined = search, refined
+
+
+def index_scores(rows: torch.Tensor, shards: Sequence[str], fetch: Callable[[str], Path], recorded: dict,
+                 settings: QueryIndexSettings) -> tuple[torch.Tensor, list[int] | None]:
+    """The query rows' scores against the index (its shards named in order, each file by `fetch`):
+    an exact index's every row scanned; else its search structures searched, then each prompt's
+    SEARCH_CANDIDATES (at least RERANK_TOP_K) highest and lowest scored from their full rows
+    (influence_core.search). Queries x training examples, and those refined (None: all exact)."""
+    from influence_core.artifacts import Index
+    from influence_core.search import candidates, exact_scores, search_scores
+
+    search = recorded.get("search")
+    if search is None:
+        return score_shards(rows, (fetch(name) for name in shards)), None
+    scores, starts = search_scores(rows, (fetch(Index.search(number)) for number in range(len(shards))))
+    refined = candidates(scores, max(settings.search_candidates, settings.rerank_top_k))
+    scores[:, refined] = exact_scores(rows, refined, starts, lambda number: fetch(shards[number]))
+    log.info("searched %d examples (%s); %d candidates scored from their full rows", scores.shape[1],
+             search["structure"], len(refined))
+    return scores, refined
+
+
+def answer(model_dir: Path, train_dir: Path, work_dir: Path, shards: Sequence[str], fetch: Callable[[str], Path],
+           recorded: dict, prompts: list, settings: QueryIndexSettings) -> tuple[torch.Tensor, Rescored]:
+    """The prompts scored against the index (its shards named in order, each of its files by `fetch`,
+    its projection as `recorded`; `index_scores`), then each prompt's RERANK_TOP_K best candidates
+    (among those refined, with a search) scored again exactly: prompts x training examples, and the
+    examples whose scores are exact (in corpus order)."""
+    from influence_core.factors import load_training_examples
+    from influence_core.scores import rescore
+
+    queries, rows = prompt_rows(model_dir, work_dir, recorded, prompts, settings)
+    scores, refined = index_scores(rows, shards, fetch, recorded, settings)
+    search = (recorded.get("search") or {}).get("structure", "exact")
     if not settings.rerank_top_k:
-        return scores, []
-    top = min(settings.rerank_top_k, scores.shape[1])
-    candidates = sorted(set(torch.topk(scores, top, dim=1).indices.flatten().tolist()))
+        return scores, Rescored([], search, refined)
+    pool = scores if refined is None else scores[:, refined]  # with a search, among those of exact index scores
+    best = torch.topk(pool, min(settings.rerank_top_k, pool.shape[1]), dim=1).indices.flatten().tolist()
+    candidates = sorted(set(best) if refined is None else {refined[i] for i in best})
     log.info("scoring the %d candidates of %d prompts again exactly", len(candidates), len(prompts))
     examples = load_training_examples(train_dir).select(candidates)
     scores[:, candidates] = rescore(model_dir, examples, queries, settings, work_dir).to(scores.dtype)
-    return scores, candidates
+    return scores, Rescored(candidates, search, refined)
 
 
 def write_scores(local: Path, scores: torch.Tensor, asked: list[dict], exact: list[int],
                  settings: QueryIndexSettings) -> Path:
     """The scores in compute_scores' format (Kronfluence's file and key, its score_arguments.json),
-    the prompts asked, and which examples were scored exactly (rescored.json)."""
+    the prompts asked, and which examples were scored exactly (rescored.json: "examples"; with an
+    approximate index also which have exact index scores, "refined", the others the search's)."""
     from safetensors.torch import save_file
 
     from influence_core.artifacts import Scores
@@ -455,19 +542,23 @@ def write_scores(local: Path, scores: torch.Tensor, asked: list[dict], exact: li
     (local / Scores.PROMPTS).write_text(json.dumps(asked, indent=2, ensure_ascii=False))
     arguments = score_arguments(settings, query_gradient_low_rank=settings.query_gradient_rank).to_dict()
     (local / Scores.ARGUMENTS).write_text(json.dumps(arguments, indent=2, default=str))
-    (local / Scores.RESCORED).write_text(json.dumps({"rerank_top_k": settings.rerank_top_k, "examples": exact}))
+    search, refined = (exact.search, exact.refined) if isinstance(exact, Rescored) else ("exact", None)
+    (local / Scores.RESCORED).write_text(json.dumps({"rerank_top_k": settings.rerank_top_k, "examples": list(exact),
+                                                     "search": search, "refined": refined}))
     return local
 
 
 def print_answer(scores: torch.Tensor, exact: list[int], train_dir: Path, top_k: int) -> None:
     """One prompt's `top_k` most helpful documents, a line each: rank, score (exact or from the
-    index), the example's index and its first words."""
+    index), the example's index and its first words. Only those documents' texts are read (the
+    data is Arrow, memory-mapped), not the corpus's."""
     from datasets import load_from_disk
 
-    texts = load_from_disk(str(train_dir))["text"]
+    top = torch.topk(scores, min(top_k, len(scores))).indices.tolist()
+    texts = load_from_disk(str(train_dir)).select(top)["text"]
     rescored = set(exact)
     print(f"{'rank':>4}  {'score':>11}  {'':5}  {'example':>7}  text")
-    for rank, example in enumerate(torch.topk(scores, min(top_k, len(scores))).indices.tolist(), 1):
-        words = " ".join(texts[example].split()[:12])
+    for rank, (example, text) in enumerate(zip(top, texts), 1):
+        words = " ".join(text.split()[:12])
         print(f"{rank:>4}  {float(scores[example]):>11.4g}  {'exact' if example in rescored else 'index':5}  "
               f"{example:>7}  {words}")

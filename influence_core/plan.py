@@ -23,6 +23,12 @@ that peak: its time is that many times one model's.
 On a CPU the figure is the process's peak resident memory, so it adds what the interpreter and its
 libraries take (PROCESS_BASELINE); on a GPU it is the device memory torch allocates, plus the CUDA
 context (CUDA_CONTEXT) where it is compared with the device's memory.
+
+Local disk ("disk_bytes", see disk_estimates) is what a stage holds in its work folder (TMPDIR) and,
+for the query, CACHE_DIR at its peak: the inputs it fetches (their sizes as their _SUCCESS records
+them where they are published, else estimated as the published rows are) and what it writes before
+publishing. It is compared with DISK_GIB, default the free space of the temporary folder (plus what
+the query's inputs already hold in CACHE_DIR).
 """
 
 from __future__ import annotations
@@ -30,11 +36,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from influence_core.artifacts import Factors, Index, Model, Scores, SelfScores, TrainData, find, in_member
+from influence_core.artifacts import Artifact, Factors, Index, Model, Scores, SelfScores, TrainData, find, in_member
 from influence_core.demo_corpus import CORPORA
 from influence_core.errors import ConfigError
 from influence_core.settings import CommonSettings, PlanSettings
@@ -65,6 +73,12 @@ RESCORED_BYTES = 5
 QUERY_BLOCK = 256
 QUERY_METADATA_BYTES = 2600  # a query's _SUCCESS and score_arguments.json: no Kronfluence metadata files
 INDEX_DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}  # a stored float of each INDEX_DTYPE
+# Local disk. data/train before it is published, a token: its input_ids (int32) and attention mask
+# (int8), the documents' text (whole, not cut at MAX_LENGTH) and the BM25 index beside it, rounded up.
+DATA_BYTES_PER_TOKEN = 24
+# train keeps its last checkpoint (save_total_limit=1) while it writes the next: two at its peak,
+# each the weights and AdamW's two moments.
+CHECKPOINTS_HELD = 2
 
 
 @dataclass(frozen=True)
@@ -85,9 +99,15 @@ class Shape:
     prompts: int
     from_published: bool  # the model and data are published (else: from the settings, upper bounds)
     # The published index INDEX_NAME of the model: its floats per example and INDEX_DTYPE, as it was
-    # built (a query has no PROJECTION_DIM or INDEX_DTYPE of its own); None when none is published.
+    # built (a query has no INDEX_DIM or INDEX_DTYPE of its own); None when none is published.
     index: tuple[int, str] | None = None
     imported: bool = False  # the published model is MODEL as it is (import_model): it has no ensemble
+    # Bytes of the published inputs the stage runs on ("model", "data", "factors", "index", and
+    # "index_file": the index's largest file), as their _SUCCESS records them; an absent key: not
+    # published (estimated). `cached`: how many of those bytes CACHE_DIR holds already (a query
+    # reads them from there).
+    sizes: dict[str, int] = field(default_factory=dict)
+    cached: int = 0
 
     def activations_per_token(self, intermediate: int) -> int:
         """Floats a token keeps for the backward pass: per block its hidden states (about ten of
@@ -138,7 +158,7 @@ def _corpus(settings: PlanSettings, data: TrainData | None, scratch: Path) -> tu
     if data is not None:
         from datasets import load_from_disk
 
-        local = data.fetch(scratch / data.relative)
+        local = data.fetch(scratch / data.relative, cache=settings.cache)  # CACHE_DIR's copy, verified once
         lengths = [len(ids) for ids in load_from_disk(str(local))["input_ids"]]
         return len(lengths), max(lengths), sum(lengths)
     default = DEFAULT_DEMO_DOCUMENTS if settings.dataset in CORPORA else DEFAULT_HUB_DOCUMENTS
@@ -173,9 +193,9 @@ def measure_shape(settings: PlanSettings, prompts: int, stage: str = "fit_factor
     scored = sizes(factors.tracked_modules()) if factors is not None else tracked
     index_row = None
     if index is not None:
-        built = index.settings  # BuildIndexSettings as recorded: its PROJECTION_DIM and INDEX_DTYPE
-        # build_index records its rows' size; recomputed from PROJECTION_DIM for an index that did not
-        index_row = (index.manifest.extra("floats_per_example") or index_row_floats(scored, built.projection_dim),
+        built = index.settings  # BuildIndexSettings as recorded: its INDEX_DIM and INDEX_DTYPE
+        # build_index records its rows' size; recomputed from INDEX_DIM for an index that did not
+        index_row = (index.manifest.extra("floats_per_example") or index_row_floats(scored, built.index_dim),
                      built.index_dtype)
     parameters = sum(parameter.numel() for parameter in skeleton_model.parameters())  # tied weights once
     config = skeleton_model.config
@@ -184,7 +204,27 @@ def measure_shape(settings: PlanSettings, prompts: int, stage: str = "fit_factor
                  scoring_strategy=factors.strategy if factors is not None else settings.factor_strategy,
                  examples=examples, longest=longest, tokens=tokens, prompts=prompts,
                  from_published=model is not None and data is not None,
-                 index=index_row, imported=model is not None and model.family == "imported")
+                 index=index_row, imported=model is not None and model.family == "imported",
+                 **_published_sizes(settings, {"model": model, "data": data, "factors": factors, "index": index}))
+
+
+def _published_sizes(settings: PlanSettings, found: dict[str, Artifact | None]) -> dict:
+    """Shape's `sizes` of the published artifacts `found`, and `cached`: how much of them CACHE_DIR
+    holds already, each file where Store.fetch_cached keeps it, of its recorded size."""
+    from influence_core.storage import cache_entry
+
+    sizes, cached, cache = {}, 0, settings.cache
+    for key, artifact in found.items():
+        files = artifact.manifest.files if artifact is not None else None
+        if files is None:
+            continue
+        sizes[key] = sum(size for size, _ in files.values())
+        if key == "index" and files:  # the query's download at a time without CACHE_DIR: its largest file
+            sizes["index_file"] = max(size for size, _ in files.values())
+        entry = cache_entry(cache, artifact.relative, files) if cache is not None else None
+        cached += sum(size for name, (size, _) in files.items()
+                      if entry is not None and (entry / name).is_file() and (entry / name).stat().st_size == size)
+    return {"sizes": sizes, "cached": cached}
 
 
 def _intermediate(shape: Shape) -> int:
@@ -199,6 +239,7 @@ class Estimate:
     batch: int
     published: dict[str, int]  # artifact path -> bytes
     runs: int = 1  # times the stage does this work, one after another (models trained, fitted or scored)
+    facts: dict[str, int] | None = None  # more of the stage's figures, keys of its row (bytes_per_example)
 
     def peak(self, batch: int | None = None) -> int:
         return self.fixed + self.per_example * (self.batch if batch is None else batch)
@@ -295,11 +336,40 @@ def estimates(settings: PlanSettings, shape: Shape) -> dict[str, Estimate]:
     }
 
 
-def index_row_floats(modules: tuple[tuple[int, int], ...], projection_dim: int) -> int:
-    """Numbers an index stores per training example: each module's outputs x inputs, each side
-    projected to PROJECTION_DIM (0: kept whole), as influence_core.index.Projection.plan does."""
-    return sum(min(projection_dim or outputs, outputs) * min(projection_dim or inputs, inputs)
-               for inputs, outputs in modules)
+def index_row_floats(modules: tuple[tuple[int, int], ...], index_dim: int) -> int:
+    """Numbers an index stores per training example: the modules' (inputs, outputs) projected within
+    INDEX_DIM (0: kept whole) by the rule influence_core.index.Projection.plan applies."""
+    from influence_core.index import shares
+
+    return sum(out_dim * in_dim for out_dim, in_dim in shares([(outputs, inputs) for inputs, outputs in modules],
+                                                              index_dim))
+
+
+def search_bytes(settings: PlanSettings, row: int, stored: int, examples: int,
+                 numbers: Iterable[int] | None = None) -> int:
+    """The search structures build_index keeps beside the shards of rows of `row` numbers, `stored`
+    bytes each, by INDEX_SEARCH (none for an exact index): each shard's codes, its trained
+    parameters and faiss' header; of the shards `numbers` (default all)."""
+    from influence_core.search import resolve, structure_bytes
+
+    search = resolve(settings.index_search, examples, row * stored)
+    size = settings.index_shard_size
+    numbers = range(Index.shard_count(examples, size)) if numbers is None else numbers
+    return 0 if search is None else sum(structure_bytes(search, row, min(size, examples - number * size))
+                                        for number in numbers)
+
+
+def index_bytes(settings: PlanSettings, shape: Shape, numbers: Iterable[int]) -> int:
+    """The files of the index these settings build that hold the shards `numbers` (each its rows,
+    safetensors header and search structure), and projection.json: the index published, with every
+    shard; a build_index pod's own, with SHARD_INDEX's."""
+    row = index_row_floats(shape.scored, settings.index_dim)
+    stored = INDEX_DTYPE_BYTES[settings.index_dtype]
+    size = settings.index_shard_size
+    numbers = list(numbers)
+    return (sum(min(size, shape.examples - number * size) for number in numbers) * row * stored
+            + len(numbers) * SHARD_HEADER_BYTES + METADATA_BYTES + MODULE_PROJECTION_BYTES * len(shape.scored)
+            + search_bytes(settings, row, stored, shape.examples, numbers))
 
 
 def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_activations: int,
@@ -308,17 +378,16 @@ def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_ac
     rows in INDEX_DTYPE) and, per example of a batch, its activations, one module's rotated gradient
     with its scaled and projected copies, and its row in float32. query: the weights, the whitening,
     the prompts' rows, a block of index rows in float32 and the scores; rescoring the candidates
-    is compute_scores on them. build_index makes the rows of these settings (PROJECTION_DIM,
+    is compute_scores on them. build_index makes the rows of these settings (INDEX_DIM,
     INDEX_DTYPE); query reads those of the published index, as it was built (these settings' before
     it is)."""
-    row = index_row_floats(shape.scored, settings.projection_dim)
+    row = index_row_floats(shape.scored, settings.index_dim)
     stored = INDEX_DTYPE_BYTES[settings.index_dtype]
     queried, queried_dtype = shape.index or (row, settings.index_dtype)
     queried_stored = INDEX_DTYPE_BYTES[queried_dtype]
     shard = min(settings.index_shard_size, shape.examples)
     shards = Index.shard_count(shape.examples, settings.index_shard_size)
-    published = shape.examples * row * stored + shards * SHARD_HEADER_BYTES + METADATA_BYTES + (
-        MODULE_PROJECTION_BYTES * len(shape.scored))
+    published = index_bytes(settings, shape, range(shards))
     queries = shape.prompts * queried * FLOAT
     scores = shape.prompts * shape.examples * FLOAT
     rescored = min(shape.examples, shape.prompts * settings.rerank_top_k)
@@ -326,7 +395,8 @@ def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_ac
         "build_index": Estimate(weights + scored.factors + shard * row * stored,
                                 token_activations + 3 * scored.largest + row * FLOAT, "TRAIN_BATCH_SIZE",
                                 settings.train_batch_size,
-                                {Index(settings.index_name).relative: published}),
+                                {Index(settings.index_name).relative: published},
+                                facts={"bytes_per_example": row * stored}),
         "query": Estimate(weights + scored.factors + queries + QUERY_BLOCK * queried * (FLOAT + queried_stored)
                           + 2 * scores,
                           scoring_per_example if rescored else 0, "TRAIN_BATCH_SIZE" if rescored else None,
@@ -334,6 +404,69 @@ def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_ac
                           {Scores("query_scores").relative: scores + QUERY_METADATA_BYTES
                            + PROMPT_BYTES * shape.prompts + RESCORED_BYTES * rescored}),
     }
+
+
+def disk_estimates(settings: PlanSettings, shape: Shape) -> dict[str, int]:
+    """Each stage's local disk at its peak, in bytes: the inputs it fetches into its work folder
+    (the query: into CACHE_DIR), each as its _SUCCESS records it where it is published, else
+    estimated (the model and factors as their published rows, the data DATA_BYTES_PER_TOKEN a
+    token), and what it writes there before publishing (its published sizes):
+    - train: the data and model it publishes, CHECKPOINTS_HELD checkpoints, and MODEL's weights;
+    - fit_factors: the model, the data and the factors, with data partitions each partition's
+      covariance and lambda files too (Kronfluence keeps them beside the sums, and they are
+      published: the stages after it fetch them);
+    - inspect_factors: the factors;
+    - ensemble: train's or fit_factors', whichever is larger (a member's stages work in turn, each
+      in a folder of its own);
+    - compute_scores: the model, the data, the factors and the scores (the members' as well, averaged
+      here; with data partitions each partition's besides); compute_self_scores likewise;
+    - inspect_scores: the model, the data, the factors (each member's too) and the scores;
+    - build_index: the model, the data, the factors and the index's shards: with SHARD_INDEX the
+      pod's own alone (SHARD_INDEX, + INDEX_PARTITIONS, ...), else every one (it publishes them);
+    - query: the model, the data, the factors and the whole index, kept in CACHE_DIR (with
+      CACHE_DIR=off, a shard at a time), and the scores."""
+    rows = estimates(settings, shape)
+    published = {stage: sum(row.published.values()) for stage, row in rows.items()}
+    weights = shape.parameters * FLOAT
+    model = shape.sizes.get("model", rows["train"].published[Model().relative])
+    data = shape.sizes.get("data", DATA_BYTES_PER_TOKEN * shape.tokens + METADATA_BYTES)
+    fitted = Modules.of(shape.tracked, settings.factor_strategy, shape.longest)
+    covariances = fitted.covariances if settings.factor_strategy in ("kfac", "ekfac") else 0
+    lambdas = fitted.gradient if settings.factor_strategy in ("ekfac", "diagonal") else 0
+    # Kronfluence keeps each data partition's sums beside their total, and they are published with it.
+    fitted_files = (published["fit_factors"]
+                    + (settings.covariance_data_partitions * covariances if settings.covariance_data_partitions > 1
+                       else 0)
+                    + (settings.lambda_data_partitions * lambdas if settings.lambda_data_partitions > 1 else 0))
+    factors = shape.sizes.get("factors", fitted_files)
+    inputs = model + data + factors
+    scores = shape.prompts * shape.examples * FLOAT
+    members = 0 if shape.imported else settings.ensemble_seeds - 1
+    shards = Index.shard_count(shape.examples, settings.index_shard_size)
+    own = range(shards) if settings.shard is None else range(settings.shard, shards, settings.index_partitions)
+    queried, queried_dtype = shape.index or (index_row_floats(shape.scored, settings.index_dim), settings.index_dtype)
+    one_shard = min(settings.index_shard_size, shape.examples) * queried * INDEX_DTYPE_BYTES[queried_dtype]
+    disk = {
+        "train": data + published["train"] + CHECKPOINTS_HELD * 3 * weights + (weights if settings.model else 0),
+        "fit_factors": model + data + fitted_files,
+        "inspect_factors": factors,
+        "compute_scores": inputs + published["compute_scores"] + (scores if settings.score_data_partitions > 1 else 0),
+        "compute_self_scores": inputs + published["compute_self_scores"],
+        "inspect_scores": inputs + members * (model + factors) + published["compute_scores"]
+        + published["compute_self_scores"],
+        "build_index": inputs + index_bytes(settings, shape, own),
+        "query": inputs + (shape.sizes.get("index", published["build_index"]) if settings.cache is not None
+                           else shape.sizes.get("index_file", one_shard + SHARD_HEADER_BYTES)) + published["query"],
+    }
+    if "ensemble" in rows:
+        disk["ensemble"] = max(disk["train"], disk["fit_factors"])
+    return disk
+
+
+def disk_space() -> tuple[str, int]:
+    """The folder the stages work in (the temporary folder, TMPDIR) and its free space."""
+    folder = tempfile.gettempdir()
+    return folder, shutil.disk_usage(folder).free
 
 
 def device_memory() -> tuple[str, int]:
@@ -356,14 +489,19 @@ def device_memory() -> tuple[str, int]:
 
 def make_plan(settings: PlanSettings, prompts: int, stage: str | None = None) -> dict:
     """The plan (docs/artifacts.md, "plan"): per stage the estimated peak memory, whether it fits
-    the device (DEVICE_MEMORY_GIB, default the detected one), the largest batch that fits, and the
-    published sizes; for one `stage`, of the model and data it runs on."""
+    the device (DEVICE_MEMORY_GIB, default the detected one), the largest batch that fits, the
+    published sizes, and the local disk it needs and whether that fits DISK_GIB (default the
+    temporary folder's free space, plus what the query's inputs already hold in CACHE_DIR); for
+    one `stage`, of the model and data it runs on."""
     import torch
 
     # train is judged on what these settings would train; the stages after it on what they run on.
     shape = measure_shape(settings, prompts, stage if stage is not None else "fit_factors")
     trained = measure_shape(settings, prompts, "train") if stage in (None, "train") else shape
     rows = {**estimates(settings, shape), "train": estimates(settings, trained)["train"]}
+    disk = {**disk_estimates(settings, shape), "train": disk_estimates(settings, trained)["train"]}
+    folder, free = disk_space()
+    disk_room = int(settings.disk_gib * GIB) if settings.disk_gib else free
     name, detected = device_memory()
     available = int(settings.device_memory_gib * GIB) if settings.device_memory_gib else detected
     gpu = torch.cuda.is_available()
@@ -381,10 +519,15 @@ def make_plan(settings: PlanSettings, prompts: int, stage: str | None = None) ->
             "largest_batch_size_that_fits": largest if estimate.batch_setting else None,
             "published_bytes": estimate.published,
             "runs": estimate.runs,
+            **(estimate.facts or {}),
+            "disk_bytes": disk[stage],
+            # DISK_GIB is all the disk there is; the free space detected is besides what is there already.
+            "fits_disk": disk[stage] - (0 if settings.disk_gib or stage != "query" else shape.cached) <= disk_room,
         }
     return {
         "device": {"name": name, "memory_bytes": available, "detected_memory_bytes": detected,
-                   "estimate_of": "device memory torch allocates" if gpu else "peak resident memory of the process"},
+                   "estimate_of": "device memory torch allocates" if gpu else "peak resident memory of the process",
+                   "disk_bytes": disk_room, "detected_disk_bytes": free, "disk_folder": folder},
         "shape": {"parameters": shape.parameters, "tracked_modules": len(shape.tracked), "examples": shape.examples,
                   "longest_example_tokens": shape.longest, "prompts": shape.prompts,
                   "from": "the published model and data" if shape.from_published else
@@ -400,36 +543,64 @@ def render(plan: dict) -> str:
     lines = [f"Plan for {device['name']}, {device['memory_bytes'] / GIB:.1f} GiB ({device['estimate_of']}); "
              f"{shape['parameters']:,} parameters, {shape['tracked_modules']} tracked modules, {shape['examples']:,} "
              f"examples (longest {shape['longest_example_tokens']} tokens), {shape['prompts']} prompts, from "
-             f"{shape['from']}; train from {shape['train_from']}", "",
+             f"{shape['from']}; train from {shape['train_from']}; local disk {device['disk_bytes'] / GIB:.1f} GiB "
+             f"({'DISK_GIB' if device['disk_bytes'] != device['detected_disk_bytes'] else 'free'} in "
+             f"{device['disk_folder']})", "",
              f"{'stage':<20} {'runs':>4} {'peak GiB':>9}  {'fits':<4}  {'batch':<26} {'largest that fits':>17}  "
-             "published",
+             f"{'disk GiB':>8}  {'fits':<4}  published",
              ]
     for stage, row in plan["stages"].items():
         batch = f"{row['batch_setting']}={row['batch_size']}" if row["batch_setting"] else "-"
         largest = "-" if row["largest_batch_size_that_fits"] is None else f"{row['largest_batch_size_that_fits']:,}"
         published = ", ".join(f"{path} {size / 2**20:,.1f} MiB" for path, size in row["published_bytes"].items())
         lines.append(f"{stage:<20} {row['runs']:>4} {row['peak_memory_bytes'] / GIB:>9.2f}  "
-                     f"{'yes' if row['fits'] else 'NO':<4}  {batch:<26} {largest:>17}  {published or '-'}")
+                     f"{'yes' if row['fits'] else 'NO':<4}  {batch:<26} {largest:>17}  "
+                     f"{row['disk_bytes'] / GIB:>8.2f}  {'yes' if row['fits_disk'] else 'NO':<4}  {published or '-'}")
     return "\n".join(lines)
+
+
+# What check_disk suggests, besides more disk, to a stage whose disk does not fit.
+DISK_REMEDIES = {"build_index": "spread the shards over more pods (INDEX_PARTITIONS; a pod with SHARD_INDEX holds "
+                                "its own alone), or ",
+                 "query": "CACHE_DIR=off holds the index a shard at a time, or "}
+
+
+def check_disk(stage: str, row: dict, device: dict, settings: PlanSettings) -> None:
+    """check_fits' refusal, in one line, of a stage whose plan `row` says its local disk does not fit."""
+    if row["fits_disk"]:
+        return
+    room = "DISK_GIB gives" if settings.disk_gib else f"free in {device['disk_folder']} (DISK_GIB sets it)"
+    raise ConfigError(
+        f"{stage}: needs about {row['disk_bytes'] / GIB:.2f} GiB of local disk (the inputs it fetches and what it "
+        f"writes), more than the {device['disk_bytes'] / GIB:.2f} GiB {room}; {DISK_REMEDIES.get(stage, '')}give "
+        "it more disk (in Kubernetes a larger emptyDir sizeLimit on /tmp and /cache, and DISK_GIB to match); "
+        "`python -m jobs plan` shows every stage; FORCE_FIT=true starts it anyway")
 
 
 def check_fits(stage: str, settings: CommonSettings, prompts: int = 1) -> None:
     """Refuse, in one line and before the model loads, a stage whose batch size the plan says
-    cannot fit the device; FORCE_FIT=true starts it anyway. The plan only advises: when it cannot
-    be made (a model it cannot read, no module to track), the stage goes on and its own checks speak."""
+    cannot fit the device, or whose inputs and outputs cannot fit its local disk (DISK_GIB; a
+    build_index pod's SHARD_INDEX counts its own shards alone); FORCE_FIT=true starts it anyway. The
+    plan only advises: when it cannot be made (a model it cannot read, no module to track), the
+    stage goes on and its own checks speak."""
     if settings.force_fit:
         return
     # The stage's settings, the other stages' at their defaults (no environment: a shard index set
-    # for this stage would not fit the others' partition counts).
+    # for this stage would not fit the others' partition counts). A build_index pod's shard stays:
+    # its disk holds its own shards alone.
     known = {key: value for key, value in settings.model_dump().items() if key in PlanSettings.model_fields}
-    wide = PlanSettings.model_construct(**{**known, "shard_index": None, "job_completion_index": None})
+    shard = getattr(settings, "shard", None) if stage == "build_index" else None
+    wide = PlanSettings.model_construct(**{**known, "shard_index": shard, "job_completion_index": None})
     try:
         plan = make_plan(wide, prompts, stage)
     except Exception as error:  # noqa: BLE001 (advice only; the reason is logged)
         log.debug("no memory plan for %s (%s); starting without the check", stage, str(error)[:200] or error)
         return
     row = plan["stages"].get(stage)
-    if row is None or row["fits"]:  # no row: nothing to run (the ensemble with ENSEMBLE_SEEDS=1)
+    if row is None:  # no row: nothing to run (the ensemble with ENSEMBLE_SEEDS=1)
+        return
+    if row["fits"]:
+        check_disk(stage, row, plan["device"], wide)
         return
     largest = row["largest_batch_size_that_fits"]
     fitting = f"the largest that fits is {largest}" if largest else "no batch size fits"

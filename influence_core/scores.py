@@ -130,12 +130,11 @@ def average_members(local: Path, members: list[Scores], work_dir: Path) -> None:
 def fuse_with_bm25(local: Path, train_dir: Path, prompts: list[Prompt], settings: FusionSettings) -> None:
     """With SCORE_FUSION: BM25 of every training document for every prompt, and the ranking fused from
     it and the influence, written beside Kronfluence's scores in `local` (influence_core.fusion)."""
-    from datasets import load_from_disk
     from safetensors.torch import save_file
 
-    from influence_core.fusion import fuse, prompt_bm25
+    from influence_core.fusion import corpus_bm25, fuse, prompt_bm25
 
-    lexical = prompt_bm25(prompts, load_from_disk(str(train_dir))["text"])
+    lexical = prompt_bm25(prompts, corpus_bm25(train_dir))  # the index published with the data
     fused = fuse(Scores.influence(local), lexical, settings.score_fusion, settings.fusion_weight,
                  settings.gate_fraction)
     save_file({Scores.KEY: lexical.float().contiguous()}, str(local / Scores.LEXICAL))

@@ -11,6 +11,7 @@ has a description, which `python -m jobs <stage> --help` prints.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -76,6 +77,16 @@ ScoresName = Annotated[Name, Field(
 # alone. Three models predicted retraining better on all three corpora of docs/results/lds_corpora.md, at
 # three trainings' cost: the report suggests it (ENSEMBLE_SUGGESTED).
 DEFAULT_ENSEMBLE_SEEDS = 1
+# 32 KiB an example in float16: the largest of docs/results/index_budget.md's budgets within the tiny
+# model's 32 KiB, and the best of them on every corpus there (none held 9.5 of jargon's top 10).
+INDEX_DIM_DEFAULT = 16384
+# INDEX_SEARCH=auto: the exact scan below this many bytes of rows (32,768 examples of the default 32 KiB,
+# 1-4 s a query at the 0.3-0.9 GB/s the scan read on one core of a loaded 2-core machine), SEARCH_AUTO
+# from there: 2-bit RaBitQ searched 1,000,000 rows in 5-8 s there and held every exact top 10 of the
+# demo's 12 prompts within its best 102 of 2,400; 4-bit SQ within 15, but in 9-10 s; 1-bit RaBitQ in
+# 1.3 s, within 1,913 (bench/search_recall.py, docs/guides/ask-new-questions.md).
+SEARCH_AUTO_BYTES = 2 ** 30
+SEARCH_AUTO = "rabitq2"
 ENSEMBLE_SUGGESTED = 3
 EnsembleSeeds = Annotated[int, Field(
     ge=1, le=100, description="Models whose influence compute_scores averages: the model at ARTIFACTS_URI and "
@@ -142,13 +153,19 @@ class TrackedModulesSettings(CommonSettings):
 
 
 class MemorySettings(CommonSettings):
-    """The device's memory, for the check before a stage starts (not recorded: they change no output)."""
+    """The device's memory and local disk, for the check before a stage starts (not recorded: they
+    change no output)."""
 
     device_memory_gib: PositiveFloat | None = Field(
         None, description="Memory of the device a stage runs on, GiB, for the plan (python -m jobs plan) and the "
                           "check before a stage starts; default the GPU's, else the container's limit")
+    disk_gib: PositiveFloat | None = Field(
+        None, description="Local disk a stage may fill, GiB: its work folder (TMPDIR) and, for the query, CACHE_DIR, "
+                          "for the plan's disk_bytes and the check before a stage starts; default the free space of "
+                          "the temporary folder (plus what the query's inputs hold in CACHE_DIR already). In a pod, "
+                          "the emptyDirs' sizeLimit, which the free space does not show (the manifests set both)")
     force_fit: bool = Field(False, description="Start a stage even though the plan says its batch size does not fit "
-                                               "the device's memory")
+                                               "the device's memory, or its inputs and outputs its local disk")
 
 
 class DeviceSettings(MemorySettings):
@@ -417,9 +434,10 @@ class IndexSettings(ScoringSettings):
 class BuildIndexSettings(IndexSettings, ShardSettings):
     """build_index: each training example's whitened, projected gradient, once, for queries later."""
 
-    projection_dim: NonNegativeInt = Field(
-        256, description="Size each side of a tracked module's gradient (outputs x inputs) is projected to; 0 "
-                         "or at least a side's size keeps that side whole (exact scores)")
+    index_dim: NonNegativeInt = Field(
+        INDEX_DIM_DEFAULT, description="Numbers the index stores per training example, whatever the model's size: "
+                                       "shared equally among the tracked modules, each module's gradient (outputs "
+                                       "x inputs) projected to its share; 0 keeps every module whole (exact scores)")
     index_dtype: Literal["float16", "bfloat16", "float32"] = Field(
         "float16", description="Dtype the index stores its rows in")
     index_shard_size: PositiveInt = Field(1024, description="Training examples per index shard (file), in corpus "
@@ -427,6 +445,13 @@ class BuildIndexSettings(IndexSettings, ShardSettings):
     index_partitions: PositiveInt = Field(
         1, description="Pods the shards are spread over (an Indexed Job); pod i builds shards i, i + "
                        "INDEX_PARTITIONS, ...; a run without SHARD_INDEX builds the missing ones and publishes")
+    index_search: Literal["auto", "exact", "rabitq", "rabitq2", "sq4", "sq8"] = Field(
+        "auto", description="How a query searches the index: 'exact' reads every row of every shard; the others keep "
+                            "beside each shard a faiss structure of its rows (search_<n>.faiss), search it instead "
+                            "and read the full rows of each prompt's SEARCH_CANDIDATES highest and lowest alone: "
+                            "'rabitq' and 'rabitq2' (RaBitQ, 1 and 2 bits a number), 'sq4' and 'sq8' (scalar "
+                            f"quantisers, 4 and 8 bits); 'auto': exact below {SEARCH_AUTO_BYTES // 2 ** 30} GiB of "
+                            f"rows (32,768 examples at the defaults), {SEARCH_AUTO} from there")
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> BuildIndexSettings:
@@ -440,9 +465,44 @@ class RerankSettings(CommonSettings):
     rerank_top_k: NonNegativeInt = Field(
         100, description="Each prompt's top candidates by the index that are scored again exactly (Kronfluence, "
                          "as compute_scores); 0: none")
+    search_candidates: PositiveInt = Field(
+        1000, description="With an approximate index (INDEX_SEARCH): each prompt's highest and lowest scores by "
+                          "the search (this many of each, at least RERANK_TOP_K) whose full rows are read and scored "
+                          "exactly by the index (32 KiB a row at the defaults); RERANK_TOP_K is drawn from them, and "
+                          "every other example keeps the search's estimate")
 
 
-class QueryIndexSettings(QuerySettings, RerankSettings, IndexSettings, FusionSettings):
+def _local_folder(value: str | None) -> str | None:
+    if value is not None and "://" in value:
+        raise ValueError("a local folder, not a URL (the cache is of this machine's or pod's disk)")
+    return value
+
+
+class CacheSettings(CommonSettings):
+    """Where a query keeps the artifacts it fetched (the model, the data, the factors, the index's
+    shards), so that later queries on the same machine or pod neither download nor hash them again
+    (the plan, and the check of a query's memory before it starts, read the data through it too)."""
+
+    cache_dir: Annotated[str | None, AfterValidator(_local_folder)] = Field(
+        None, description="Local folder the query keeps each artifact it fetched in, verified once (every file's "
+                          "size and SHA-256 against its _SUCCESS) and filed under a digest of those checksums: a later "
+                          "query reads it as it is, and a republished artifact gets a new entry (older ones stay until "
+                          "the folder is deleted). Default $XDG_CACHE_HOME/influence-jobs, else "
+                          "~/.cache/influence-jobs (in the image /cache/influence-jobs: the pod's emptyDir, kept as "
+                          "long as the pod, unlike "
+                          "each run's temporary folder); 'off' or empty: each query fetches and verifies everything "
+                          "again into a temporary folder")
+
+    @property
+    def cache(self) -> Path | None:
+        """The cache folder, absolute; None when it is off."""
+        if self.cache_dir is not None and self.cache_dir.strip().lower() in ("", "off"):
+            return None
+        folder = self.cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "influence-jobs"
+        return Path(folder).expanduser().absolute()
+
+
+class QueryIndexSettings(QuerySettings, RerankSettings, IndexSettings, FusionSettings, CacheSettings):
     """query: the prompts scored against the index, without a pass over the training examples."""
 
     scores_name: ScoresName = "query_scores"
@@ -479,7 +539,7 @@ class PipelineSettings(InspectScoresSettings, ComputeSelfScoresSettings, Compute
     # The last base's fields come first: --help lists them in the order the stages run.
 
 
-class PlanSettings(PipelineSettings, BuildIndexSettings, RerankSettings):
+class PlanSettings(PipelineSettings, BuildIndexSettings, RerankSettings, CacheSettings):
     """The plan: every stage's estimated peak memory, published sizes and largest batch that fits, for
     these settings (the same as the stages'), before anything runs."""
 

@@ -7,6 +7,9 @@ finished step under `_parts/`, so a rerun with the same settings and inputs resu
 version replaces an output only once all its files are uploaded and checked, so a failed upload
 leaves the previous version complete. A file still being written (`partial_name`) is never staged,
 published or fetched.
+A query fetches its inputs through a cache folder (`fetch_cached`, CACHE_DIR): each artifact is
+verified once when it reaches the machine and kept there under a key of its manifest's checksums,
+so later queries neither download nor hash it again, and another version gets another key.
 This is the only module that knows about fsspec; what the artifacts are (their kinds, files and
 lineage) is influence_core.artifacts'.
 
@@ -18,6 +21,7 @@ endpoint fails in well under a minute.
 from __future__ import annotations
 
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -25,8 +29,9 @@ import posixpath
 import re
 import subprocess
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +44,8 @@ from influence_core.errors import ConfigError, StorageError
 SUCCESS = "_SUCCESS"
 PARTS = "_parts"  # staged steps of outputs being built, one folder per settings and inputs
 PARTIAL = ".partial-"  # a file still being written (partial_name), renamed when complete
+VERIFIED = ".verified"  # beside a cache entry <key>: every file of it verified (fetch_cached)
+ABANDONED_S = 3600  # a cache entry's partial file not written for this long is a killed fetch's, removed
 VERSIONED_PACKAGES = ("torch", "transformers", "datasets", "tokenizers", "kronfluence", "fsspec", "s3fs")
 # Bounded S3 retries: s3fs tries each call 3 times with backoff (botocore's own retries off), each
 # try waiting at most 5 s to connect and 15 s for data: a dead endpoint fails in under a minute.
@@ -91,6 +98,21 @@ def is_partial(name: str) -> bool:
 def below(relative: str, name: str) -> str:
     """`name` inside the artifact directory `relative` ("" is the store's root)."""
     return posixpath.join(relative, name) if relative else name
+
+
+def cache_entry(cache: Path, relative: str, recorded: dict) -> Path:
+    """Where a cache folder keeps its verified copy of the artifact `relative` whose `_SUCCESS`
+    lists the files `recorded`: <cache>/<relative>/<key>, the key a digest of every file's name,
+    size and SHA-256, so a republished artifact with other content gets another entry (and one with
+    the same content, wherever it lies, the same)."""
+    key = hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:32]
+    return cache / relative / key
+
+
+def _cached(path: Path, entry: tuple[int, str] | None) -> bool:
+    """Whether a cache entry holds a file under its own name, and of its recorded size: it was
+    verified when it came (a file is renamed to its name only then), so it is not hashed again."""
+    return entry is not None and path.is_file() and path.stat().st_size == entry[0]
 
 
 class Store:
@@ -157,6 +179,66 @@ class Store:
         self._verify(path, recorded.get(name), below(relative, name), remedy)
         return path
 
+    def fetch_cached(self, relative: str, cache: Path, remedy: str) -> Path:
+        """`fetch` through a cache folder: the artifact's copy in `cache` (`cache_entry`), every
+        file checked against its `_SUCCESS` as `fetch` checks them when it first comes, and returned
+        as it is, neither downloaded nor hashed, by every later fetch of the same version. The
+        entry counts as complete only once a marker (VERIFIED, beside it) is written after the
+        last file is verified; a fetch finding no marker (an interrupted one) fetches what is
+        missing again, each file under a partial name until it is verified. Its files are made
+        read-only: nothing may write into a copy that is never checked again."""
+        recorded = (self.manifest(relative) or {}).get("files")
+        if recorded is None:
+            raise ConfigError(f"input {self.url(relative)}: its {SUCCESS} lists no files to verify: {remedy}")
+        entry = cache_entry(cache, relative, recorded)
+        marker = entry.with_name(entry.name + VERIFIED)
+        if marker.is_file() and all(_cached(entry / name, recorded[name]) for name in recorded):
+            return entry
+        missing = [name for name in recorded if not _cached(entry / name, recorded[name])]
+        self._fill(relative, entry, missing, recorded, set(self._files(relative)), remedy)
+        entry.mkdir(parents=True, exist_ok=True)  # an artifact of no files has an entry too
+        partial = marker.with_name(partial_name(marker.name))
+        partial.write_text(json.dumps({"source": self.url(relative), "files": recorded}, indent=2))
+        os.replace(partial, marker)
+        return entry
+
+    def fetch_file_cached(self, relative: str, name: str, recorded: dict, cache: Path, remedy: str) -> Path:
+        """One file of an artifact through a cache folder (`fetch_cached`'s entry): verified when it
+        first comes, then read from there without download or checksum; for an artifact read a file
+        at a time (the index's shards)."""
+        entry = cache_entry(cache, relative, recorded)
+        if not _cached(entry / name, recorded.get(name)):
+            listed = {name} if name in recorded and self.fs.exists(self.path(below(relative, name))) else set()
+            self._fill(relative, entry, [name], recorded, listed, remedy)
+        return entry / name
+
+    def _fill(self, relative: str, entry: Path, names: list[str], recorded: dict, listed: set[str],
+              remedy: str) -> None:
+        """Put the files `names` of an artifact into its cache entry: downloaded (those the store
+        lists, `listed`) under partial names, each verified as `fetch` verifies it, then made
+        read-only and renamed to its name; a missing or changed one is refused as `fetch` refuses
+        it, and leaves nothing under its name. A partial file of a killed fetch (not written for
+        ABANDONED_S) goes."""
+        partials = {name: entry / partial_name(name) for name in names}
+        for name, partial in partials.items():
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            for left in partial.parent.glob(f"{glob.escape(Path(name).name)}{PARTIAL}*"):
+                with suppress(OSError):  # one another fetch is writing is younger; one gone meanwhile, no matter
+                    if time.time() - left.stat().st_mtime > ABANDONED_S:
+                        left.unlink()
+        wanted = [name for name in names if name in listed]
+        try:
+            if wanted:
+                self.fs.get([self.path(below(relative, name)) for name in wanted],
+                            [str(partials[name]) for name in wanted])
+            for name, partial in partials.items():
+                self._verify(partial, recorded.get(name), below(relative, name), remedy)
+                partial.chmod(0o444)
+                os.replace(partial, entry / name)
+        finally:
+            for partial in partials.values():
+                partial.unlink(missing_ok=True)
+
     def _verify(self, path: Path, entry: tuple[int, str] | None, relative: str, remedy: str) -> None:
         """Refuse a file that is missing, or whose size or SHA-256 differs from its manifest `entry`."""
         if entry is None or not path.is_file() or path.stat().st_size != entry[0] or _sha256(path) != entry[1]:
@@ -180,9 +262,10 @@ class Store:
             return {}
         return {posixpath.relpath(path, base): info["size"] for path, info in self.fs.find(base, detail=True).items()}
 
-    def _download(self, relative: str, destination: Path) -> list[str]:
-        """Copy a directory's files here, leaving out unfinished copies and staged steps."""
-        names = self._files(relative)
+    def _download(self, relative: str, destination: Path, keep: Callable[[str], bool] | None = None) -> list[str]:
+        """Copy a directory's files here, leaving out unfinished copies and staged steps (and, with
+        `keep`, the files whose name it refuses)."""
+        names = [name for name in self._files(relative) if keep is None or keep(name)]
         for name in names:
             (destination / name).parent.mkdir(parents=True, exist_ok=True)
         if names:
@@ -298,13 +381,15 @@ class Output:
         self.staging = f"{relative}/{PARTS}/{digest}"
         self.synced: dict[str, tuple[int, int]] = {}  # name -> (size, mtime_ns) when staged
 
-    def resume(self) -> list[str]:
+    def resume(self, keep: Callable[[str], bool] | None = None) -> list[str]:
         """Restore the steps that earlier runs with the same settings and inputs staged (an
-        interrupted run, or the other shards); returns their names."""
+        interrupted run, or the other shards); with `keep`, only the files whose name (relative to
+        the output) it accepts: a pod's own (the others stay staged, for the run that completes the
+        output). Returns their names."""
         if not self.store.exists(self.staging):
             return []
         self.local_dir.mkdir(parents=True, exist_ok=True)
-        names = self.store._download(self.staging, self.local_dir)
+        names = self.store._download(self.staging, self.local_dir, keep)
         self._mark_synced(names)
         return names
 

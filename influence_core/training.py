@@ -157,8 +157,12 @@ def train(model: PreTrainedModel, dataset: Dataset, tokenizer: PreTrainedTokeniz
 def publish_model(store: Store, work: Path, corpus: Corpus, examples: Dataset, model: PreTrainedModel,
                   tokenizer: PreTrainedTokenizerBase, metrics: dict, record: dict) -> None:
     """data/train/ (the tokenized examples, the planted facts of a demo corpus) and model/ (weights,
-    tokenizer, training_metrics.json), model/ last: what train and import_model publish."""
+    tokenizer, training_metrics.json), model/ last: what train and import_model publish. data/train/
+    holds the corpus's BM25 index too, built once here (influence_core.fusion)."""
+    from influence_core.fusion import save_bm25
+
     examples.save_to_disk(str(work / "data"))
+    save_bm25(examples["text"], work / "data")
     if corpus.facts:
         (work / "data" / TrainData.PLANTED_FACTS).write_text(json.dumps(corpus.facts, indent=2))
     model.save_pretrained(work / "model")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,7 +26,8 @@ log = logging.getLogger("jobs")
 
 # Settings that do not change a stage's outputs, so they do not invalidate a finished one.
 NOT_FINGERPRINTED = {"artifacts_uri", "force", "log_level", "output_dir", "shard_index", "job_completion_index",
-                     "factor_phase", "subset_index", "device_memory_gib", "force_fit"}
+                     "factor_phase", "subset_index", "device_memory_gib", "disk_gib", "force_fit",
+                     "cache_dir"}
 
 
 def parse(cls: type[S], argv: list[str], stage: str) -> S:
@@ -92,12 +93,14 @@ def manifest(stage: str, settings: CommonSettings, inputs: dict[str, str], start
 
 @contextmanager
 def torchrun_stage(stage: str, settings: CommonSettings, store: Store, fetch: list[Artifact], output: str,
-                   inputs: dict[str, str]) -> Iterator[tuple[Path, Output]]:
+                   inputs: dict[str, str], restore: Callable[[str], bool] | None = None,
+                   ) -> Iterator[tuple[Path, Output]]:
     """The torchrun protocol of a stage that Kronfluence spreads over a pod's GPUs: several CPU
     processes are refused (each would repeat all the work); the processes share one work directory,
     where the main process fetches the artifacts `fetch` to <work>/<artifact path> (where
     Kronfluence looks for factors) and restores the steps that earlier runs with the same settings and inputs
-    staged (an interrupted run, other shards), while the others wait. Yields the work directory and
+    staged (an interrupted run, other shards; with `restore`, the files whose name it accepts alone),
+    while the others wait. Yields the work directory and
     the output, built at <work>/<output> and stamped with the settings and `inputs` (their
     fingerprints); only the main process may publish (`is_main_process`)."""
     refuse_cpu_processes(stage)
@@ -108,7 +111,7 @@ def torchrun_stage(stage: str, settings: CommonSettings, store: Store, fetch: li
         if is_main_process():
             for artifact in fetch:
                 artifact.fetch(work / artifact.relative)
-            if restored := out.resume():
+            if restored := out.resume(restore):
                 log.info("restored %d published files of this output", len(restored))
         barrier()
         yield work, out

@@ -40,7 +40,7 @@ def main(settings: EnsembleSettings) -> None:
     trained, fitted = model.settings, factors.settings
     # What this run says of the device (not recorded in the outputs), beside the recorded recipe.
     device = {"force": settings.force, "force_fit": settings.force_fit,
-              "device_memory_gib": settings.device_memory_gib}
+              "device_memory_gib": settings.device_memory_gib, "disk_gib": settings.disk_gib}
     for number in settings.members:
         uri, seed = member_uri(settings.artifacts_uri, number), trained.model_seed + number
         log.info("ensemble: member %d of %d (training seed %d) in %s", number, settings.ensemble_seeds - 1, seed,

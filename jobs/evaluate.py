@@ -74,11 +74,12 @@ def main(settings: EvaluateSettings) -> None:
     from datasets import load_from_disk
 
     from influence_core.evaluation import LEXICAL_BASELINES, fact_metrics, lexical_scores, render_markdown
-    from influence_core.fusion import ALONE, describe, fused_scores
+    from influence_core.fusion import ALONE, BM25_DESCRIPTION, corpus_bm25, describe, fused_scores
     from influence_core.prompts import Prompt
 
     with work_dir() as work:
-        texts = load_from_disk(str(data.fetch(work / "train")))["text"]
+        train_dir = data.fetch(work / "train")
+        texts = load_from_disk(str(train_dir))["text"]
         methods, matrices = {}, {}
         for strategy, each in scores.items():
             local = each.fetch(work / each.relative)
@@ -92,7 +93,7 @@ def main(settings: EvaluateSettings) -> None:
                                  **fact_metrics(matrices[strategy], scored, texts, facts)}
             log.info("%s: recall@10 %.3f, MRR %.3f", strategy, methods[strategy]["recall_at_10"],
                      methods[strategy]["mrr"])
-        lexical = lexical_scores(prompts, texts)
+        lexical = lexical_scores(prompts, corpus_bm25(train_dir))
         for name, matrix in lexical.items():
             methods[name] = {"label": LEXICAL_BASELINES[name], **fact_metrics(matrix, prompts, texts, facts)}
             log.info("%s: recall@10 %.3f, MRR %.3f", name, methods[name]["recall_at_10"], methods[name]["mrr"])
@@ -118,7 +119,7 @@ def main(settings: EvaluateSettings) -> None:
             "use_empirical_fisher": fit.use_empirical_fisher,
             "eigendecomposition_dtype": fit.eigendecomposition_dtype,
             "per_sample_gradient_dtype": score.per_sample_gradient_dtype,
-            "bm25": "rank_bm25 BM25Okapi, k1=1.5, b=0.75, lower-cased word tokens",
+            "bm25": BM25_DESCRIPTION,
         }
         evaluation = {"settings": used, "facts_not_asked": not_asked, "methods": methods,
                       "stage_settings": {"fit_factors": fingerprint(fit), "compute_scores": fingerprint(score)}}

@@ -65,7 +65,7 @@ def main(settings: InspectScoresSettings) -> None:
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from influence_core.fusion import describe, prompt_bm25, score_label
+    from influence_core.fusion import corpus_bm25, describe, prompt_bm25, score_label
     from influence_core.lds import completion_probabilities
     from influence_core.modeling import load_model
     from influence_core.prompts import Prompt
@@ -92,7 +92,7 @@ def main(settings: InspectScoresSettings) -> None:
         report["score_label"] = score_label(scores.settings, scores.models)
         lexical = Scores.lexical(scores_dir)
         attach_evidence(report, describe(scores.settings, scores.models), influence,
-                        lexical if lexical is not None else prompt_bm25(prompts, texts))
+                        lexical if lexical is not None else prompt_bm25(prompts, corpus_bm25(train_dir)))
         if scores.models == 1 and model.family != "imported":
             suggest_ensemble(report)
         if (rescored := scores.rescored()) is not None:

@@ -176,7 +176,7 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
     from transformers import AutoTokenizer
 
     from influence_core import lds
-    from influence_core.fusion import ALONE, describe, prompt_bm25
+    from influence_core.fusion import ALONE, corpus_bm25, describe, prompt_bm25
     from influence_core.modeling import load_model
 
     texts = load_from_disk(str(fetch_once(data, work)))["text"]
@@ -193,7 +193,7 @@ def correlate(settings: LdsSettings, prompts: list[Prompt], model: Model, data: 
         f"; {ranking[name]})" if ranking[name] != ALONE else ")")) for name, each in named.items()}
     first = settings.lds_scores[0]
     task = tasks[first]  # the text baselines predict the first scores' measurement
-    matrices["bm25"] = prompt_bm25(prompts, texts)
+    matrices["bm25"] = prompt_bm25(prompts, corpus_bm25(fetch_once(data, work)))
     tasks.update(bm25=task, random=task)
     labels.update(bm25=baselines["bm25"], random=f"{baselines['random']} (mean of {RANDOM_DRAWS} draws)")
     methods = lds.summarize(matrices, tasks, labels, set(baselines), mask, measured)

@@ -1,5 +1,6 @@
-"""`python -m jobs plan [--json]`: each stage's estimated peak memory, published sizes and the
-largest batch sizes that fit the device, for the same settings the stages read (docs/stages/index.md)."""
+"""`python -m jobs plan [--json]`: each stage's estimated peak memory, published sizes, the
+largest batch sizes that fit the device and the local disk it needs, for the same settings the
+stages read (docs/stages/index.md)."""
 
 from __future__ import annotations
 

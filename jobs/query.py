@@ -57,11 +57,15 @@ def main(settings: QueryIndexSettings) -> None:
 
     with tempfile.TemporaryDirectory(prefix="query-") as temporary:
         work = Path(temporary)
+        # Through CACHE_DIR: verified once on this machine, read as they are by later queries.
         for artifact in (model, data, factors):
-            artifact.fetch(work / artifact.relative)
-        shards = (index.fetch_file(name, work / "shard") for name in index.shards())
-        scores, exact = answer(work / model.relative, work / data.relative, work, shards, index.projection(), prompts,
-                               settings)
+            artifact.fetch(work / artifact.relative, cache=settings.cache)
+
+        def fetch(name: str) -> Path:  # one of the index's files, as answer asks for it (one at a time)
+            return index.fetch_file(name, work / "shard", cache=settings.cache)
+
+        scores, exact = answer(work / model.relative, work / data.relative, work, index.shards(), fetch,
+                               index.projection(), prompts, settings)
         local = write_scores(work / output.relative, scores, asked, exact, settings)
         if settings.score_fusion != "none":
             fuse_with_bm25(local, work / data.relative, prompts, settings)

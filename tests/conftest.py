@@ -47,6 +47,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def query_cache(tmp_path_factory):
+    """The CACHE_DIR of every query the tests run (in-process or as processes): a folder of the
+    session's, not the user's ~/.cache. Its entries are keyed by content, so tests share them safely."""
+    folder = tmp_path_factory.mktemp("query_cache")
+    saved = os.environ.get("CACHE_DIR")
+    os.environ["CACHE_DIR"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("CACHE_DIR", None)
+    else:
+        os.environ["CACHE_DIR"] = saved
+
+
 def jobs_env(env: dict | None = None) -> dict:
     """The environment of a `python -m jobs` process: this one's, less ARTIFACTS_URI, plus `env`."""
     full_env = {key: value for key, value in os.environ.items() if key != "ARTIFACTS_URI"}

@@ -36,7 +36,7 @@ def scores(artifacts: Path, name: str) -> torch.Tensor:
 
 
 def test_an_index_that_projects_nothing_scores_as_compute_scores(artifacts):
-    run("build_index", artifacts, "--projection_dim=0", "--index_dtype=float32", "--index_shard_size=30")
+    run("build_index", artifacts, "--index_dim=0", "--index_dtype=float32", "--index_shard_size=30")
     assert len(list((artifacts / Index("index").relative).glob("shard_*.safetensors"))) == 4  # 100 examples
     run("query", artifacts, "--rerank_top_k=0")
     exact, ours = scores(artifacts, "prompt_scores"), scores(artifacts, "query_scores")
@@ -48,7 +48,7 @@ def test_an_index_that_projects_nothing_scores_as_compute_scores(artifacts):
 def test_with_fusion_the_index_answers_with_the_ranking_compute_scores_publishes(artifacts):
     gate = ["--score_fusion=bm25_gate", "--gate_fraction=0.3"]
     run("compute_scores", artifacts, "--scores_name=gated", *gate)
-    run("build_index", artifacts, "--projection_dim=0", "--index_dtype=float32")
+    run("build_index", artifacts, "--index_dim=0", "--index_dtype=float32")
     run("query", artifacts, "--rerank_top_k=0", "--scores_name=gated_query", *gate)
     exact, ours = (artifacts / Scores("gated").relative, artifacts / Scores("gated_query").relative)
     assert torch.equal(Scores.lexical(ours), Scores.lexical(exact))
@@ -59,7 +59,7 @@ def test_with_fusion_the_index_answers_with_the_ranking_compute_scores_publishes
 
 
 def test_the_rescored_candidates_get_compute_scores_values_and_the_report_marks_them(artifacts):
-    run("build_index", artifacts, "--projection_dim=8")  # far from exact: 8 x 8 per module
+    run("build_index", artifacts, "--index_dim=512")  # far from exact: 8 x 8 in each of the 8 modules
     run("query", artifacts, "--rerank_top_k=5", "--scores_name=reranked")
     exact, ours = scores(artifacts, "prompt_scores"), scores(artifacts, "reranked")
     rescored = json.loads((artifacts / Scores("reranked").relative / Scores.RESCORED).read_text())
@@ -85,14 +85,14 @@ def test_a_build_spread_over_pods_resumes_with_the_shards_they_staged(artifacts,
     monkeypatch.setattr(influence_core.index, "gradient_rows",
                         lambda model, loss, examples, *rest, **named: built.append(len(examples)) or rows(
                             model, loss, examples, *rest, **named))
-    flags = ["--projection_dim=16", "--index_shard_size=30", "--index_partitions=2"]
+    flags = ["--index_dim=2048", "--index_shard_size=30", "--index_partitions=2"]
     run("build_index", artifacts, *flags, "--shard_index=1")  # shards 1 and 3: 30 and 10 examples
     assert built == [30, 10] and not (artifacts / Index("index").relative / "_SUCCESS").exists()
     run("build_index", artifacts, *flags)  # builds only shards 0 and 2, then publishes
     assert built == [30, 10, 30, 30]
     whole = artifacts.parent / "whole"
     shutil.copytree(artifacts, whole, ignore=shutil.ignore_patterns("index"))
-    run("build_index", whole, "--projection_dim=16", "--index_shard_size=30")
+    run("build_index", whole, "--index_dim=2048", "--index_shard_size=30")
     for number in range(4):
         name = Index.shard(number)
         spread = load_file(str(artifacts / "index/index" / name))[Index.ROWS]
@@ -100,7 +100,7 @@ def test_a_build_spread_over_pods_resumes_with_the_shards_they_staged(artifacts,
 
 
 def test_a_query_must_use_the_factors_and_damping_the_index_was_built_with(artifacts):
-    run("build_index", artifacts, "--projection_dim=8")
+    run("build_index", artifacts, "--index_dim=512")
     line = one_line_refusal(jobs_in_process("query", f"--artifacts_uri={artifacts}", "--damping_factor=1e-3",
                                             "--log_level=ERROR"))
     assert "DAMPING_FACTOR=0.001" in line and "built with DAMPING_FACTOR=1e-08" in line
@@ -108,7 +108,7 @@ def test_a_query_must_use_the_factors_and_damping_the_index_was_built_with(artif
 
 
 def test_one_question_at_the_terminal_lists_its_top_documents(artifacts, capsys):
-    run("build_index", artifacts, "--projection_dim=0", "--index_dtype=float32")
+    run("build_index", artifacts, "--index_dim=0", "--index_dtype=float32")
     asked = json.loads((artifacts / Scores("prompt_scores").relative / Scores.PROMPTS).read_text())[0]
     from jobs.__main__ import main
 
@@ -124,7 +124,7 @@ def test_one_question_at_the_terminal_lists_its_top_documents(artifacts, capsys)
 
 
 def test_the_plan_sizes_the_index_and_the_query_scores_within_5_percent(artifacts, capsys):
-    flags = ["--projection_dim=16", "--index_shard_size=30", "--rerank_top_k=3"]
+    flags = ["--index_dim=2048", "--index_shard_size=30", "--rerank_top_k=3"]
     run("build_index", artifacts, *flags[:2])
     run("query", artifacts, flags[2])
     capsys.readouterr()
@@ -137,6 +137,8 @@ def test_the_plan_sizes_the_index_and_the_query_scores_within_5_percent(artifact
         published = sum(path.stat().st_size for path in (artifacts / relative).rglob("*") if path.is_file())
         assert row["published_bytes"] == {relative: pytest.approx(published, rel=0.05)}
         assert row["peak_memory_bytes"] > 0 and row["fits"]
+    recorded = json.loads((artifacts / "index/index" / Index.PROJECTION).read_text())
+    assert plan["stages"]["build_index"]["bytes_per_example"] == recorded["bytes_per_example"] <= 2048 * 2
 
 
 def test_a_tiny_untrained_model_s_index_scores_as_compute_scores_with_ekfac(tmp_path):
@@ -155,7 +157,7 @@ def test_a_tiny_untrained_model_s_index_scores_as_compute_scores_with_ekfac(tmp_
     run("import_model", artifacts, f"--model={source}", f"--dataset={documents}", "--max_length=32")
     run("fit_factors", artifacts, "--factor_batch_size=8")
     run("compute_scores", artifacts, f"--prompts={prompts}")
-    run("build_index", artifacts, "--projection_dim=0", "--index_dtype=float32", "--index_shard_size=16")
+    run("build_index", artifacts, "--index_dim=0", "--index_dtype=float32", "--index_shard_size=16")
     run("query", artifacts, f"--prompts={prompts}", "--rerank_top_k=0")
     exact, ours = scores(artifacts, "prompt_scores"), scores(artifacts, "query_scores")
     assert ours.shape == exact.shape == (2, 40)
@@ -163,22 +165,104 @@ def test_a_tiny_untrained_model_s_index_scores_as_compute_scores_with_ekfac(tmp_
     assert float(relative.max()) < 1e-4, relative
 
 
+def test_a_second_query_reads_its_inputs_from_the_cache_without_downloading_or_hashing_them(tmp_path, monkeypatch):
+    """CACHE_DIR: the first query fetches and verifies the model, data, factors and index shards; a
+    second one of the same artifacts neither downloads nor hashes any of them (the plan's look at
+    the data included) and answers the same; nothing writes into the cached copies; and a shard
+    changed behind its _SUCCESS is still refused in one line where it is fetched first."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    import influence_core.storage
+    from influence_core.artifacts import Factors
+    from influence_core.demo_corpus import build_demo_corpus
+    from influence_core.storage import Store, cache_entry
+    from tests.families import save_tiny_model
+
+    source = save_tiny_model("gpt_neo", tmp_path / "source", documents=100)
+    documents = tmp_path / "documents.jsonl"
+    documents.write_text("".join(json.dumps({"text": text}) + "\n" for text in build_demo_corpus(100).texts[:40]))
+    artifacts, cache = tmp_path / "artifacts", tmp_path / "cache"
+    run("import_model", artifacts, f"--model={source}", f"--dataset={documents}", "--max_length=32")
+    run("fit_factors", artifacts, "--factor_batch_size=8")
+    run("build_index", artifacts, "--index_shard_size=16")  # 3 shards
+    query = ["--rerank_top_k=2", f"--cache_dir={cache}"]
+    run("query", artifacts, *query, "--scores_name=first")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an input downloaded again")
+
+    hashed, sha256 = [], influence_core.storage._sha256
+    with monkeypatch.context() as patch:
+        patch.setattr(influence_core.storage, "_sha256", lambda path: hashed.append(path) or sha256(path))
+        for method in ("get", "get_file"):  # every fetch's download (publishing puts, it does not get)
+            patch.setattr(LocalFileSystem, method, forbidden)
+        import influence_core.plan
+
+        plan, planned = influence_core.plan.make_plan, []
+
+        def watched(*args, **named):  # the memory check gives up silently on any error: it must not fail here
+            try:
+                planned.append(plan(*args, **named))
+            except Exception as error:
+                planned.append(error)
+                raise
+            return planned[-1]
+
+        patch.setattr(influence_core.plan, "make_plan", watched)
+        run("query", artifacts, *query, "--scores_name=second")
+    assert len(planned) == 1 and isinstance(planned[0], dict), planned  # it read the data, through the cache
+    assert hashed and all(Scores("second").relative in path.as_posix() for path in hashed)  # its output's alone
+    assert torch.equal(scores(artifacts, "first"), scores(artifacts, "second"))
+    store = Store(str(artifacts))
+    for artifact in (Model(), TrainData(), Factors("tiny_lm_factors"), Index("index")):
+        recorded = artifact.bind(store).manifest.files
+        entry = cache_entry(cache, artifact.relative, recorded)
+        fetched = artifact.shards() if isinstance(artifact, Index) else recorded  # its projection.json is read
+        assert sorted(path.relative_to(entry).as_posix() for path in entry.rglob("*") if path.is_file()) == sorted(
+            fetched), artifact  # every file fetched, and nothing written into the copy
+
+    shard = artifacts / Index("index").relative / Index.shard(1)
+    shard.write_bytes(shard.read_bytes()[:-4] + b"\0\0\0\0")  # the same size, other bytes
+    line = one_line_refusal(jobs_in_process("query", f"--artifacts_uri={artifacts}", "--rerank_top_k=2",
+                                            f"--cache_dir={tmp_path / 'fresh'}", "--log_level=ERROR"))
+    assert "index/index/shard_00001.safetensors is missing, truncated or changed" in line, line
+
+
+def test_one_question_s_answer_reads_the_text_of_the_documents_it_lists_alone(tmp_path, capsys, monkeypatch):
+    """print_answer reads the listed rows of the (memory-mapped) data, not the corpus's text column."""
+    from datasets import Dataset
+
+    from influence_core.index import print_answer
+
+    texts = [f"document {number} says something" for number in range(50)]
+    Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "train"))
+    read, getitem = [], Dataset.__getitem__
+    monkeypatch.setattr(Dataset, "__getitem__", lambda self, key: read.append((key, len(self))) or getitem(self, key))
+    scores = torch.zeros(50)
+    scores[[7, 31, 2]] = torch.tensor([3.0, 2.0, 1.0])
+    print_answer(scores, [31], tmp_path / "train", 3)
+    lines = [line.split() for line in capsys.readouterr().out.strip().splitlines()[1:]]
+    assert [(line[2], int(line[3]), line[5]) for line in lines] == [("index", 7, "7"), ("exact", 31, "31"),
+                                                                    ("index", 2, "2")]
+    assert read and all(rows <= 3 for key, rows in read if key == "text"), read
+
+
 # ---- the rows' arithmetic: autocast as compute_scores, and nothing stored that is not finite ----------
 
 def rows_of(artifacts: Path, count: int, whitened: dict | None = None, **options) -> torch.Tensor:
     """gradient_rows of the first `count` training examples of the pipeline's model, whitened with its
-    factors (or `whitened`), projected to 16 per side."""
+    factors (or `whitened`), projected within 2048 numbers (16 x 16 a module)."""
     from influence_core.factors import factors_dir, load_training_examples, tracked_modules
     from influence_core.index import Projection, gradient_rows, prepared
     from influence_core.settings import BuildIndexSettings
     from influence_core.tasks import TASKS
 
-    settings = BuildIndexSettings(artifacts_uri=str(artifacts), projection_dim=16)
+    settings = BuildIndexSettings(artifacts_uri=str(artifacts), index_dim=2048)
     model, tokenizer, factors_whitening = prepared(artifacts / Model().relative, artifacts, settings)
     names = tracked_modules(factors_dir(artifacts, settings.factors_name))
     examples = load_training_examples(artifacts / TrainData().relative).select(range(count))
     return gradient_rows(model, TASKS["language_modeling"](names).compute_train_loss, examples,
-                         Projection.plan(model, names, 16, 0), factors_whitening if whitened is None else whitened,
+                         Projection.plan(model, names, 2048, 0), factors_whitening if whitened is None else whitened,
                          tokenizer.pad_token_id, count, **options)
 
 
@@ -215,7 +299,7 @@ def test_build_index_and_query_compute_their_rows_under_amp_dtype(artifacts, mon
         return rows(*positional, **named)  # in float32: only what was asked for is checked here
 
     monkeypatch.setattr(influence_core.index, "gradient_rows", recording)
-    run("build_index", artifacts, "--projection_dim=8", "--amp_dtype=bfloat16")
+    run("build_index", artifacts, "--index_dim=512", "--amp_dtype=bfloat16")
     assert asked == [torch.bfloat16]  # one shard of 100 examples
     run("query", artifacts, "--rerank_top_k=0", "--amp_dtype=bfloat16")
     assert asked == [torch.bfloat16, torch.bfloat16]
@@ -256,7 +340,7 @@ def test_build_index_refuses_in_one_line_a_shard_float16_cannot_hold(artifacts, 
     monkeypatch.setattr(influence_core.index, "whitening", lambda *args: {
         name: influence_core.index.ModuleWhitening(white.out_basis, white.in_basis, white.scale * 1e6)
         for name, white in whitening(*args).items()})
-    line = one_line_refusal(jobs_in_process("build_index", f"--artifacts_uri={artifacts}", "--projection_dim=8",
+    line = one_line_refusal(jobs_in_process("build_index", f"--artifacts_uri={artifacts}", "--index_dim=512",
                                             "--index_shard_size=60", "--log_level=ERROR"))
     assert line.startswith("error: INDEX_DTYPE=float16: training example "), line
     assert not (artifacts / Index("index").relative / "_SUCCESS").exists()
@@ -267,7 +351,7 @@ def test_build_index_refuses_in_one_line_a_shard_float16_cannot_hold(artifacts, 
 def test_a_query_s_report_says_its_ranking_is_one_model_s_influence(artifacts):
     """A query scores with the model alone whatever ENSEMBLE_SEEDS the environment sets: its report
     must not call it an average over the ensemble (compute_scores' recorded default)."""
-    run("build_index", artifacts, "--projection_dim=8")
+    run("build_index", artifacts, "--index_dim=512")
     run("query", artifacts, "--rerank_top_k=0")
     code, err = jobs_in_process("inspect_scores", f"--artifacts_uri={artifacts}", "--scores_name=query_scores",
                                 "--no-per_token_scores", env={"ENSEMBLE_SEEDS": "3"})
@@ -284,7 +368,7 @@ def test_an_empty_prompt_or_completion_is_refused_in_one_line(tmp_path, flags, n
 
 
 def test_compute_scores_does_not_replace_a_query_s_scores_unless_forced(artifacts):
-    run("build_index", artifacts, "--projection_dim=8")
+    run("build_index", artifacts, "--index_dim=512")
     run("query", artifacts, "--rerank_top_k=0", "--scores_name=asked")
     published = artifacts / Scores("asked").relative
     before = Scores.matrix(published).clone()
@@ -297,3 +381,174 @@ def test_compute_scores_does_not_replace_a_query_s_scores_unless_forced(artifact
     assert json.loads((published / "_SUCCESS").read_text())["stage"] == "compute_scores"
     replaced, exact = scores(artifacts, "asked"), scores(artifacts, "prompt_scores")  # compute_scores' own now
     assert float(((replaced - exact).abs().amax(dim=1) / exact.abs().amax(dim=1)).max()) < 1e-4
+
+
+# ---- an approximate index (INDEX_SEARCH): searched, not read row by row -------------------------------
+
+SEARCHED = ["--index_dim=2048", "--index_shard_size=30", "--index_search=sq4"]
+RABITQ = [*SEARCHED[:2], "--index_search=rabitq2"]  # INDEX_SEARCH=auto's structure on a large index
+
+
+def one_prompt(artifacts: Path, tmp_path: Path) -> Path:
+    """A prompts file of the pipeline's first prompt: the query's candidates are that prompt's alone."""
+    asked = json.loads((artifacts / Scores("prompt_scores").relative / Scores.PROMPTS).read_text())[:1]
+    path = tmp_path / "one_prompt.json"
+    path.write_text(json.dumps(asked))
+    return path
+
+
+def test_an_approximate_index_s_candidates_hold_the_exact_scan_s_top_and_bottom_10(artifacts, tmp_path):
+    """Its candidates (15 of each tail, of 100 examples in 4 shards) hold the exact scan's 10 highest
+    and 10 lowest; they get the exact scan's scores, the rescored ones compute_scores', and every
+    other example the search's estimate."""
+    prompts = one_prompt(artifacts, tmp_path)
+    run("build_index", artifacts, *SEARCHED[:2], "--index_name=scanned", "--index_search=exact")
+    run("build_index", artifacts, *SEARCHED, "--index_name=searched")
+    assert sorted(path.name for path in (artifacts / "index/scanned").glob("search_*")) == []
+    assert sorted(path.name for path in (artifacts / "index/searched").glob("search_*")) == [
+        Index.search(number) for number in range(4)]
+    run("query", artifacts, "--index_name=scanned", f"--prompts={prompts}", "--rerank_top_k=0", "--scores_name=scan")
+    run("query", artifacts, "--index_name=searched", f"--prompts={prompts}", "--rerank_top_k=5",
+        "--search_candidates=15", "--scores_name=searched")
+    scan, ours, exact = scores(artifacts, "scan")[0], scores(artifacts, "searched")[0], scores(
+        artifacts, "prompt_scores")[0]
+    rescored = json.loads((artifacts / Scores("searched").relative / Scores.RESCORED).read_text())
+    refined, examples = rescored["refined"], rescored["examples"]
+    assert rescored["search"] == "sq4" and len(refined) <= 30 and len(examples) == 5
+    for sign in (1, -1):
+        assert set(torch.topk(sign * scan, 10).indices.tolist()) <= set(refined)
+    scale = float(exact.abs().max())
+    assert float((ours[examples] - exact[examples]).abs().max()) / scale < 1e-4
+    index_exact = sorted(set(refined) - set(examples))
+    assert float((ours[index_exact] - scan[index_exact]).abs().max()) / scale < 1e-4
+    others = sorted(set(range(100)) - set(refined))
+    assert float((ours[others] - scan[others]).abs().max()) / scale > 1e-3  # the search's estimates
+    assert float(torch.corrcoef(torch.stack([ours[others], scan[others]]))[0, 1]) > 0.5
+
+
+def test_rabitq2_s_candidates_hold_most_of_the_exact_scan_s_top_10_of_every_prompt(artifacts, tmp_path):
+    """INDEX_SEARCH=auto's structure on a large index, in process on the pipeline's 12 prompts: 15
+    candidates a tail of 100 examples hold 90% of the top and bottom 10 (as many random ones would
+    hold 30%)."""
+    from influence_core.index import prompt_rows, score_shards
+    from influence_core.prompts import load_prompts
+    from influence_core.search import STRUCTURES, candidates, search_scores, write_search
+    from influence_core.settings import QueryIndexSettings
+
+    run("build_index", artifacts, *SEARCHED[:2], "--index_search=exact")
+    folder = artifacts / Index("index").relative
+    shards = [folder / Index.shard(number) for number in range(4)]
+    prompts = load_prompts(str(artifacts / Scores("prompt_scores").relative / Scores.PROMPTS))
+    _, rows = prompt_rows(artifacts / Model().relative, artifacts, json.loads((folder / Index.PROJECTION).read_text()),
+                          prompts, QueryIndexSettings(artifacts_uri=str(artifacts)))
+    scan = score_shards(rows, shards)
+    search = {"structure": "rabitq2", "faiss": STRUCTURES["rabitq2"]}
+    for number, shard in enumerate(shards):
+        write_search(tmp_path / Index.search(number), load_file(str(shard))[Index.ROWS], search)
+    estimated, starts = search_scores(rows, [tmp_path / Index.search(number) for number in range(4)])
+    assert starts == [0, 30, 60, 90] and estimated.shape == scan.shape == (12, 100)
+    found = sum(len(set(torch.topk(sign * scan[prompt], 10).indices.tolist()) & set(
+        candidates(estimated[prompt:prompt + 1], 15))) for prompt in range(12) for sign in (1, -1))
+    assert found / 240 >= 0.85, found / 240
+
+
+def test_a_query_of_an_approximate_index_reads_the_full_rows_of_its_candidates_alone(artifacts, tmp_path,
+                                                                                    monkeypatch):
+    """Every full row the query reads (safetensors' slices of the shards, as the exact scan reads
+    them all) is a candidate's, once."""
+    import safetensors
+
+    prompts = one_prompt(artifacts, tmp_path)
+    run("build_index", artifacts, *RABITQ)
+    reads, real = [], safetensors.safe_open
+
+    class Recording:
+        def __init__(self, path, *args, **named):
+            self.name, self.opened = Path(path).name, real(path, *args, **named)
+
+        def __enter__(self):
+            self.opened.__enter__()
+            return self
+
+        def __exit__(self, *exception):
+            return self.opened.__exit__(*exception)
+
+        def get_tensor(self, key):
+            reads.append((self.name, slice(None)))
+            return self.opened.get_tensor(key)
+
+        def get_slice(self, key):
+            rows, name = self.opened.get_slice(key), self.name
+
+            class Rows:
+                def get_shape(self):
+                    return rows.get_shape()
+
+                def __getitem__(self, item):
+                    reads.append((name, item))
+                    return rows[item]
+
+            return Rows()
+
+    monkeypatch.setattr(safetensors, "safe_open", Recording)
+    run("query", artifacts, f"--prompts={prompts}", "--rerank_top_k=3", "--search_candidates=10")
+    refined = json.loads((artifacts / Scores("query_scores").relative / Scores.RESCORED).read_text())["refined"]
+    read = [int(name[6:11]) * 30 + row for name, item in reads if name.startswith("shard_")
+            for row in range(item.start, item.stop)]
+    assert all(name.startswith("shard_") and item.stop is not None for name, item in reads), reads
+    assert sorted(read) == refined and 10 <= len(refined) <= 20, (read, refined)
+
+
+def test_a_build_killed_before_a_shard_s_search_structure_completes_it_when_run_again(artifacts, monkeypatch):
+    import influence_core.index
+    import influence_core.search
+
+    built, rows = [], influence_core.index.gradient_rows
+    monkeypatch.setattr(influence_core.index, "gradient_rows",
+                        lambda model, loss, examples, *rest, **named: built.append(len(examples)) or rows(
+                            model, loss, examples, *rest, **named))
+    searched, write = [], influence_core.search.write_search
+
+    def killed_at_the_second(path, shard_rows, search):
+        searched.append(path.name)
+        if len(searched) == 2:
+            raise KeyboardInterrupt("killed")  # shard 1 is written and staged, its structure is not
+        write(path, shard_rows, search)
+
+    monkeypatch.setattr(influence_core.search, "write_search", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        jobs_in_process("build_index", f"--artifacts_uri={artifacts}", *RABITQ)
+    assert built == [30, 30] and not (artifacts / Index("index").relative / "_SUCCESS").exists()
+    monkeypatch.setattr(influence_core.search, "write_search", lambda *args: searched.append(args[0].name) or write(
+        *args))
+    run("build_index", artifacts, *RABITQ)
+    assert built == [30, 30, 30, 10]  # shards 0 and 1 were restored, 1 without its structure
+    assert searched == [Index.search(0), Index.search(1), Index.search(1), Index.search(2), Index.search(3)]
+    folder = artifacts / Index("index").relative
+    files = json.loads((folder / "_SUCCESS").read_text())["files"]
+    from influence_core.search import search_rows
+
+    for number, count in enumerate((30, 30, 30, 10)):
+        assert Index.search(number) in files and search_rows(folder / Index.search(number)) == count
+    from influence_core.plan import search_bytes
+    from influence_core.settings import PlanSettings
+
+    planned = search_bytes(PlanSettings(index_search="rabitq2", index_shard_size=30), 2048, 2, 100)
+    assert planned == pytest.approx(sum(files[Index.search(number)][0] for number in range(4)), rel=0.05)
+
+
+def test_an_unknown_index_search_is_refused_in_one_line(tmp_path):
+    line = one_line_refusal(jobs_in_process("build_index", f"--artifacts_uri={tmp_path}", "--index_search=ivf",
+                                            "--log_level=ERROR"))
+    assert "INDEX_SEARCH" in line and "'exact'" in line and "'sq8'" in line and "'ivf'" in line, line
+
+
+def test_index_search_auto_searches_exactly_below_its_threshold_and_approximately_from_it():
+    from influence_core.search import STRUCTURES, resolve
+    from influence_core.settings import SEARCH_AUTO, SEARCH_AUTO_BYTES
+
+    row = 32 * 1024
+    assert resolve("auto", SEARCH_AUTO_BYTES // row - 1, row) is None and resolve("exact", 10 ** 9, row) is None
+    assert resolve("auto", SEARCH_AUTO_BYTES // row, row) == {"structure": SEARCH_AUTO,
+                                                              "faiss": STRUCTURES[SEARCH_AUTO]}
+    assert resolve("rabitq", 1, row) == {"structure": "rabitq", "faiss": "RaBitQ"}

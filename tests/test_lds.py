@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import torch
 from datasets import load_from_disk
-from rank_bm25 import BM25Okapi
 from safetensors.torch import load_file
 from scipy.stats import spearmanr
 
 from influence_core import lds
-from influence_core.fusion import words
+from influence_core.fusion import bm25_scores
 from tests.conftest import ROOT, assert_a_real_picture, jobs_in_process, jobs_ok, one_line_refusal, start_jobs
 
 LDS = {"LDS_SUBSETS": "4", "LDS_SEEDS": "2"}
@@ -79,13 +78,12 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
     assert [(p["prompt"], p["completion"]) for p in result["prompts"]] == [
         (p["prompt"], p["completion"]) for p in prompts]
     texts = load_from_disk(str(lds_run / "data/train"))["text"]
-    index = BM25Okapi([words(text) for text in texts])
     matrices = {
         "prompt_scores": load_file(str(lds_run / "influence/scores_prompt_scores/pairwise_scores.safetensors")),
         "identity": load_file(str(lds_run / "influence/scores_lds_identity/pairwise_scores.safetensors")),
     }
     matrices = {name: matrix["all_modules"].double().numpy() for name, matrix in matrices.items()}
-    matrices["bm25"] = np.stack([index.get_scores(words(p["prompt"] + p["completion"])) for p in prompts])
+    matrices["bm25"] = bm25_scores([p["prompt"] + p["completion"] for p in prompts], texts).numpy()
     z = {name: (matrix - matrix.mean(1, keepdims=True)) / matrix.std(1, ddof=1, keepdims=True)
          for name, matrix in matrices.items()}
     matrices["fused"] = (z["prompt_scores"] + z["bm25"]) / 2

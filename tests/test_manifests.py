@@ -606,3 +606,49 @@ def test_dockerignore_lets_in_only_what_the_image_copies():
         assert files and all(included(f) for f in files), source
     for private in (".venv/bin/python", "artifacts/model/config.json", ".git/config", "tests/conftest.py"):
         assert not included(private), private
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_scratch_volumes_hold_what_the_plan_says_each_job_s_stage_needs(overlay, tmp_path):
+    """The emptyDirs /tmp and /cache of every Job whose stage the plan sizes have a sizeLimit derived
+    from it (k8s/base/disk.yaml, the cloud overlay's disk.yaml): at least the stage's disk_bytes at
+    the settings the Job's pods get, before anything is published (build-index-shards: pod 0's, which
+    holds the most shards; the ensemble: with members, which it has none to make at ENSEMBLE_SEEDS=1),
+    at most that rounded up to a GiB, plus one; and DISK_GIB, what the stage's check compares with,
+    the same."""
+    from influence_core.plan import GIB, make_plan
+    from influence_core.prompts import load_prompts
+
+    objects = render(overlay)
+    plans: dict[tuple, dict | None] = {}
+    checked = set()
+    for stage, job in all_stage_jobs(objects):
+        name, env = job["metadata"]["name"], resolved_env(stage_container(job), objects)
+        given = {key.lower(): value for key, value in env.items()
+                 if key.lower() in settings.PlanSettings.model_fields and value is not None}
+        given.update(artifacts_uri=str(tmp_path / "nothing-published"), cache_dir=None)  # the image's CACHE_DIR
+        if stage == "ensemble":
+            given["ensemble_seeds"] = max(2, int(given.get("ensemble_seeds", 1)))
+        shard = 0 if stage == "build_index" and job["spec"].get("completionMode") == "Indexed" else None
+        key = (stage, shard, tuple(sorted(given.items(), key=str)))
+        if key not in plans:
+            loaded = settings.PlanSettings(**given)
+            if shard is not None:  # as check_fits plans a pod (the other stages' partition counts would refuse it)
+                loaded = settings.PlanSettings.model_construct(**{**loaded.model_dump(), "shard_index": shard})
+            plans[key] = make_plan(loaded, len(load_prompts(loaded.prompts)), stage)["stages"].get(stage)
+        row = plans[key]
+        volumes = {volume["name"]: volume.get("emptyDir", {}) for volume in pod_spec(job)["volumes"]}
+        if row is None:  # a stage the plan does not size (lds, import_model, preview_data)
+            continue
+        needed = row["disk_bytes"] / GIB
+        for volume in ("tmp", "cache"):
+            limit = volumes[volume].get("sizeLimit", "")
+            assert re.fullmatch(r"\d+Gi", limit), f"{overlay}: job {name}: /{volume} has no sizeLimit in GiB: {limit!r}"
+            assert needed <= int(limit[:-2]) <= -(-needed // 1) + 1, (
+                f"{overlay}: job {name} ({stage}): /{volume}'s sizeLimit {limit} is not the plan's {needed:.2f} GiB "
+                "rounded up: set it in k8s/base/disk.yaml or the overlay's disk.yaml")
+            if "disk_gib" in STAGE_SETTINGS[stage].model_fields:  # inspect_factors and inspect_scores check nothing
+                assert float(env["DISK_GIB"]) == int(limit[:-2]), f"{overlay}: job {name}: DISK_GIB {env['DISK_GIB']}"
+        checked.add(name)
+    assert {"train", "fit-factors", "compute-scores", "compute-scores-shards", "build-index", "build-index-shards",
+            "query", "ensemble"} <= checked, checked

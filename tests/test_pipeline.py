@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 from datasets import load_from_disk
-from rank_bm25 import BM25Okapi
 from safetensors.torch import load_file
 
 from influence_core.demo_corpus import FACTS
-from influence_core.fusion import words
+from influence_core.fusion import bm25_scores
 from influence_core.reports import evidence_line
 from tests.conftest import ROOT, assert_a_real_picture, jobs_ok
 
@@ -62,12 +61,11 @@ def test_report_names_its_ranking_and_where_influence_and_bm25_disagree(demo_run
     assert demo_report["ranking"] == "influence alone"
     scores = load_file(str(demo_run / "influence/scores_prompt_scores/pairwise_scores.safetensors"))["all_modules"]
     texts = load_from_disk(str(demo_run / "data/train"))["text"]
-    index = BM25Okapi([words(text) for text in texts])
     markdown = (demo_run / "reports/prompt_scores/prompt_scores_report.md").read_text()
     assert "Ranking: influence alone." in markdown
     overlaps = []
-    for row, entry in zip(scores, demo_report["prompts"]):
-        bm25 = index.get_scores(words(entry["prompt"] + entry["completion"]))
+    fresh = bm25_scores([entry["prompt"] + entry["completion"] for entry in demo_report["prompts"]], texts)
+    for row, entry, bm25 in zip(scores, demo_report["prompts"], fresh.numpy()):
         top_bm25 = set(sorted(range(len(texts)), key=lambda i: -bm25[i])[:10])
         overlaps.append(len(set(row.argsort(descending=True)[:10].tolist()) & top_bm25) if np.ptp(bm25) > 0 else None)
         for item in entry["top_positive"] + entry["top_negative"]:

@@ -118,8 +118,9 @@ def test_scoring_is_charged_for_the_factors_own_strategy_and_modules(small_train
     fit_factors.main(load_settings(FitFactorsSettings, ["--artifacts_uri", str(fitted), "--factor_strategy",
                                                         "identity", "--tracked_modules", "mlp|attn"]))
 
-    def scoring(artifacts, **settings) -> dict:
-        return make_plan(PlanSettings(artifacts_uri=str(artifacts), **settings), 12)["stages"]["compute_scores"]
+    def scoring(artifacts, **settings) -> dict:  # its memory (its disk counts the factors' files as published)
+        row = make_plan(PlanSettings(artifacts_uri=str(artifacts), **settings), 12)["stages"]["compute_scores"]
+        return {key: value for key, value in row.items() if key not in ("disk_bytes", "fits_disk")}
 
     # A scoring run's settings name the factors only; its defaults would say EK-FAC over the MLP.
     assert scoring(fitted) == scoring(bare, factor_strategy="identity", tracked_modules="mlp|attn")
@@ -161,9 +162,15 @@ def test_the_ensemble_is_planned_as_its_members_training_fitting_and_scoring(tmp
                       prompts=4)["stages"]["compute_scores"]["published_bytes"]
     member = fused.pop("ensemble/member_1/influence/scores_prompt_scores")
     assert member == own["influence/scores_prompt_scores"] < fused["influence/scores_prompt_scores"]
-    # Nothing else changes: the other stages run once, on the model.
-    assert {stage: row for stage, row in three.items() if stage not in ("ensemble", "compute_scores")} == {
-        stage: row for stage, row in single.items() if stage != "compute_scores"}
+    # Nothing else changes: the other stages run once, on the model (but inspect_scores' disk holds
+    # each member's model and factors besides, for the per-token scores).
+    def once(rows: dict) -> dict:
+        return {stage: {key: value for key, value in row.items()
+                        if stage != "inspect_scores" or key not in ("disk_bytes", "fits_disk")}
+                for stage, row in rows.items() if stage not in ("ensemble", "compute_scores")}
+
+    assert once(three) == once(single)
+    assert three["inspect_scores"]["disk_bytes"] > single["inspect_scores"]["disk_bytes"]
     shown = next(line for line in render(plan).splitlines() if line.startswith("ensemble "))
     assert shown.split()[1] == "2" and "ensemble/member_2/model" in shown
 
@@ -175,8 +182,8 @@ def test_the_ensemble_is_planned_as_its_members_training_fitting_and_scoring(tmp
 
 
 def test_the_query_is_planned_for_the_published_index_not_the_query_s_defaults(small_trained, tmp_path):
-    """A query reads the index as build_index made it: an index of PROJECTION_DIM=16 in float32 is
-    planned as such, though the query's settings (which have neither) would say 256 and float16."""
+    """A query reads the index as build_index made it: an index of INDEX_DIM=2048 in float32 is
+    planned as such, though the query's settings (which have neither) would say the default INDEX_DIM and float16."""
     from influence_core.plan import index_row_floats
     from influence_core.storage import SUCCESS, fingerprint_of
 
@@ -184,8 +191,8 @@ def test_the_query_is_planned_for_the_published_index_not_the_query_s_defaults(s
     for artifacts in (bare, indexed):
         for output in ("model", "data/train"):
             shutil.copytree(small_trained / output, artifacts / output)
-    built = {"projection_dim": 16, "index_dtype": "float32"}
-    floats = index_row_floats(measure_shape(PlanSettings(artifacts_uri=str(bare)), 12, "query").scored, 16)
+    built = {"index_dim": 2048, "index_dtype": "float32"}
+    floats = index_row_floats(measure_shape(PlanSettings(artifacts_uri=str(bare)), 12, "query").scored, 2048)
     model = fingerprint_of(json.loads((indexed / "model" / SUCCESS).read_text()))
     (indexed / "index/index").mkdir(parents=True)
 
@@ -195,8 +202,9 @@ def test_the_query_is_planned_for_the_published_index_not_the_query_s_defaults(s
             "stage": "build_index", "settings": {**built, "factors_name": "tiny_lm_factors"},
             "inputs": {"model": made_from}, "files": {}, "floats_per_example": floats}))
 
-    def query(artifacts, **settings) -> dict:
-        return make_plan(PlanSettings(artifacts_uri=str(artifacts), **settings), 12, "query")["stages"]["query"]
+    def query(artifacts, **settings) -> dict:  # its memory and published sizes (its disk: tests/test_disk.py)
+        row = make_plan(PlanSettings(artifacts_uri=str(artifacts), **settings), 12, "query")["stages"]["query"]
+        return {key: value for key, value in row.items() if key not in ("disk_bytes", "fits_disk")}
 
     publish_index(model)
     assert query(indexed) == query(bare, **built)
@@ -218,3 +226,29 @@ def test_an_imported_model_is_planned_without_an_ensemble(tmp_path):
     stages = make_plan(PlanSettings(artifacts_uri=str(artifacts), ensemble_seeds=3), prompts=4)["stages"]
     assert "ensemble" not in stages and stages["compute_scores"]["runs"] == 1
     assert list(stages["compute_scores"]["published_bytes"]) == ["influence/scores_prompt_scores"]
+
+
+@pytest.mark.parametrize("preset, limit", [("tiny", 32 * 1024), ("gpt-neo-125m", 64 * 1024)])
+def test_an_index_row_stays_within_its_budget_whatever_the_model_s_size(preset, limit, tmp_path):
+    """INDEX_DIM caps the numbers an example's row holds: the default fits 32 KiB for the tiny model and
+    64 KiB for GPT-Neo-125M (whose modules are 36 times the tiny model's), and it is what a row holds."""
+    from influence_core.index import shares
+
+    plan = make_plan(PlanSettings(artifacts_uri=str(tmp_path), model_preset=preset), 12)
+    row = plan["stages"]["build_index"]
+    assert 0 < row["bytes_per_example"] <= limit
+    settings = PlanSettings(artifacts_uri=str(tmp_path), model_preset=preset)
+    sides = shares([(outputs, inputs) for inputs, outputs in measure_shape(settings, 12, "build_index").scored],
+                   settings.index_dim)
+    assert row["bytes_per_example"] == 2 * sum(out_dim * in_dim for out_dim, in_dim in sides)
+    assert sum(out_dim * in_dim for out_dim, in_dim in sides) > 0.95 * settings.index_dim  # the budget is used
+
+
+def test_the_budget_is_shared_and_a_module_smaller_than_its_share_is_kept_whole():
+    from influence_core.index import shares
+
+    sides = shares([(4, 5), (100, 100), (100, 100)], 1000)
+    assert sides[0] == (4, 5)  # 20 numbers: whole, the 313 of its share left to the others
+    assert sides[1] == sides[2] == (22, 22) and sum(a * b for a, b in sides) <= 1000
+    assert shares([(4, 5), (100, 100)], 0) == [(4, 5), (100, 100)]  # 0: nothing projected
+    assert shares([(3, 1000)], 300) == [(3, 100)]  # a narrow module's sides: its whole outputs, the rest inputs

@@ -147,3 +147,48 @@ def test_damaged_input_is_refused(s3_env, s3_bucket, small_trained):
     fs.pipe_file(weights, fs.cat_file(weights)[:1000])
     line = one_line_refusal(jobs_in_process("fit_factors", env={"ARTIFACTS_URI": f"{s3_bucket}/run"}))
     assert "model/model.safetensors is missing, truncated or changed" in line, line
+
+
+def test_a_query_s_cache_fetches_from_the_bucket_once_and_each_new_version_again(s3_env, s3_bucket, tmp_path,
+                                                                                  monkeypatch):
+    """Store.fetch_cached against the bucket: the first fetch downloads and verifies, a second one of the
+    same version neither downloads nor hashes, a republished version is fetched and verified anew, and
+    an object changed behind its _SUCCESS is refused on the first fetch, in the one line of today."""
+    import s3fs
+
+    import influence_core.storage
+    from influence_core.errors import ConfigError
+    from influence_core.storage import Store
+
+    store, cache = Store(f"{s3_bucket}/run"), tmp_path / "cache"
+    made = tmp_path / "made"
+    (made / "sub").mkdir(parents=True)
+    (made / "config.json").write_text("{}")
+    (made / "sub" / "weights.bin").write_bytes(b"w" * 5000)
+    store.publish(made, "model", {"stage": "train"})
+    first = store.fetch_cached("model", cache, remedy="rerun")
+    assert (first / "sub" / "weights.bin").read_bytes() == b"w" * 5000
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("downloaded or hashed again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(influence_core.storage, "_sha256", forbidden)
+        patch.setattr(s3fs.S3FileSystem, "_get_file", forbidden)
+        assert Store(f"{s3_bucket}/run").fetch_cached("model", cache, remedy="rerun") == first
+        recorded = store.manifest("model")["files"]
+        shard = store.fetch_file_cached("model", "sub/weights.bin", recorded, cache, "rerun")
+        assert shard == first / "sub/weights.bin"
+        with pytest.raises(AssertionError, match="downloaded"):  # what would have downloaded is what is forbidden
+            store.fetch_cached("model", tmp_path / "empty", remedy="rerun")
+
+    (made / "sub" / "weights.bin").write_bytes(b"v" * 5000)
+    store.publish(made, "model", {"stage": "train"})
+    second = store.fetch_cached("model", cache, remedy="rerun")
+    assert second != first and (second / "sub" / "weights.bin").read_bytes() == b"v" * 5000
+
+    fs, root = s3(s3_bucket, s3_env)
+    fs.pipe_file(f"{root}/run/model/sub/weights.bin", b"x" * 5000)  # changed behind its _SUCCESS
+    with pytest.raises(ConfigError, match="model/sub/weights.bin is missing, truncated or changed"):
+        store.fetch_cached("model", tmp_path / "fresh", remedy="rerun")
+    assert not list((tmp_path / "fresh").rglob("weights.bin"))
