@@ -67,8 +67,14 @@ def _bm25s():
 
 def build_bm25(texts: Sequence[str]) -> bm25s.BM25:
     """The BM25 index of the documents `texts` (document i = text i)."""
-    index = _bm25s().BM25(**BM25_OKAPI)
-    index.index([words(text) for text in texts], show_progress=False)
+    bm25s = _bm25s()
+    tokens = [words(text) for text in texts]
+    # Our own vocabulary, sorted: bm25s numbers the words of token lists in set order, which changes
+    # with each process's hash seed, and the published files must not (the data's checksums).
+    vocab = {word: number for number, word in enumerate(sorted({word for text in tokens for word in text}))}
+    index = bm25s.BM25(**BM25_OKAPI)
+    index.index(bm25s.tokenization.Tokenized(ids=[[vocab[word] for word in text] for text in tokens], vocab=vocab),
+                show_progress=False)
     return index
 
 

@@ -84,11 +84,12 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
     }
     matrices = {name: matrix["all_modules"].double().numpy() for name, matrix in matrices.items()}
     matrices["bm25"] = bm25_scores([p["prompt"] + p["completion"] for p in prompts], texts).numpy()
-    z = {name: (matrix - matrix.mean(1, keepdims=True)) / matrix.std(1, ddof=1, keepdims=True)
-         for name, matrix in matrices.items()}
+    # A row with no spread (no prompt word with a positive idf in BM25) has z-scores 0, as fusion's.
+    z = {name: np.divide(matrix - matrix.mean(1, keepdims=True), spread, out=np.zeros_like(matrix), where=spread > 0)
+         for name, matrix in matrices.items() for spread in [matrix.std(1, ddof=1, keepdims=True)]}
     matrices["fused"] = (z["prompt_scores"] + z["bm25"]) / 2
     published = load_file(str(lds_run / "influence/scores_fused/fused_scores.safetensors"))["all_modules"]
-    assert np.allclose(published.double().numpy(), matrices["fused"], atol=1e-5)  # what the report ranks by
+    assert np.allclose(published.double().numpy(), matrices["fused"], atol=1e-4)  # what the report ranks by (float32)
     for name, matrix in matrices.items():
         for number in range(len(prompts)):
             predicted, measured = [], []
@@ -96,7 +97,8 @@ def test_correlations_recomputed_from_the_published_files_agree(lds_run):
                 assert len(subset["examples"]) == examples // 2 and len(subset["measurements"]) == 2
                 predicted.append(-matrix[number, subset["examples"]].sum())
                 measured.append(np.mean([seed["language_modeling"][number] for seed in subset["measurements"]]))
-            expected = spearmanr(predicted, measured).statistic
+            # A constant prediction (BM25 with no prompt word of positive idf) correlates 0, as the stage says.
+            expected = spearmanr(predicted, measured).statistic if np.ptp(predicted) > 0 else 0.0
             assert result["methods"][name]["per_prompt"][number] == pytest.approx(expected, abs=1e-6), (name, number)
         values = result["methods"][name]["per_prompt"]
         assert result["methods"][name]["lds"] == pytest.approx(np.mean(values), abs=1e-9)
