@@ -24,6 +24,7 @@ memory-mapped shards. Only the matrix of scores (prompts x examples, float32) gr
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -64,10 +65,17 @@ def write_search(path: Path, rows: torch.Tensor, search: dict) -> None:
 def structure_bytes(search: dict, width: int, rows: int) -> int:
     """A shard's structure's size on disk: `rows` codes of rows of `width` numbers, its trained
     parameters (RaBitQ's centroid, or each number's range for a scalar quantiser) and faiss' header."""
+    parameters = (4 if search["structure"].startswith("rabitq") else 8) * width
+    return rows * _code_size(search["faiss"], width) + parameters + 128
+
+
+@functools.cache
+def _code_size(description: str, width: int) -> int:
+    """Bytes of one row's code in faiss' structure `description`: asked of an empty structure once,
+    not once per shard (the plan sizes every shard of an index at each stage's start)."""
     import faiss
 
-    code = faiss.index_factory(width, search["faiss"], faiss.METRIC_INNER_PRODUCT).sa_code_size()
-    return rows * code + (4 if search["structure"].startswith("rabitq") else 8) * width + 128
+    return faiss.index_factory(width, description, faiss.METRIC_INNER_PRODUCT).sa_code_size()
 
 
 def search_rows(path: Path) -> int | None:
