@@ -20,6 +20,7 @@ endpoint fails in well under a minute.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import hashlib
@@ -109,6 +110,19 @@ def cache_entry(cache: Path, relative: str, recorded: dict) -> Path:
     return cache / relative / key
 
 
+def writable(cache: Path) -> Path:
+    """The cache folder, made if missing; refused in one line when this user cannot write there (a
+    local folder of the user's, not the object store: a PermissionError here is no outage)."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as error:
+        raise ConfigError(f"CACHE_DIR {cache}: this user cannot write there ({error.strerror or error}); set "
+                          "CACHE_DIR to a folder it can write, or to 'off'") from None
+    return cache
+
+
 def _cached(path: Path, entry: tuple[int, str] | None) -> bool:
     """Whether a cache entry holds a file under its own name, and of its recorded size: it was
     verified when it came (a file is renamed to its name only then), so it is not hashed again."""
@@ -190,7 +204,7 @@ class Store:
         recorded = (self.manifest(relative) or {}).get("files")
         if recorded is None:
             raise ConfigError(f"input {self.url(relative)}: its {SUCCESS} lists no files to verify: {remedy}")
-        entry = cache_entry(cache, relative, recorded)
+        entry = cache_entry(writable(cache), relative, recorded)
         marker = entry.with_name(entry.name + VERIFIED)
         if marker.is_file() and all(_cached(entry / name, recorded[name]) for name in recorded):
             return entry
@@ -206,7 +220,7 @@ class Store:
         """One file of an artifact through a cache folder (`fetch_cached`'s entry): verified when it
         first comes, then read from there without download or checksum; for an artifact read a file
         at a time (the index's shards)."""
-        entry = cache_entry(cache, relative, recorded)
+        entry = cache_entry(writable(cache), relative, recorded)
         if not _cached(entry / name, recorded.get(name)):
             listed = {name} if name in recorded and self.fs.exists(self.path(below(relative, name))) else set()
             self._fill(relative, entry, [name], recorded, listed, remedy)

@@ -228,3 +228,21 @@ def test_a_corrupted_file_in_the_store_is_refused_on_the_first_fetch_through_the
     entry = cache_entry(cache, "model", recorded)
     assert not entry.with_name(entry.name + VERIFIED).exists() and not (entry / "sub/weights.bin").exists()
     assert sorted(path.name for path in (entry / "sub").iterdir()) == []  # no partial file left either
+
+
+def test_a_cache_folder_that_cannot_be_written_is_refused_in_one_line_naming_cache_dir(tmp_path, monkeypatch):
+    import os
+
+    store = published_model(tmp_path, FILES)
+    recorded = store.manifest("model")["files"]
+    (tmp_path / "a-file").write_text("not a folder")
+    unwritable = [tmp_path / "a-file" / "cache"]  # below a file: no user can make it
+    if os.geteuid() != 0:  # root writes into any folder whatever its mode
+        (tmp_path / "read-only").mkdir(mode=0o555)
+        unwritable.append(tmp_path / "read-only")
+    for cache in unwritable:
+        for fetch in (lambda folder: store.fetch_cached("model", folder, remedy="rerun"),
+                      lambda folder: store.fetch_file_cached("model", "config.json", recorded, folder, "rerun")):
+            with pytest.raises(ConfigError, match=rf"^CACHE_DIR {cache}: this user cannot write there \(.+\); set "
+                                                  r"CACHE_DIR to a folder it can write, or to 'off'$"):
+                fetch(cache)
