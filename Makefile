@@ -81,10 +81,7 @@ bench: install
 
 ## test: the whole test suite, on TEST_WORKERS processes (tests sharing a trained fixture share one),
 ## after installing what it needs: the virtual environment and Chromium (test-chromium)
-# Three on two cores: with two, the slow lane kept the cores busy 62% of its time (its tests wait on
-# the processes they start, on timeouts and on each other's shared fixtures), and a worker runs one
-# torch thread (tests/conftest.py).
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 test: install test-chromium
 	$(PY) -m pytest -m "not slow and not image" -n $(TEST_WORKERS) --dist loadgroup
 	$(PY) -m pytest -m "slow and not image" -n $(TEST_WORKERS) --dist loadgroup

@@ -18,7 +18,7 @@ Then the growth exponent of each figure against the documents (log-log slope, le
 The 1,000,000 rows: `bench/search_recall.py --million` (977 shards' search structures of
 INDEX_SEARCH=auto's kind, one prompt searched over all of them, one thread): seconds and peak RSS.
 
-    python bench/scale.py [--sizes 4800,10000,100000] [--root ./artifacts/scale]
+    python bench/scale.py [--sizes 4800,10000,100000] [--root ./artifacts/scale] [--no-million]
 """
 
 from __future__ import annotations
@@ -171,6 +171,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="4800,10000,100000")
     parser.add_argument("--root", default=str(ROOT / "artifacts/scale"))
+    parser.add_argument("--no-million", dest="million", action="store_false",
+                        help="leave out the search over 1,000,000 rows (its structures take about an hour to build)")
     args = parser.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -185,7 +187,7 @@ def main() -> None:
             print(size, step, done[step], flush=True)
             RESULTS.write_text(json.dumps(results, indent=2))
             write_page(results)
-    if "search" not in results:  # the search alone over 1,000,000 rows (bench/search_recall.py --million)
+    if args.million and "search" not in results:  # the search alone over 1,000,000 rows
         run = measure_rss([sys.executable, str(ROOT / "bench/search_recall.py"), "--million"],
                           {"OMP_NUM_THREADS": "1"})
         results["search"] = run["printed"]

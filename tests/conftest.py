@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -169,6 +170,31 @@ def small_pipeline(tmp_path_factory) -> Path:
     result = run_stage("pipeline", env={**SMALL, "ARTIFACTS_URI": str(artifacts)})
     assert result.returncode == 0, result.stderr[-4000:]
     return artifacts
+
+
+# The indexes most index tests ask for (`indexed`), each built once per worker.
+EXACT = ("--index_dim=2048", "--index_shard_size=30", "--index_search=exact")  # 4 shards, scanned row by row
+SMALL_INDEX = ("--index_dim=512",)  # far from exact: 8 x 8 in each of the 8 modules
+WHOLE = ("--index_dim=0", "--index_dtype=float32")  # nothing projected: compute_scores' scores exactly
+
+
+@pytest.fixture(scope="session")
+def indexed(small_pipeline, tmp_path_factory):
+    """`indexed(*flags)`: a copy of small_pipeline's artifacts with the index `build_index *flags`
+    makes, built once per session for each set of flags (a test may change its copy at will)."""
+    built: dict[tuple[str, ...], Path] = {}
+
+    def copy(*flags: str) -> Path:
+        if flags not in built:
+            built[flags] = tmp_path_factory.mktemp("indexed") / "artifacts"
+            shutil.copytree(small_pipeline, built[flags])
+            code, err = jobs_in_process("build_index", f"--artifacts_uri={built[flags]}", *flags)
+            assert code == 0, err[-3000:]
+        destination = tmp_path_factory.mktemp("copy") / "artifacts"
+        shutil.copytree(built[flags], destination)
+        return destination
+
+    return copy
 
 
 @pytest.fixture(scope="session")

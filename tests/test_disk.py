@@ -5,7 +5,6 @@ its own staged shards alone. The manifests' emptyDir limits against the plan: te
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +13,7 @@ from influence_core.artifacts import Index
 from influence_core.errors import ConfigError
 from influence_core.plan import GIB, SHARD_HEADER_BYTES, check_fits, make_plan, render
 from influence_core.settings import BuildIndexSettings, PlanSettings, QueryIndexSettings, load_settings
-from tests.conftest import jobs_in_process, one_line_refusal
+from tests.conftest import EXACT, jobs_in_process, one_line_refusal
 
 
 def pod(settings: PlanSettings, shard: int) -> PlanSettings:
@@ -58,17 +57,8 @@ def test_a_stage_whose_disk_need_exceeds_disk_gib_is_refused_in_one_line(tmp_pat
     assert "more than the 0.00 GiB free in /scratch (DISK_GIB sets it)" in line, line
 
 
-@pytest.fixture()
-def indexed(small_pipeline, tmp_path) -> Path:
-    """A copy of the small pipeline's artifacts with an index of 4 shards (30, 30, 30 and 10 examples)."""
-    artifacts = tmp_path / "artifacts"
-    shutil.copytree(small_pipeline, artifacts)
-    code, err = jobs_in_process("build_index", f"--artifacts_uri={artifacts}", "--index_shard_size=30")
-    assert code == 0, err[-3000:]
-    return artifacts
-
-
 def test_a_query_or_build_whose_index_does_not_fit_the_disk_is_refused_in_one_line(indexed):
+    indexed = indexed(*EXACT)  # 4 shards (30, 30, 30 and 10 examples)
     index = sum(path.stat().st_size for path in (indexed / "index/index").iterdir())
     shard = (indexed / "index/index" / Index.shard(0)).stat().st_size
     need = make_plan(PlanSettings(artifacts_uri=str(indexed)), 12, "query")["stages"]["query"]["disk_bytes"]

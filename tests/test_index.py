@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from influence_core.artifacts import Index, Model, Scores, TrainData
 from influence_core.errors import ConfigError
-from tests.conftest import jobs_in_process, one_line_refusal
+from tests.conftest import EXACT, SMALL_INDEX, WHOLE, jobs_in_process, one_line_refusal
 
 
 @pytest.fixture()
@@ -45,10 +45,9 @@ def test_an_index_that_projects_nothing_scores_as_compute_scores(artifacts):
     assert float(relative.max()) < 1e-4, relative
 
 
-def test_with_fusion_the_index_answers_with_the_ranking_compute_scores_publishes(artifacts):
-    gate = ["--score_fusion=bm25_gate", "--gate_fraction=0.3"]
+def test_with_fusion_the_index_answers_with_the_ranking_compute_scores_publishes(indexed):
+    gate, artifacts = ["--score_fusion=bm25_gate", "--gate_fraction=0.3"], indexed(*WHOLE)
     run("compute_scores", artifacts, "--scores_name=gated", *gate)
-    run("build_index", artifacts, "--index_dim=0", "--index_dtype=float32")
     run("query", artifacts, "--rerank_top_k=0", "--scores_name=gated_query", *gate)
     exact, ours = (artifacts / Scores("gated").relative, artifacts / Scores("gated_query").relative)
     assert torch.equal(Scores.lexical(ours), Scores.lexical(exact))
@@ -58,8 +57,8 @@ def test_with_fusion_the_index_answers_with_the_ranking_compute_scores_publishes
     assert not torch.equal(Scores.influence(ours) != 0, published != 0)  # the gate did shut some out
 
 
-def test_the_rescored_candidates_get_compute_scores_values_and_the_report_marks_them(artifacts):
-    run("build_index", artifacts, "--index_dim=512")  # far from exact: 8 x 8 in each of the 8 modules
+def test_the_rescored_candidates_get_compute_scores_values_and_the_report_marks_them(indexed):
+    artifacts = indexed(*SMALL_INDEX)
     run("query", artifacts, "--rerank_top_k=5", "--scores_name=reranked")
     exact, ours = scores(artifacts, "prompt_scores"), scores(artifacts, "reranked")
     rescored = json.loads((artifacts / Scores("reranked").relative / Scores.RESCORED).read_text())
@@ -78,37 +77,35 @@ def test_the_rescored_candidates_get_compute_scores_values_and_the_report_marks_
     assert "(exact)" in (artifacts / "reports/reranked/reranked_report.md").read_text()
 
 
-def test_a_build_spread_over_pods_resumes_with_the_shards_they_staged(artifacts, monkeypatch):
+def test_a_build_spread_over_pods_resumes_with_the_shards_they_staged(artifacts, indexed, monkeypatch):
     import influence_core.index
 
     built, rows = [], influence_core.index.gradient_rows
     monkeypatch.setattr(influence_core.index, "gradient_rows",
                         lambda model, loss, examples, *rest, **named: built.append(len(examples)) or rows(
                             model, loss, examples, *rest, **named))
-    flags = ["--index_dim=2048", "--index_shard_size=30", "--index_partitions=2"]
+    flags = [*EXACT, "--index_partitions=2"]
     run("build_index", artifacts, *flags, "--shard_index=1")  # shards 1 and 3: 30 and 10 examples
     assert built == [30, 10] and not (artifacts / Index("index").relative / "_SUCCESS").exists()
     run("build_index", artifacts, *flags)  # builds only shards 0 and 2, then publishes
     assert built == [30, 10, 30, 30]
-    whole = artifacts.parent / "whole"
-    shutil.copytree(artifacts, whole, ignore=shutil.ignore_patterns("index"))
-    run("build_index", whole, "--index_dim=2048", "--index_shard_size=30")
+    whole = indexed(*EXACT)  # built by one process
     for number in range(4):
         name = Index.shard(number)
         spread = load_file(str(artifacts / "index/index" / name))[Index.ROWS]
         assert spread.equal(load_file(str(whole / "index/index" / name))[Index.ROWS]), name
 
 
-def test_a_query_must_use_the_factors_and_damping_the_index_was_built_with(artifacts):
-    run("build_index", artifacts, "--index_dim=512")
+def test_a_query_must_use_the_factors_and_damping_the_index_was_built_with(indexed):
+    artifacts = indexed(*SMALL_INDEX)
     line = one_line_refusal(jobs_in_process("query", f"--artifacts_uri={artifacts}", "--damping_factor=1e-3",
                                             "--log_level=ERROR"))
     assert "DAMPING_FACTOR=0.001" in line and "built with DAMPING_FACTOR=1e-08" in line
     assert not (artifacts / Scores("query_scores").relative).exists()
 
 
-def test_one_question_at_the_terminal_lists_its_top_documents(artifacts, capsys):
-    run("build_index", artifacts, "--index_dim=0", "--index_dtype=float32")
+def test_one_question_at_the_terminal_lists_its_top_documents(indexed, capsys):
+    artifacts = indexed(*WHOLE)
     asked = json.loads((artifacts / Scores("prompt_scores").relative / Scores.PROMPTS).read_text())[0]
     from jobs.__main__ import main
 
@@ -123,10 +120,9 @@ def test_one_question_at_the_terminal_lists_its_top_documents(artifacts, capsys)
     assert not (artifacts / Scores("query_scores").relative).exists()  # one question publishes nothing
 
 
-def test_the_plan_sizes_the_index_and_the_query_scores_within_5_percent(artifacts, capsys):
-    flags = ["--index_dim=2048", "--index_shard_size=30", "--rerank_top_k=3"]
-    run("build_index", artifacts, *flags[:2])
-    run("query", artifacts, flags[2])
+def test_the_plan_sizes_the_index_and_the_query_scores_within_5_percent(indexed, capsys):
+    flags, artifacts = [*EXACT, "--rerank_top_k=3"], indexed(*EXACT)
+    run("query", artifacts, flags[-1])
     capsys.readouterr()
     from jobs.__main__ import main
 
@@ -348,10 +344,10 @@ def test_build_index_refuses_in_one_line_a_shard_float16_cannot_hold(artifacts, 
 
 # ---- a query's scores: labelled as one model's, its prompts checked, not replaced unasked ----------
 
-def test_a_query_s_report_says_its_ranking_is_one_model_s_influence(artifacts):
+def test_a_query_s_report_says_its_ranking_is_one_model_s_influence(indexed):
     """A query scores with the model alone whatever ENSEMBLE_SEEDS the environment sets: its report
     must not call it an average over the ensemble (compute_scores' recorded default)."""
-    run("build_index", artifacts, "--index_dim=512")
+    artifacts = indexed(*SMALL_INDEX)
     run("query", artifacts, "--rerank_top_k=0")
     code, err = jobs_in_process("inspect_scores", f"--artifacts_uri={artifacts}", "--scores_name=query_scores",
                                 "--no-per_token_scores", env={"ENSEMBLE_SEEDS": "3"})
@@ -367,8 +363,8 @@ def test_an_empty_prompt_or_completion_is_refused_in_one_line(tmp_path, flags, n
     assert named in line, line
 
 
-def test_compute_scores_does_not_replace_a_query_s_scores_unless_forced(artifacts):
-    run("build_index", artifacts, "--index_dim=512")
+def test_compute_scores_does_not_replace_a_query_s_scores_unless_forced(indexed):
+    artifacts = indexed(*SMALL_INDEX)
     run("query", artifacts, "--rerank_top_k=0", "--scores_name=asked")
     published = artifacts / Scores("asked").relative
     before = Scores.matrix(published).clone()
@@ -385,8 +381,8 @@ def test_compute_scores_does_not_replace_a_query_s_scores_unless_forced(artifact
 
 # ---- an approximate index (INDEX_SEARCH): searched, not read row by row -------------------------------
 
-SEARCHED = ["--index_dim=2048", "--index_shard_size=30", "--index_search=sq4"]
-RABITQ = [*SEARCHED[:2], "--index_search=rabitq2"]  # INDEX_SEARCH=auto's structure on a large index
+SEARCHED = [*EXACT[:2], "--index_search=sq4"]
+RABITQ = [*EXACT[:2], "--index_search=rabitq2"]  # INDEX_SEARCH=auto's structure on a large index
 
 
 def one_prompt(artifacts: Path, tmp_path: Path) -> Path:
@@ -397,17 +393,17 @@ def one_prompt(artifacts: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_an_approximate_index_s_candidates_hold_the_exact_scan_s_top_and_bottom_10(artifacts, tmp_path):
+def test_an_approximate_index_s_candidates_hold_the_exact_scan_s_top_and_bottom_10(indexed, tmp_path):
     """Its candidates (15 of each tail, of 100 examples in 4 shards) hold the exact scan's 10 highest
     and 10 lowest; they get the exact scan's scores, the rescored ones compute_scores', and every
     other example the search's estimate."""
+    artifacts = indexed(*EXACT)
     prompts = one_prompt(artifacts, tmp_path)
-    run("build_index", artifacts, *SEARCHED[:2], "--index_name=scanned", "--index_search=exact")
     run("build_index", artifacts, *SEARCHED, "--index_name=searched")
-    assert sorted(path.name for path in (artifacts / "index/scanned").glob("search_*")) == []
+    assert sorted(path.name for path in (artifacts / "index/index").glob("search_*")) == []
     assert sorted(path.name for path in (artifacts / "index/searched").glob("search_*")) == [
         Index.search(number) for number in range(4)]
-    run("query", artifacts, "--index_name=scanned", f"--prompts={prompts}", "--rerank_top_k=0", "--scores_name=scan")
+    run("query", artifacts, f"--prompts={prompts}", "--rerank_top_k=0", "--scores_name=scan")
     run("query", artifacts, "--index_name=searched", f"--prompts={prompts}", "--rerank_top_k=5",
         "--search_candidates=15", "--scores_name=searched")
     scan, ours, exact = scores(artifacts, "scan")[0], scores(artifacts, "searched")[0], scores(
@@ -426,7 +422,7 @@ def test_an_approximate_index_s_candidates_hold_the_exact_scan_s_top_and_bottom_
     assert float(torch.corrcoef(torch.stack([ours[others], scan[others]]))[0, 1]) > 0.5
 
 
-def test_rabitq2_s_candidates_hold_most_of_the_exact_scan_s_top_10_of_every_prompt(artifacts, tmp_path):
+def test_rabitq2_s_candidates_hold_most_of_the_exact_scan_s_top_10_of_every_prompt(indexed, tmp_path):
     """INDEX_SEARCH=auto's structure on a large index, in process on the pipeline's 12 prompts: 15
     candidates a tail of 100 examples hold 90% of the top and bottom 10 (as many random ones would
     hold 30%)."""
@@ -435,7 +431,7 @@ def test_rabitq2_s_candidates_hold_most_of_the_exact_scan_s_top_10_of_every_prom
     from influence_core.search import STRUCTURES, candidates, search_scores, write_search
     from influence_core.settings import QueryIndexSettings
 
-    run("build_index", artifacts, *SEARCHED[:2], "--index_search=exact")
+    artifacts = indexed(*EXACT)
     folder = artifacts / Index("index").relative
     shards = [folder / Index.shard(number) for number in range(4)]
     prompts = load_prompts(str(artifacts / Scores("prompt_scores").relative / Scores.PROMPTS))
