@@ -158,6 +158,15 @@ def write_page(results: dict) -> None:
             if pair:
                 lines.append(f"| {int(s):,} | {prompts} | {pair['compute_scores']['seconds']:.1f} | "
                              f"{pair['query']['seconds']:.1f} | {pair['query_over_compute_scores']:.3f} |")
+    for s in sizes:  # how much of a query process is its start-up: the interpreter and its imports
+        one, pair = results["sizes"][s].get("one_question"), results["sizes"][s].get("back_to_back_12")
+        if one and pair:
+            start = one["process_seconds_median"] - one["in_process_seconds_median"]
+            work = (pair["query"]["seconds"] - start) / (pair["compute_scores"]["seconds"] - start)
+            lines += ["", f"At {int(s):,} documents a query process spends about {start:.1f} s starting up "
+                          "(the interpreter and its imports: one question's process median less its in-process "
+                          "median); without that start-up in either process (compute_scores' taken as long), "
+                          f"query / compute_scores for 12 prompts is {work:.3f}."]
     search = results.get("search")
     if search:
         lines += ["", f"The search alone over {search['rows']:,} rows (`bench/search_recall.py --million`: "
