@@ -406,7 +406,7 @@ def index_estimates(settings: PlanSettings, shape: Shape, weights: int, token_ac
     }
 
 
-def disk_estimates(settings: PlanSettings, shape: Shape) -> dict[str, int]:
+def disk_estimates(settings: PlanSettings, shape: Shape, rows: dict[str, Estimate]) -> dict[str, int]:
     """Each stage's local disk at its peak, in bytes: the inputs it fetches into its work folder
     (the query: into CACHE_DIR), each as its _SUCCESS records it where it is published, else
     estimated (the model and factors as their published rows, the data DATA_BYTES_PER_TOKEN a
@@ -424,8 +424,8 @@ def disk_estimates(settings: PlanSettings, shape: Shape) -> dict[str, int]:
     - build_index: the model, the data, the factors and the index's shards: with SHARD_INDEX the
       pod's own alone (SHARD_INDEX, + INDEX_PARTITIONS, ...), else every one (it publishes them);
     - query: the model, the data, the factors and the whole index, kept in CACHE_DIR (with
-      CACHE_DIR=off, a shard at a time), and the scores."""
-    rows = estimates(settings, shape)
+      CACHE_DIR=off, a shard at a time), and the scores.
+    `rows`: the stages' estimates for these settings and shape (`estimates`)."""
     published = {stage: sum(row.published.values()) for stage, row in rows.items()}
     weights = shape.parameters * FLOAT
     model = shape.sizes.get("model", rows["train"].published[Model().relative])
@@ -498,8 +498,11 @@ def make_plan(settings: PlanSettings, prompts: int, stage: str | None = None) ->
     # train is judged on what these settings would train; the stages after it on what they run on.
     shape = measure_shape(settings, prompts, stage if stage is not None else "fit_factors")
     trained = measure_shape(settings, prompts, "train") if stage in (None, "train") else shape
-    rows = {**estimates(settings, shape), "train": estimates(settings, trained)["train"]}
-    disk = {**disk_estimates(settings, shape), "train": disk_estimates(settings, trained)["train"]}
+    shaped = estimates(settings, shape)
+    for_training = shaped if trained is shape else estimates(settings, trained)
+    rows = {**shaped, "train": for_training["train"]}
+    disk = {**disk_estimates(settings, shape, shaped),
+            "train": disk_estimates(settings, trained, for_training)["train"]}
     folder, free = disk_space()
     disk_room = int(settings.disk_gib * GIB) if settings.disk_gib else free
     name, detected = device_memory()

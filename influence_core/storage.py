@@ -206,9 +206,9 @@ class Store:
             raise ConfigError(f"input {self.url(relative)}: its {SUCCESS} lists no files to verify: {remedy}")
         entry = cache_entry(writable(cache), relative, recorded)
         marker = entry.with_name(entry.name + VERIFIED)
-        if marker.is_file() and all(_cached(entry / name, recorded[name]) for name in recorded):
-            return entry
         missing = [name for name in recorded if not _cached(entry / name, recorded[name])]
+        if marker.is_file() and not missing:
+            return entry
         self._fill(relative, entry, missing, recorded, set(self._files(relative)), remedy)
         entry.mkdir(parents=True, exist_ok=True)  # an artifact of no files has an entry too
         partial = marker.with_name(partial_name(marker.name))
